@@ -1,0 +1,8 @@
+"""spacegrid: a space-based architecture runtime for Python on NATS JetStream."""
+
+from spacegrid.client import Client, SyncClient
+from spacegrid.errors import SpacegridError
+from spacegrid.limits import Limits
+from spacegrid.space import EntryContext, PartitionView, Space
+
+__all__ = ["Client", "EntryContext", "Limits", "PartitionView", "Space", "SpacegridError", "SyncClient"]

@@ -1,0 +1,1 @@
+"""The spacegrid command line, thin over the library."""

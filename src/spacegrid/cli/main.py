@@ -1,0 +1,285 @@
+"""The `spacegrid` commands: up, pu, put, get, delete, call, query, status."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Awaitable, Callable, TypeVar
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from spacegrid.client.client import Client
+from spacegrid.engine.connection import install_uvloop
+from spacegrid.errors import SpacegridError
+from spacegrid.inspect import GridStatus, read_status
+from spacegrid.launcher import DEFAULT_APP, LocalGrid, load_space, read_grid_file
+from spacegrid.limits import DEFAULT_LIMITS, Limits
+from spacegrid.space import Space
+
+T = TypeVar("T")
+console = Console(stderr=True)
+DATA_DIR_DEFAULT = ".spacegrid"
+
+data_dir_option = click.option("--data-dir", type=click.Path(path_type=Path), default=DATA_DIR_DEFAULT,
+                               show_default=True, help="Where the embedded grid keeps its data and grid.json.")
+nats_option = click.option("--nats", "nats_url", default=None, help="NATS URL(s), comma-separated; default: from grid.json.")
+app_option = click.option("--app", default=None, help=f"MODULE:SPACE to serve or talk to (default: grid.json's, else {DEFAULT_APP}).")
+deadline_option = click.option("--deadline-s", type=float, default=DEFAULT_LIMITS.call_deadline_s, show_default=True)
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    sys.exit(1)
+
+
+def _resolve(data_dir: Path, nats_url: str | None, app: str | None) -> tuple[str, Space]:
+    if nats_url is None or app is None:
+        grid = read_grid_file(data_dir)
+        nats_url = nats_url or grid["nats_url"]
+        app = app or grid.get("app", DEFAULT_APP)
+    return nats_url, load_space(app or DEFAULT_APP)
+
+
+def _parse_json(text: str | None, what: str) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"{what} must be JSON ({exc}); e.g. '{{\"seats\": 100}}'") from None
+
+
+def _with_client(data_dir: Path, nats_url: str | None, app: str | None,
+                 body: Callable[[Client], Awaitable[T]]) -> T:
+    async def run() -> T:
+        url, space = _resolve(data_dir, nats_url, app)
+        client = await Client.connect(space, url)
+        try:
+            return await body(client)
+        finally:
+            await client.close()
+
+    try:
+        return asyncio.run(run())
+    except SpacegridError as exc:
+        _fail(str(exc))
+        raise AssertionError("unreachable")
+
+
+def _print_json(value: Any) -> None:
+    click.echo(json.dumps(value, default=lambda o: o.hex() if isinstance(o, bytes) else str(o)))
+
+
+@click.group()
+@click.option("--log-level", default="WARNING", show_default=True)
+def cli(log_level: str) -> None:
+    """spacegrid: partitioned in-memory state and processing units on NATS JetStream."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@cli.command()
+@click.option("--pus", type=click.IntRange(1, 64), default=2, show_default=True, help="Processing units to start.")
+@data_dir_option
+@app_option
+@nats_option
+@click.option("--port", type=int, default=None, help="Port of the embedded nats-server (default: a free one).")
+@click.option("--ready-timeout-s", type=float, default=120.0, show_default=True)
+def up(pus: int, data_dir: Path, app: str | None, nats_url: str | None, port: int | None, ready_timeout_s: float) -> None:
+    """Run a grid here: an embedded nats-server (unless --nats), PUS processing units and the app (Ctrl-C stops it)."""
+    grid = LocalGrid(data_dir, app or DEFAULT_APP, nats_url=nats_url, nats_port=port)
+    stop_requested = False
+
+    def request_stop(signum: int, frame: Any) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      TimeElapsedColumn(), console=console) as progress:
+            task = progress.add_task("starting nats-server", total=grid.space.partitions)
+            grid.start(pus)
+            progress.update(task, description=f"{pus} PUs taking partitions")
+
+            def show(status: GridStatus) -> None:
+                progress.update(task, completed=status.active_partitions)
+
+            grid.wait_ready(ready_timeout_s, show, members=pus)
+            progress.update(task, description="ready", completed=grid.space.partitions)
+        console.print(f"[green]spacegrid is up[/green]: space [bold]{grid.space.name}[/bold] "
+                      f"({grid.space.partitions} partitions) on {pus} PUs")
+        console.print(f"  NATS      {grid.url}")
+        console.print(f"  grid file {data_dir / 'grid.json'}   logs {data_dir / 'logs'}")
+        console.print(f"  try       spacegrid call create_event E1 '{{\"seats\": 100}}'   then   spacegrid status")
+        console.print("Ctrl-C stops the grid.")
+        while not stop_requested:
+            time.sleep(0.2)
+            for pu in grid.pus:
+                if not pu.alive() and pu.popen.returncode not in (0,):
+                    console.print(f"[yellow]PU {pu.index} (pid {pu.pid}) exited with {pu.popen.returncode}[/yellow]; "
+                                  f"see {pu.log_path}")
+                    grid.pus.remove(pu)
+                    grid.write_grid_file()
+                    break
+    except KeyboardInterrupt:
+        pass
+    except SpacegridError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        grid.stop()
+        sys.exit(1)
+    console.print("stopping the grid ...")
+    grid.stop()
+    console.print("stopped.")
+
+
+@cli.command()
+@app_option
+@nats_option
+@data_dir_option
+@click.option("--replicas", type=int, default=1, show_default=True, help="Stream and KV replicas (3 on a NATS cluster).")
+@click.option("--heartbeat-interval-s", type=float, default=DEFAULT_LIMITS.heartbeat_interval_s, show_default=True)
+@click.option("--heartbeat-timeout-s", type=float, default=DEFAULT_LIMITS.heartbeat_timeout_s, show_default=True)
+@click.option("--handler-time-limit-s", type=float, default=DEFAULT_LIMITS.handler_time_limit_s, show_default=True)
+def pu(app: str | None, nats_url: str | None, data_dir: Path, replicas: int, heartbeat_interval_s: float,
+       heartbeat_timeout_s: float, handler_time_limit_s: float) -> None:
+    """Run one processing unit in this process."""
+    from spacegrid.unit.runner import run_pu
+
+    url, space = _resolve(data_dir, nats_url, app)
+    limits = Limits(heartbeat_interval_s=heartbeat_interval_s, heartbeat_timeout_s=heartbeat_timeout_s,
+                    handler_time_limit_s=handler_time_limit_s)
+    install_uvloop()
+    try:
+        asyncio.run(run_pu(space, url, limits, replicas))
+    except SpacegridError as exc:
+        _fail(str(exc))
+
+
+@cli.command()
+@click.argument("map_name", metavar="MAP")
+@click.argument("key")
+@click.argument("value_json", metavar="JSON")
+@click.option("--expected-version", type=int, default=None, help="Compare-and-set: 0 means the key must not exist.")
+@data_dir_option
+@nats_option
+@app_option
+@deadline_option
+def put(map_name: str, key: str, value_json: str, expected_version: int | None, data_dir: Path,
+        nats_url: str | None, app: str | None, deadline_s: float) -> None:
+    """Store a JSON value; prints the new version."""
+    value = _parse_json(value_json, "the value")
+    version = _with_client(data_dir, nats_url, app,
+                           lambda c: c.put(map_name, key, value, expected_version, deadline_s))
+    _print_json({"version": version})
+
+
+@cli.command()
+@click.argument("map_name", metavar="MAP")
+@click.argument("key")
+@data_dir_option
+@nats_option
+@app_option
+@deadline_option
+def get(map_name: str, key: str, data_dir: Path, nats_url: str | None, app: str | None, deadline_s: float) -> None:
+    """Print {"value": ..., "version": N}; exits 3 if the key does not exist."""
+    entry = _with_client(data_dir, nats_url, app, lambda c: c.get_entry(map_name, key, deadline_s))
+    if entry is None:
+        console.print(f"{map_name}[{key!r}] does not exist")
+        sys.exit(3)
+    _print_json({"value": entry[0], "version": entry[1]})
+
+
+@cli.command()
+@click.argument("map_name", metavar="MAP")
+@click.argument("key")
+@click.option("--expected-version", type=int, default=None)
+@data_dir_option
+@nats_option
+@app_option
+@deadline_option
+def delete(map_name: str, key: str, expected_version: int | None, data_dir: Path, nats_url: str | None,
+           app: str | None, deadline_s: float) -> None:
+    """Delete a key; prints whether it existed."""
+    existed = _with_client(data_dir, nats_url, app, lambda c: c.delete(map_name, key, expected_version, deadline_s))
+    _print_json({"deleted": existed})
+
+
+@cli.command()
+@click.argument("handler")
+@click.argument("key")
+@click.argument("args_json", metavar="[JSON-ARGS]", required=False)
+@data_dir_option
+@nats_option
+@app_option
+@deadline_option
+def call(handler: str, key: str, args_json: str | None, data_dir: Path, nats_url: str | None, app: str | None,
+         deadline_s: float) -> None:
+    """Run a handler on the PU that owns KEY; prints its JSON result."""
+    args = _parse_json(args_json, "the handler arguments")
+    _print_json(_with_client(data_dir, nats_url, app, lambda c: c.execute(handler, key, args, deadline_s)))
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("args_json", metavar="[JSON-ARGS]", required=False)
+@data_dir_option
+@nats_option
+@app_option
+@deadline_option
+def query(name: str, args_json: str | None, data_dir: Path, nats_url: str | None, app: str | None,
+          deadline_s: float) -> None:
+    """Run a read-only query on every partition; prints the merged JSON result."""
+    args = _parse_json(args_json, "the query arguments")
+    _print_json(_with_client(data_dir, nats_url, app, lambda c: c.query(name, args, deadline_s)))
+
+
+@cli.command()
+@data_dir_option
+@nats_option
+@app_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(data_dir: Path, nats_url: str | None, app: str | None, as_json: bool) -> None:
+    """Members and partitions of the grid."""
+    url, space = _resolve(data_dir, nats_url, app)
+    try:
+        grid = asyncio.run(read_status(url, space.name, space.partitions))
+    except SpacegridError as exc:
+        _fail(str(exc))
+        return
+    if as_json:
+        _print_json(grid.to_json())
+        return
+    out = Console()
+    members = Table(title=f"space {space.name}: table v{grid.table.version}, "
+                          f"{grid.active_partitions}/{grid.table.partition_count} partitions active")
+    for column in ("member", "host", "pid", "owns", "active", "requests", "appends"):
+        members.add_column(column, justify="right" if column not in ("member", "host") else "left")
+    for row in grid.to_json()["members"]:
+        members.add_row(row["id"], str(row["host"]), str(row["pid"]), str(len(row["partitions"])),
+                        str(len(row["active"])), str(row["requests"]), str(row["appends"]))
+    out.print(members)
+    partitions = Table(title="partitions (owner@epoch)")
+    partitions.add_column("partitions")
+    partitions.add_column("owner")
+    by_owner: dict[str, list[str]] = {}
+    for p, (owner, epoch) in enumerate(zip(grid.table.owners, grid.table.epochs)):
+        by_owner.setdefault(owner or "(none)", []).append(f"{p}@{epoch}")
+    for owner, items in sorted(by_owner.items()):
+        partitions.add_row(" ".join(items), owner)
+    out.print(partitions)
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+"""The asyncio client: it watches the partition table, sends every request bound for one PU in one message per
+event-loop tick, and retries what is retryable until the call's deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+import time
+from typing import Any
+
+from nats.aio.msg import Msg
+
+from spacegrid import codec, protocol
+from spacegrid.engine.connection import connect
+from spacegrid.engine.coordination import Coordination
+from spacegrid.engine.subjects import Names
+from spacegrid.errors import (
+    ClosedError,
+    CommitUnknown,
+    GridTimeout,
+    PayloadTooLarge,
+    SpacegridError,
+    error_from_code,
+)
+from spacegrid.limits import DEFAULT_LIMITS, Limits
+from spacegrid.partitioning import PartitionTable
+from spacegrid.space import Space, check_key
+
+log = logging.getLogger("spacegrid.client")
+
+
+class AttemptTimeout(CommitUnknown):
+    """No reply to one attempt in time; retried with the same operation id."""
+
+
+def _retryable(error: SpacegridError) -> bool:
+    # Every write carries an operation id that the owner remembers, so an unknown outcome is safe to retry.
+    return error.retryable or isinstance(error, CommitUnknown)
+
+
+class Client:
+    """Talk to a running space. `async with await Client.connect(space, url) as client: ...`"""
+
+    def __init__(self, space: Space, limits: Limits) -> None:
+        self.space = space
+        self.limits = limits
+        self.names = Names(space.name)
+        self.table = PartitionTable.empty(space.partitions)
+        self.client_id = secrets.token_hex(4)
+        self._op_ids = itertools.count(1)
+        self._req_ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._outgoing: dict[str, list[tuple[int, bytes]]] = {}
+        self._flush_scheduled = False
+        self._closed = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self.counters = {"requests": 0, "messages": 0, "retries": 0}
+
+    @classmethod
+    async def connect(cls, space: Space, nats_url: str, limits: Limits = DEFAULT_LIMITS) -> Client:
+        client = cls(space, limits)
+        await client._start(nats_url)
+        return client
+
+    async def _start(self, nats_url: str) -> None:
+        self.nc = await connect(nats_url, f"client:{self.client_id}")
+        self.coord = await Coordination.open(self.nc.jetstream(), self.names)
+        table, _ = await self.coord.read_table(self.space.partitions)
+        self.table = table
+        self._inbox = self.nc.new_inbox()
+        self._sub = await self.nc.subscribe(self._inbox, cb=self._on_reply)
+        self._tasks.append(await self.coord.watch(self.coord.table, self.names.table_key, self._on_table))
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(ClosedError("client closed"))
+        await self.nc.drain()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.close()
+
+    async def _on_table(self, key: str, value: bytes | None, revision: int) -> None:
+        if value is None:
+            return
+        table = self.coord.decode_table(value)
+        if table.version > self.table.version:
+            self.table = table
+        elif table.version < self.table.version:
+            log.info("ignored table v%d older than v%d", table.version, self.table.version)
+
+    # ---- the API -------------------------------------------------------------------------------------------
+
+    async def get(self, map: str, key: str, deadline_s: float | None = None) -> Any:
+        """The value of `key` in `map`, or None."""
+        entry = await self.get_entry(map, key, deadline_s)
+        return None if entry is None else entry[0]
+
+    async def get_entry(self, map: str, key: str, deadline_s: float | None = None) -> tuple[Any, int] | None:
+        """(value, version) of `key` in `map`, or None."""
+        found = await self._call(self.space.partition_of(map, key), protocol.OP_GET, map, key, deadline_s=deadline_s)
+        return None if found is None else (found[0], found[1])
+
+    async def get_many(self, map: str, keys: list[str], deadline_s: float | None = None) -> dict[str, Any]:
+        """Values of the keys that exist; one round trip per owner PU."""
+        values = await asyncio.gather(*(self.get(map, key, deadline_s) for key in keys))
+        return {key: value for key, value in zip(keys, values) if value is not None}
+
+    async def put(self, map: str, key: str, value: Any, expected_version: int | None = None,
+                  deadline_s: float | None = None) -> int:
+        """Store `value`; with expected_version, only if the entry is at that version (0: absent). Returns the new version."""
+        if value is None:
+            raise SpacegridError("None can't be stored as a value: delete the key instead")
+        return int(await self._call(self.space.partition_of(map, key), protocol.OP_PUT, map, key, value,
+                                    expected_version, write=True, deadline_s=deadline_s))
+
+    async def delete(self, map: str, key: str, expected_version: int | None = None,
+                     deadline_s: float | None = None) -> bool:
+        """Delete; True if the key existed."""
+        return bool(await self._call(self.space.partition_of(map, key), protocol.OP_DELETE, map, key, None,
+                                     expected_version, write=True, deadline_s=deadline_s))
+
+    async def execute(self, handler: str, key: str, args: Any = None, deadline_s: float | None = None) -> Any:
+        """Run a handler on the PU owning `key`, atomically with every other operation on its partition."""
+        map_name, _ = self.space.handler_def(handler)
+        return await self._call(self.space.partition_of(map_name, key), protocol.OP_EXECUTE, handler, key, args,
+                                write=True, deadline_s=deadline_s)
+
+    async def query(self, name: str, args: Any = None, deadline_s: float | None = None) -> Any:
+        """Run a read-only query on every partition and merge the results on this side."""
+        definition = self.space.query_def(name)
+        results = await asyncio.gather(*(
+            self._call(partition, protocol.OP_QUERY, name, "", args, deadline_s=deadline_s)
+            for partition in range(self.space.partitions)
+        ))
+        return definition.merge(list(results))
+
+    # ---- routing and retries -------------------------------------------------------------------------------
+
+    async def _call(self, partition: int, op: int, name: str, key: str, arg1: Any = None, arg2: Any = None,
+                    write: bool = False, deadline_s: float | None = None) -> Any:
+        if self._closed:
+            raise ClosedError("client closed")
+        if key:
+            check_key(key)
+        op_id = f"{self.client_id}:{next(self._op_ids)}" if write else ""
+        deadline = time.monotonic() + (deadline_s if deadline_s is not None else self.limits.call_deadline_s)
+        backoff_s = self.limits.retry_backoff_s_min
+        attempt = 0
+        while True:
+            owner = self.table.owner(partition)
+            remaining_s = deadline - time.monotonic()
+            if owner is not None:
+                req_id = next(self._req_ids)
+                payload = protocol.request(req_id, op, partition, name, key, arg1, arg2, op_id)
+                if len(payload) > self.limits.request_payload_bytes_max:
+                    raise PayloadTooLarge(
+                        f"request of {len(payload)} bytes exceeds limits.request_payload_bytes_max "
+                        f"({self.limits.request_payload_bytes_max})")
+                try:
+                    return await self._send(self.names.pu_subject(owner), req_id, payload,
+                                            min(self.limits.attempt_timeout_s, max(remaining_s, 0.001)))
+                except SpacegridError as exc:
+                    if not _retryable(exc):
+                        raise
+                    last_error: SpacegridError = exc
+            else:
+                last_error = SpacegridError(f"partition {partition} has no owner yet")
+            remaining_s = deadline - time.monotonic()
+            if remaining_s <= 0:
+                raise GridTimeout(f"no answer for partition {partition} within the deadline after "
+                                  f"{attempt + 1} attempts; last: {last_error}") from last_error
+            attempt += 1
+            self.counters["retries"] += 1
+            await asyncio.sleep(min(backoff_s, remaining_s))
+            backoff_s = min(backoff_s * 2, self.limits.retry_backoff_s_max)
+
+    def _send(self, subject: str, req_id: int, payload: bytes, timeout_s: float) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if len(self._pending) >= self.limits.pending_requests_max:
+            future.set_exception(SpacegridError(
+                f"more than {self.limits.pending_requests_max} requests in flight (limits.pending_requests_max)"))
+            return future
+        self._pending[req_id] = future
+        self.counters["requests"] += 1
+        self._outgoing.setdefault(subject, []).append((req_id, payload))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        loop.call_later(timeout_s, self._expire, req_id, timeout_s)
+        return future
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        outgoing, self._outgoing = self._outgoing, {}
+        for subject, batch in outgoing.items():
+            for message in protocol.chunks([payload for _, payload in batch], self.limits.request_payload_bytes_max):
+                self.counters["messages"] += 1
+                asyncio.ensure_future(self._publish(subject, message))
+
+    async def _publish(self, subject: str, message: bytes) -> None:
+        try:
+            await self.nc.publish(subject, message, reply=self._inbox)
+        except Exception as exc:  # reconnecting or closed: the attempt timer retries
+            log.debug("publish to %s failed: %s", subject, exc)
+
+    def _expire(self, req_id: int, timeout_s: float) -> None:
+        future = self._pending.pop(req_id, None)
+        if future is not None and not future.done():
+            future.set_exception(AttemptTimeout(f"no reply within {timeout_s:.3f}s"))
+
+    async def _on_reply(self, msg: Msg) -> None:
+        try:
+            replies = codec.decode(msg.data, 16 * self.limits.request_payload_bytes_max)
+        except SpacegridError as exc:
+            log.warning("undecodable reply: %s", exc)
+            return
+        pending = self._pending
+        for req_id, status, payload in replies:
+            future = pending.pop(req_id, None)
+            if future is None or future.done():
+                if req_id == protocol.MALFORMED_REQ_ID:
+                    log.warning("a PU refused a whole message: %s", payload)
+                continue
+            if status == protocol.OK:
+                future.set_result(payload)
+            else:
+                future.set_exception(error_from_code(status, payload[0], payload[1]))

@@ -1,0 +1,96 @@
+"""Ownership decisions, pure: who is alive, who coordinates, the fair assignment, and what a PU must acquire or release."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from spacegrid.partitioning import PartitionTable
+
+
+class Membership:
+    """Members as this observer last heard of them. Liveness uses the observer's own monotonic clock, so
+    clock skew between hosts never matters: a member is alive while its heartbeats keep arriving."""
+
+    def __init__(self, timeout_s: float) -> None:
+        assert timeout_s > 0
+        self.timeout_s = timeout_s
+        self.info: dict[str, dict[str, Any]] = {}
+        self.last_seen_s: dict[str, float] = {}
+
+    def observe(self, member_id: str, info: dict[str, Any], now_s: float) -> bool:
+        """Record a heartbeat; True when the member is new to this observer."""
+        is_new = member_id not in self.info
+        self.info[member_id] = info
+        self.last_seen_s[member_id] = now_s
+        return is_new
+
+    def remove(self, member_id: str) -> bool:
+        self.last_seen_s.pop(member_id, None)
+        return self.info.pop(member_id, None) is not None
+
+    def live(self, now_s: float) -> list[str]:
+        return sorted(m for m, seen in self.last_seen_s.items() if now_s - seen <= self.timeout_s)
+
+    def dead(self, now_s: float) -> list[str]:
+        return sorted(m for m, seen in self.last_seen_s.items() if now_s - seen > self.timeout_s)
+
+
+def coordinator(live_members: list[str]) -> str | None:
+    """The live member with the smallest id proposes tables; compare-and-set in KV settles any race."""
+    return min(live_members) if live_members else None
+
+
+def fair_assignment(table: PartitionTable, live_members: list[str]) -> tuple[str | None, ...]:
+    """Every live member gets floor or ceil of partitions/members; current owners keep what fits their quota."""
+    if not live_members:
+        return table.owners
+    members = sorted(set(live_members))
+    n, m = table.partition_count, len(members)
+    held = {member: 0 for member in members}
+    for owner in table.owners:
+        if owner in held:
+            held[owner] += 1
+    by_load = sorted(members, key=lambda member: (-held[member], member))
+    quota = {member: n // m + (1 if i < n % m else 0) for i, member in enumerate(by_load)}
+    kept = {member: 0 for member in members}
+    owners: list[str | None] = []
+    for owner in table.owners:
+        if owner in kept and kept[owner] < quota[owner]:
+            kept[owner] += 1
+            owners.append(owner)
+        else:
+            owners.append(None)
+    for partition, owner in enumerate(owners):
+        if owner is None:
+            taker = max(members, key=lambda member: (quota[member] - kept[member], -members.index(member)))
+            kept[taker] += 1
+            owners[partition] = taker
+    assert all(kept[member] == quota[member] for member in members)
+    return tuple(owners)
+
+
+def next_table(table: PartitionTable, live_members: list[str]) -> PartitionTable | None:
+    """The table the coordinator should write, or None when the current one is already fair."""
+    owners = fair_assignment(table, live_members)
+    return None if owners == table.owners else table.successor(owners)
+
+
+@dataclass(frozen=True, slots=True)
+class OwnershipPlan:
+    acquire: tuple[tuple[int, int], ...]  # (partition, epoch)
+    release: tuple[int, ...]
+
+
+def plan(table: PartitionTable, member_id: str, held: dict[int, int]) -> OwnershipPlan:
+    """What a PU holding `held` (partition -> epoch) must do to match `table`."""
+    acquire = []
+    release = []
+    for partition, (owner, epoch) in enumerate(zip(table.owners, table.epochs)):
+        current = held.get(partition)
+        if owner == member_id:
+            if current is None or current < epoch:
+                acquire.append((partition, epoch))
+        elif current is not None:
+            release.append(partition)
+    return OwnershipPlan(tuple(acquire), tuple(release))

@@ -1,0 +1,341 @@
+"""The partition state machine: committed entries, the uncommitted overlay, group commit and exactly-once retries. No I/O.
+
+Ordering contract (asserted here, performed by the PU driver): apply locally to the overlay, append under the
+fence, then acknowledge. A reply to any write-path operation waits until every write it may have observed is
+committed (`Outcome.wait_lsn <= lsn_committed`); reads see committed entries only.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from spacegrid import codec
+from spacegrid.errors import HandlerError, SpacegridError, VersionConflict, WrongPartition
+from spacegrid.limits import Limits
+from spacegrid.space import Space, check_key
+
+LOG_WRITES = "w"
+LOG_OWNER = "o"
+
+
+class _Deleted:
+    __repr__ = lambda self: "<deleted>"  # noqa: E731
+
+
+DELETED: Any = _Deleted()
+
+
+class Entry:
+    """A value and its version; the version is the partition log sequence number of the write (it only grows)."""
+
+    __slots__ = ("value", "version")
+
+    def __init__(self, value: Any, version: int) -> None:
+        self.value = value
+        self.version = version
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What an operation answers, and the log position its reply must wait for."""
+
+    value: Any
+    wait_lsn: int
+    error: SpacegridError | None = None
+
+
+@dataclass(slots=True)
+class PendingOp:
+    op_id: str
+    lsn_last: int
+    result: Any
+    encoded: bytes
+    writes: list[tuple[str, str, Entry]]
+
+
+@dataclass(slots=True)
+class AppendBatch:
+    """One log message for the driver to append under the fence."""
+
+    lsn_last: int
+    record_count: int
+    payload: bytes
+    ops: list[PendingOp] = field(repr=False)
+
+
+def encode_owner_marker(epoch: int, member_id: str) -> bytes:
+    return codec.encode([LOG_OWNER, epoch, member_id])
+
+
+class PartitionState:
+    """One partition's entries on its owner, from replay through serving."""
+
+    def __init__(
+        self,
+        space: Space,
+        partition: int,
+        limits: Limits,
+        time_limit: Callable[[], AbstractContextManager[Any]] = nullcontext,
+    ) -> None:
+        self.space = space
+        self.partition = partition
+        self.limits = limits
+        self.time_limit = time_limit
+        self.maps: dict[str, dict[str, Entry]] = {}
+        self.overlay: dict[tuple[str, str], Entry] = {}
+        self.log_epoch = 0
+        self.lsn_committed = 0
+        self.lsn_assigned = 0
+        self.unsent: deque[PendingOp] = deque()
+        self.inflight: AppendBatch | None = None
+        self.pending_by_op: dict[str, PendingOp] = {}
+        self.dedup: OrderedDict[str, Any] = OrderedDict()
+
+    # ---- replay -------------------------------------------------------------------------------------------
+
+    def replay(self, message: Any) -> None:
+        """Apply one committed log message (as decoded msgpack) during recovery."""
+        assert not self.unsent and self.inflight is None, "replay only before serving"
+        kind, epoch = message[0], int(message[1])
+        assert epoch >= self.log_epoch, f"log epochs only grow: {epoch} after {self.log_epoch}"
+        self.log_epoch = epoch
+        if kind == LOG_OWNER:
+            return
+        assert kind == LOG_WRITES, f"unknown log record kind {kind!r}"
+        for op_id, result, records in message[2]:
+            for map_name, key, version, value, deleted in records:
+                assert version > self.lsn_committed, "versions only grow"
+                self._commit_write(map_name, key, Entry(DELETED if deleted else value, version))
+                self.lsn_committed = version
+            self._remember(op_id, result)
+        self.lsn_assigned = self.lsn_committed
+
+    # ---- reads ---------------------------------------------------------------------------------------------
+
+    def get(self, map_name: str, key: str) -> tuple[Any, int] | None:
+        """The last committed value and version, or None."""
+        entry = self.maps.get(map_name, {}).get(key)
+        return None if entry is None else (entry.value, entry.version)
+
+    def query(self, name: str, args: Any) -> Any:
+        definition = self.space.query_def(name)
+        with self.time_limit():
+            try:
+                return definition.fn(_View(self), args)
+            except SpacegridError:
+                raise
+            except Exception as exc:
+                raise HandlerError(f"query {name!r} raised {type(exc).__name__}: {exc}") from exc
+
+    # ---- writes --------------------------------------------------------------------------------------------
+
+    def put(self, op_id: str, map_name: str, key: str, value: Any, expected_version: int | None) -> Outcome:
+        return self._write(op_id, map_name, key, lambda ctx: ctx.cas_put(key, value, expected_version))
+
+    def delete(self, op_id: str, map_name: str, key: str, expected_version: int | None) -> Outcome:
+        return self._write(op_id, map_name, key, lambda ctx: ctx.cas_delete(key, expected_version))
+
+    def execute(self, op_id: str, handler_name: str, key: str, args: Any) -> Outcome:
+        map_name, handler = self.space.handler_def(handler_name)
+
+        def run(ctx: _Context) -> Any:
+            with self.time_limit():
+                try:
+                    return handler(ctx, key, args)
+                except SpacegridError:
+                    raise
+                except Exception as exc:
+                    raise HandlerError(f"handler {handler_name!r} raised {type(exc).__name__}: {exc}") from exc
+
+        return self._write(op_id, map_name, key, run)
+
+    def _write(self, op_id: str, map_name: str, key: str, body: Callable[[_Context], Any]) -> Outcome:
+        pending = self.pending_by_op.get(op_id)
+        if pending is not None:
+            return Outcome(pending.result, pending.lsn_last)
+        if op_id in self.dedup:
+            return Outcome(self.dedup[op_id], self.lsn_assigned)
+        ctx = _Context(self, map_name)
+        try:
+            ctx.check(map_name, key)
+            result = body(ctx)
+            if ctx.staged:
+                self._stage(op_id, result, ctx.staged)
+            else:
+                codec.encode_bounded(result, self.limits.write_bytes_max, "result")
+        except SpacegridError as exc:
+            return Outcome(None, self.lsn_assigned, exc)
+        return Outcome(result, self.lsn_assigned)
+
+    def _stage(self, op_id: str, result: Any, staged: dict[tuple[str, str], Any]) -> None:
+        writes: list[tuple[str, str, Entry]] = []
+        records: list[list[Any]] = []
+        lsn = self.lsn_assigned
+        for (map_name, key), value in staged.items():
+            lsn += 1
+            deleted = value is DELETED
+            writes.append((map_name, key, Entry(value, lsn)))
+            records.append([map_name, key, lsn, None if deleted else value, deleted])
+        encoded = codec.encode_bounded([op_id, result, records], self.limits.write_bytes_max, "an operation's writes")
+        self.lsn_assigned = lsn
+        op = PendingOp(op_id, lsn, result, encoded, writes)
+        for map_name, key, entry in writes:
+            self.overlay[(map_name, key)] = entry
+        self.unsent.append(op)
+        self.pending_by_op[op_id] = op
+
+    # ---- group commit --------------------------------------------------------------------------------------
+
+    def take_append(self) -> AppendBatch | None:
+        """The next log message to append, or None while one is in flight or nothing waits."""
+        if self.inflight is not None or not self.unsent:
+            return None
+        ops: list[PendingOp] = []
+        size_bytes = 0
+        records = 0
+        while self.unsent:
+            op = self.unsent[0]
+            if ops and (records + len(op.writes) > self.limits.append_records_max
+                        or size_bytes + len(op.encoded) > self.limits.append_bytes_max - 64):
+                break
+            ops.append(self.unsent.popleft())
+            size_bytes += len(op.encoded)
+            records += len(op.writes)
+        header = [codec.encode(LOG_WRITES), codec.encode(self.log_epoch)]
+        payload = codec.encode_array(header + [codec.encode_array([op.encoded for op in ops])])
+        self.inflight = AppendBatch(ops[-1].lsn_last, records, payload, ops)
+        return self.inflight
+
+    def on_append_committed(self) -> int:
+        """The in-flight append was acknowledged: commit its writes; returns the new committed lsn."""
+        batch = self.inflight
+        assert batch is not None
+        assert batch.lsn_last > self.lsn_committed, "sequences only advance"
+        for op in batch.ops:
+            for map_name, key, entry in op.writes:
+                self._commit_write(map_name, key, entry)
+                if self.overlay.get((map_name, key)) is entry:
+                    del self.overlay[(map_name, key)]
+            del self.pending_by_op[op.op_id]
+            self._remember(op.op_id, op.result)
+        self.lsn_committed = batch.lsn_last
+        self.inflight = None
+        return self.lsn_committed
+
+    def set_owner_epoch(self, epoch: int) -> None:
+        """This PU's ownership marker for `epoch` is in the log: later appends carry it."""
+        assert epoch >= self.log_epoch, "epochs only grow"
+        self.log_epoch = epoch
+
+    @property
+    def entry_count(self) -> int:
+        return sum(len(entries) for entries in self.maps.values())
+
+    # ---- internals -----------------------------------------------------------------------------------------
+
+    def _commit_write(self, map_name: str, key: str, entry: Entry) -> None:
+        entries = self.maps.setdefault(map_name, {})
+        if entry.value is DELETED:
+            entries.pop(key, None)
+        else:
+            entries[key] = entry
+
+    def _remember(self, op_id: str, result: Any) -> None:
+        self.dedup[op_id] = result
+        if len(self.dedup) > self.limits.dedup_window_ops:
+            self.dedup.popitem(last=False)
+
+    def _lookup(self, map_name: str, key: str) -> Entry | None:
+        entry = self.overlay.get((map_name, key))
+        if entry is None:
+            entry = self.maps.get(map_name, {}).get(key)
+        return None if entry is None or entry.value is DELETED else entry
+
+
+class _Context:
+    """A handler's view: read-your-writes over the overlay, writes staged until the handler returns."""
+
+    __slots__ = ("state", "map_name", "staged", "partition")
+
+    def __init__(self, state: PartitionState, map_name: str) -> None:
+        self.state = state
+        self.map_name = map_name
+        self.partition = state.partition
+        self.staged: dict[tuple[str, str], Any] = {}
+
+    def check(self, map_name: str, key: str) -> None:
+        check_key(key)
+        if self.state.space.partition_of(map_name, key) != self.partition:
+            raise WrongPartition(
+                f"key {key!r} of map {map_name!r} lives in partition {self.state.space.partition_of(map_name, key)}, "
+                f"not {self.partition}: give related keys the same routing key (key@routing)"
+            )
+
+    def get_entry(self, key: str, map: str | None = None) -> tuple[Any, int] | None:
+        map_name = map or self.map_name
+        self.check(map_name, key)
+        staged = self.staged.get((map_name, key))
+        if staged is not None:
+            return None if staged is DELETED else (staged, self.state.lsn_assigned + 1)
+        entry = self.state._lookup(map_name, key)
+        return None if entry is None else (entry.value, entry.version)
+
+    def get(self, key: str, map: str | None = None) -> Any:
+        found = self.get_entry(key, map)
+        return None if found is None else found[0]
+
+    def put(self, key: str, value: Any, map: str | None = None) -> None:
+        map_name = map or self.map_name
+        self.check(map_name, key)
+        if value is None:
+            raise HandlerError("None can't be stored as a value: use ctx.delete(key)")
+        self.staged[(map_name, key)] = value
+
+    def delete(self, key: str, map: str | None = None) -> bool:
+        existed = self.get_entry(key, map) is not None
+        if existed:
+            self.staged[(map or self.map_name, key)] = DELETED
+        return existed
+
+    def cas_put(self, key: str, value: Any, expected_version: int | None) -> int:
+        self._expect(key, expected_version)
+        self.put(key, value)
+        return self.state.lsn_assigned + 1
+
+    def cas_delete(self, key: str, expected_version: int | None) -> bool:
+        self._expect(key, expected_version)
+        return self.delete(key)
+
+    def _expect(self, key: str, expected_version: int | None) -> None:
+        if expected_version is None:
+            return
+        found = self.get_entry(key)
+        current = 0 if found is None else found[1]
+        if current != expected_version:
+            raise VersionConflict(
+                f"{self.map_name}[{key!r}] is at version {current}, not the expected {expected_version}", current
+            )
+
+
+class _View:
+    """A query's read-only view of the committed entries of one partition."""
+
+    __slots__ = ("state", "partition")
+
+    def __init__(self, state: PartitionState) -> None:
+        self.state = state
+        self.partition = state.partition
+
+    def get(self, map: str, key: str) -> Any:
+        found = self.state.get(self.state.space.map_def(map).name, key)
+        return None if found is None else found[0]
+
+    def items(self, map: str) -> Iterator[tuple[str, Any]]:
+        entries = self.state.maps.get(self.state.space.map_def(map).name, {})
+        return ((key, entry.value) for key, entry in entries.items())
+
+    def count(self, map: str) -> int:
+        return len(self.state.maps.get(self.state.space.map_def(map).name, {}))

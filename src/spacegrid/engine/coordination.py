@@ -1,0 +1,118 @@
+"""Membership heartbeats and the partition table in JetStream KV; the table changes only by compare-and-set."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Awaitable, Callable
+
+from nats.js import JetStreamContext
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.kv import KeyValue
+
+from spacegrid import codec
+from spacegrid.engine.subjects import Names
+from spacegrid.errors import ConfigError, GridUnavailable
+from spacegrid.partitioning import PartitionTable
+
+log = logging.getLogger("spacegrid.coordination")
+
+KV_DELETES = ("DEL", "PURGE")
+META_BYTES_MAX = 4 * 1024 * 1024
+
+
+async def _bucket(js: JetStreamContext, name: str, replicas: int, ttl_s: float | None, create: bool) -> KeyValue:
+    try:
+        return await js.key_value(name)
+    except (BucketNotFoundError, NotFoundError):
+        if not create:
+            raise GridUnavailable(f"KV bucket {name} does not exist: no PU of this space has started yet") from None
+    return await js.create_key_value(bucket=name, history=1, replicas=replicas, ttl=ttl_s)
+
+
+class Coordination:
+    """The space's two KV buckets: members (heartbeats) and table (the versioned partition table)."""
+
+    def __init__(self, names: Names, members: KeyValue, table: KeyValue) -> None:
+        self.names = names
+        self.members = members
+        self.table = table
+
+    @classmethod
+    async def open(cls, js: JetStreamContext, names: Names, replicas: int = 1, create: bool = False,
+                   member_ttl_s: float = 60.0) -> Coordination:
+        members = await _bucket(js, names.members_bucket, replicas, member_ttl_s, create)
+        table = await _bucket(js, names.table_bucket, replicas, None, create)
+        return cls(names, members, table)
+
+    # ---- membership ----------------------------------------------------------------------------------------
+
+    async def heartbeat(self, member_id: str, info: dict[str, Any]) -> None:
+        await self.members.put(member_id, codec.encode(info))
+
+    async def remove_member(self, member_id: str) -> None:
+        """Delete a member's record: on graceful leave, or by the coordinator once it is dead."""
+        try:
+            await self.members.delete(member_id)
+        except (KeyNotFoundError, NotFoundError):
+            pass
+
+    # ---- the table -----------------------------------------------------------------------------------------
+
+    async def read_table(self, partition_count: int) -> tuple[PartitionTable, int]:
+        """The current table and its KV revision (revision 0: none written yet)."""
+        try:
+            entry = await self.table.get(self.names.table_key)
+        except (KeyNotFoundError, NotFoundError):
+            return PartitionTable.empty(partition_count), 0
+        table = PartitionTable.from_wire(codec.decode(entry.value, META_BYTES_MAX))
+        if table.partition_count != partition_count:
+            raise ConfigError(
+                f"space {self.names.space!r} was created with {table.partition_count} partitions, "
+                f"this definition says {partition_count}; the partition count can't change"
+            )
+        return table, int(entry.revision or 0)
+
+    async def write_table(self, table: PartitionTable, revision: int) -> int | None:
+        """Compare-and-set: the new revision, or None if someone else wrote first."""
+        data = codec.encode(table.to_wire())
+        try:
+            if revision == 0:
+                return int(await self.table.create(self.names.table_key, data))
+            return int(await self.table.update(self.names.table_key, data, last=revision))
+        except KeyWrongLastSequenceError:
+            return None
+        except Exception as exc:  # nats-py raises BadRequestError for a lost create race on some versions
+            if "wrong last sequence" in str(exc) or "key exists" in str(exc):
+                return None
+            raise
+
+    # ---- watching ------------------------------------------------------------------------------------------
+
+    async def watch(self, bucket: KeyValue, key: str, on_entry: Callable[[str, bytes | None, int], Awaitable[None]]) -> asyncio.Task[None]:
+        """Run on_entry(key, value or None if deleted, revision) for current values, then every change."""
+        watcher = await bucket.watch(key)
+
+        async def pump() -> None:
+            try:
+                async for entry in watcher:
+                    if entry is None:
+                        continue
+                    deleted = entry.operation in KV_DELETES
+                    try:
+                        await on_entry(entry.key, None if deleted else entry.value, int(entry.revision or 0))
+                    except Exception:
+                        log.exception("watch callback failed for %s", entry.key)
+            finally:
+                await watcher.stop()
+
+        return asyncio.create_task(pump(), name=f"watch:{key}")
+
+    def decode_table(self, value: bytes) -> PartitionTable:
+        return PartitionTable.from_wire(codec.decode(value, META_BYTES_MAX))
+
+    def decode_member(self, value: bytes) -> dict[str, Any]:
+        info = codec.decode(value, META_BYTES_MAX)
+        if not isinstance(info, dict):
+            raise ConfigError("member record is not a map")
+        return info

@@ -1,0 +1,1 @@
+"""Example spaces shipped with spacegrid."""

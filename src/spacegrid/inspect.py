@@ -1,0 +1,69 @@
+"""Reading a running grid's state from KV (members and the partition table) for status and readiness."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from nats.js.errors import NoKeysError
+
+from spacegrid.engine.connection import connect
+from spacegrid.engine.coordination import Coordination
+from spacegrid.engine.subjects import Names
+from spacegrid.partitioning import PartitionTable
+
+
+@dataclass(frozen=True)
+class GridStatus:
+    space: str
+    table: PartitionTable
+    members: dict[str, dict[str, Any]]
+
+    @property
+    def active_partitions(self) -> int:
+        """Partitions whose table owner reports them active: all of them means the grid is ready."""
+        return sum(
+            1 for partition, owner in enumerate(self.table.owners)
+            if owner in self.members and partition in self.members[owner].get("active", ())
+        )
+
+    @property
+    def ready(self) -> bool:
+        return self.active_partitions == self.table.partition_count
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "space": self.space,
+            "table_version": self.table.version,
+            "ready": self.ready,
+            "members": [
+                {"id": member_id, "host": info.get("host"), "pid": info.get("pid"),
+                 "partitions": self.table.owned_by(member_id), "active": info.get("active", []),
+                 "requests": info.get("requests", 0), "appends": info.get("appends", 0)}
+                for member_id, info in sorted(self.members.items())
+            ],
+            "partitions": [
+                {"partition": p, "owner": owner, "epoch": epoch}
+                for p, (owner, epoch) in enumerate(zip(self.table.owners, self.table.epochs))
+            ],
+        }
+
+
+async def read_status(nats_url: str, space: str, partition_count: int) -> GridStatus:
+    nc = await connect(nats_url, "spacegrid-status")
+    try:
+        names = Names(space)
+        coord = await Coordination.open(nc.jetstream(), names)
+        table, _ = await coord.read_table(partition_count)
+        members: dict[str, dict[str, Any]] = {}
+        try:
+            keys = await coord.members.keys()
+        except NoKeysError:
+            keys = []
+        for key in keys:
+            entry = await coord.members.get(key)
+            if entry.value:
+                members[key] = coord.decode_member(entry.value)
+        return GridStatus(space, table, members)
+    finally:
+        await nc.close()

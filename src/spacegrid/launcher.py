@@ -1,0 +1,172 @@
+"""A local grid: the embedded nats-server and N PU processes under one data dir, found again through DIR/grid.json."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from spacegrid.engine.server import NatsServerProcess, NatsServerSpec
+from spacegrid.errors import ConfigError, GridUnavailable
+from spacegrid.inspect import GridStatus, read_status
+from spacegrid.space import Space
+
+GRID_FILE = "grid.json"
+DEFAULT_APP = "spacegrid.examples.tickets:space"
+
+
+def load_space(app: str) -> Space:
+    """Import `module:attribute` and return the Space it names."""
+    module_name, _, attribute = app.partition(":")
+    if not module_name or not attribute:
+        raise ConfigError(f"--app takes MODULE:SPACE, e.g. {DEFAULT_APP}, not {app!r}")
+    try:
+        module = __import__(module_name, fromlist=[attribute])
+    except ImportError as exc:
+        raise ConfigError(f"can't import {module_name!r} for --app: {exc}") from exc
+    space = getattr(module, attribute, None)
+    if not isinstance(space, Space):
+        raise ConfigError(f"{app} is not a spacegrid Space")
+    return space
+
+
+def read_grid_file(data_dir: Path) -> dict[str, Any]:
+    path = data_dir / GRID_FILE
+    try:
+        return dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise GridUnavailable(f"no grid at {data_dir} ({path} is missing): start one with `spacegrid up "
+                              f"--data-dir {data_dir}` or pass --nats URL") from None
+
+
+@dataclass
+class PuProcess:
+    """One PU OS process started by this launcher; stopped only by its PID."""
+
+    index: int
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal(self, signum: signal.Signals) -> None:
+        if self.alive():
+            os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        self.popen.wait(timeout=10)
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        self.signal(signal.SIGCONT)
+        self.signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+@dataclass
+class LocalGrid:
+    """Start with start(), wait with wait_ready(), stop with stop(). Tests, `spacegrid up` and bench share it."""
+
+    data_dir: Path
+    app: str = DEFAULT_APP
+    nats_url: str | None = None
+    nats_port: int | None = None
+    pu_args: list[str] = field(default_factory=list)
+    nats: NatsServerProcess | None = None
+    pus: list[PuProcess] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.space = load_space(self.app)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._next_index = 0
+
+    @property
+    def url(self) -> str:
+        assert self.nats_url is not None, "start() first"
+        return self.nats_url
+
+    def start(self, pus: int) -> None:
+        if self.nats_url is None:
+            self.nats = NatsServerProcess(NatsServerSpec(store_dir=self.data_dir / "nats", port=self.nats_port))
+            self.nats.start()
+            self.nats_url = self.nats.url
+        for _ in range(pus):
+            self.add_pu()
+        self.write_grid_file()
+
+    def add_pu(self) -> PuProcess:
+        index = self._next_index
+        self._next_index += 1
+        log_dir = self.data_dir / "logs"
+        log_dir.mkdir(exist_ok=True)
+        log_path = log_dir / f"pu-{index}.log"
+        command = [sys.executable, "-m", "spacegrid.cli.main", "pu", "--app", self.app, "--nats", self.url, *self.pu_args]
+        with open(log_path, "ab") as log_file:
+            popen = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+        pu = PuProcess(index, popen, log_path)
+        self.pus.append(pu)
+        return pu
+
+    def write_grid_file(self) -> None:
+        record = {"nats_url": self.url, "app": self.app, "space": self.space.name,
+                  "nats_pid": self.nats.pid if self.nats else None,
+                  "pus": [pu.pid for pu in self.pus if pu.alive()], "launcher_pid": os.getpid()}
+        (self.data_dir / GRID_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+    def status(self) -> GridStatus:
+        return asyncio.run(read_status(self.url, self.space.name, self.space.partitions))
+
+    def wait_ready(self, timeout_s: float = 60.0, on_progress: Callable[[GridStatus], None] | None = None,
+                   members: int | None = None) -> GridStatus:
+        """Until every partition is active on its owner (and, if given, exactly `members` are in the table)."""
+        deadline = time.monotonic() + timeout_s
+        last_error = "no status read yet"
+        while time.monotonic() < deadline:
+            for pu in self.pus:
+                if pu.popen.poll() not in (None, -signal.SIGKILL, -signal.SIGTERM, 0):
+                    raise ConfigError(f"PU {pu.index} exited with {pu.popen.returncode}; see {pu.log_path}")
+            try:
+                status = self.status()
+            except Exception as exc:  # the buckets may not exist before the first PU starts
+                last_error = str(exc)
+            else:
+                if on_progress is not None:
+                    on_progress(status)
+                owners = {owner for owner in status.table.owners if owner is not None}
+                if status.ready and (members is None or len(owners) == members):
+                    return status
+                last_error = f"{status.active_partitions}/{status.table.partition_count} partitions active"
+            time.sleep(0.1)
+        raise GridUnavailable(f"grid not ready within {timeout_s}s: {last_error}; see logs in {self.data_dir / 'logs'}")
+
+    def stop(self) -> None:
+        for pu in self.pus:
+            pu.signal(signal.SIGCONT)
+            pu.signal(signal.SIGTERM)
+        for pu in self.pus:
+            pu.stop()
+        if self.nats is not None:
+            self.nats.stop()
+        (self.data_dir / GRID_FILE).unlink(missing_ok=True)
+
+    def __enter__(self) -> LocalGrid:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()

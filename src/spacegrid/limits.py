@@ -1,0 +1,40 @@
+"""Every bound spacegrid enforces, in one place; each is overridable through settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+KIB: Final = 1024
+MIB: Final = 1024 * KIB
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on messages, batches, time and memory. Units are in the names."""
+
+    request_payload_bytes_max: int = 1 * MIB
+    write_bytes_max: int = 256 * KIB  # one operation's writes, encoded: a put's value or all of a handler's writes
+    requests_per_message_max: int = 4096
+    append_records_max: int = 512
+    append_bytes_max: int = 512 * KIB
+    append_timeout_s: float = 5.0
+    handler_time_limit_s: float = 1.0
+    call_deadline_s: float = 10.0
+    attempt_timeout_s: float = 2.0
+    retry_backoff_s_min: float = 0.005
+    retry_backoff_s_max: float = 0.25
+    heartbeat_interval_s: float = 0.5
+    heartbeat_timeout_s: float = 2.0
+    dedup_window_ops: int = 8192
+    replay_timeout_s: float = 60.0
+    pending_requests_max: int = 100_000
+
+    def __post_init__(self) -> None:
+        assert self.write_bytes_max < self.append_bytes_max <= self.request_payload_bytes_max
+        assert self.heartbeat_interval_s < self.heartbeat_timeout_s
+        assert self.attempt_timeout_s <= self.call_deadline_s
+        assert self.append_records_max >= 1 and self.dedup_window_ops >= 1
+
+
+DEFAULT_LIMITS: Final = Limits()

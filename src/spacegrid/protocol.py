@@ -1,0 +1,49 @@
+"""The request/reply wire format between clients and PUs: msgpack arrays, batched many to a message."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from spacegrid import codec
+from spacegrid.errors import SpacegridError, VersionConflict
+
+# Request: [req_id, op, partition, map_or_name, key, arg1, arg2, op_id]
+OP_GET: Final = 1
+OP_PUT: Final = 2  # arg1 value, arg2 expected version or None
+OP_DELETE: Final = 3  # arg2 expected version or None
+OP_EXECUTE: Final = 4  # map_or_name handler name, arg1 args
+OP_QUERY: Final = 5  # map_or_name query name, arg1 args
+WRITE_OPS: Final = frozenset({OP_PUT, OP_DELETE, OP_EXECUTE})
+
+# Reply: [req_id, status, payload]; status OK or an error code, payload [message, current_version] on error.
+OK: Final = 0
+MALFORMED_REQ_ID: Final = -1
+
+
+def request(req_id: int, op: int, partition: int, name: str, key: str = "", arg1: Any = None,
+            arg2: Any = None, op_id: str = "") -> bytes:
+    return codec.encode([req_id, op, partition, name, key, arg1, arg2, op_id])
+
+
+def ok_reply(req_id: int, payload: Any) -> bytes:
+    return codec.encode([req_id, OK, payload])
+
+
+def error_reply(req_id: int, error: SpacegridError) -> bytes:
+    version = error.current_version if isinstance(error, VersionConflict) else 0
+    return codec.encode([req_id, error.code, [str(error), version]])
+
+
+def chunks(items: list[bytes], bytes_max: int) -> list[bytes]:
+    """Pack encoded items into as few msgpack-array messages as fit under bytes_max each."""
+    messages: list[bytes] = []
+    start = 0
+    size = 0
+    for i, item in enumerate(items):
+        if i > start and size + len(item) + 5 > bytes_max:
+            messages.append(codec.encode_array(items[start:i]))
+            start, size = i, 0
+        size += len(item)
+    if start < len(items):
+        messages.append(codec.encode_array(items[start:]))
+    return messages

@@ -1,0 +1,148 @@
+"""What a user defines: a Space with its maps, handlers (entry processors), queries and key affinity."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from spacegrid.errors import DefinitionError, InvalidKey, UnknownHandler, UnknownMap
+from spacegrid.partitioning import partition_of
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+KEY_CHARS_MAX = 1024
+
+
+class EntryContext(Protocol):
+    """What a handler sees: the entries of the partition it runs on, read-your-writes, staged until it returns."""
+
+    partition: int
+
+    def get(self, key: str, map: str | None = None) -> Any: ...
+    def get_entry(self, key: str, map: str | None = None) -> tuple[Any, int] | None: ...
+    def put(self, key: str, value: Any, map: str | None = None) -> None: ...
+    def delete(self, key: str, map: str | None = None) -> bool: ...
+
+
+class PartitionView(Protocol):
+    """What a query sees: the committed entries of one partition, read-only."""
+
+    partition: int
+
+    def get(self, map: str, key: str) -> Any: ...
+    def items(self, map: str) -> Any: ...
+    def count(self, map: str) -> int: ...
+
+
+Handler = Callable[[EntryContext, str, Any], Any]
+QueryFn = Callable[[PartitionView, Any], Any]
+MergeFn = Callable[[list[Any]], Any]
+
+
+def _default_merge(results: list[Any]) -> Any:
+    return results
+
+
+@dataclass(frozen=True)
+class MapDef:
+    """A named keyed collection; `affinity` maps a key to its routing key (default: the part after the last '@')."""
+
+    name: str
+    affinity: Callable[[str], str] | None = None
+
+
+@dataclass(frozen=True)
+class QueryDef:
+    name: str
+    fn: QueryFn
+    merge: MergeFn
+
+
+@dataclass
+class Space:
+    """A partitioned space: the unit a grid serves. Define it once, import it in PUs and clients alike."""
+
+    name: str
+    partitions: int = 64
+    maps: dict[str, MapDef] = field(default_factory=dict)
+    handlers: dict[str, tuple[str, Handler]] = field(default_factory=dict)
+    queries: dict[str, QueryDef] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise DefinitionError(f"space name {self.name!r} must match {_NAME.pattern}")
+        if not 1 <= self.partitions <= 4096:
+            raise DefinitionError(f"partitions must be between 1 and 4096, not {self.partitions}")
+
+    def map(self, name: str, affinity: Callable[[str], str] | None = None) -> MapDef:
+        """Declare a map. `affinity(key) -> routing key` puts related keys in one partition."""
+        if not _NAME.match(name):
+            raise DefinitionError(f"map name {name!r} must match {_NAME.pattern}")
+        if name in self.maps:
+            raise DefinitionError(f"map {name!r} is declared twice")
+        definition = MapDef(name, affinity)
+        self.maps[name] = definition
+        return definition
+
+    def handler(self, map: str, name: str | None = None) -> Callable[[Handler], Handler]:
+        """Register `fn(ctx, key, args) -> result` to run atomically on the PU that owns `key` of `map`."""
+
+        def register(fn: Handler) -> Handler:
+            handler_name = name or fn.__name__
+            if map not in self.maps:
+                raise DefinitionError(f"handler {handler_name!r} names undeclared map {map!r}")
+            if handler_name in self.handlers:
+                raise DefinitionError(f"handler {handler_name!r} is registered twice")
+            self.handlers[handler_name] = (map, fn)
+            return fn
+
+        return register
+
+    def query(self, name: str | None = None, merge: MergeFn = _default_merge) -> Callable[[QueryFn], QueryFn]:
+        """Register a read-only `fn(view, args)` run on every partition; `merge(results)` runs on the client."""
+
+        def register(fn: QueryFn) -> QueryFn:
+            query_name = name or fn.__name__
+            if query_name in self.queries:
+                raise DefinitionError(f"query {query_name!r} is registered twice")
+            self.queries[query_name] = QueryDef(query_name, fn, merge)
+            return fn
+
+        return register
+
+    def map_def(self, name: str) -> MapDef:
+        try:
+            return self.maps[name]
+        except KeyError:
+            raise UnknownMap(f"space {self.name!r} has no map {name!r}; maps: {sorted(self.maps)}") from None
+
+    def handler_def(self, name: str) -> tuple[str, Handler]:
+        try:
+            return self.handlers[name]
+        except KeyError:
+            raise UnknownHandler(f"space {self.name!r} has no handler {name!r}; handlers: {sorted(self.handlers)}") from None
+
+    def query_def(self, name: str) -> QueryDef:
+        try:
+            return self.queries[name]
+        except KeyError:
+            raise UnknownHandler(f"space {self.name!r} has no query {name!r}; queries: {sorted(self.queries)}") from None
+
+    def routing_key(self, map: str, key: str) -> str:
+        check_key(key)
+        affinity = self.map_def(map).affinity
+        if affinity is not None:
+            return affinity(key)
+        at = key.rfind("@")
+        return key if at < 0 else key[at + 1 :]
+
+    def partition_of(self, map: str, key: str) -> int:
+        """The partition that owns `key` of `map`: stable across processes and Python versions."""
+        return partition_of(self.routing_key(map, key), self.partitions)
+
+
+def check_key(key: object) -> None:
+    if not isinstance(key, str):
+        raise InvalidKey(f"keys are str, not {type(key).__name__}")
+    if not 0 < len(key) <= KEY_CHARS_MAX:
+        raise InvalidKey(f"keys are 1 to {KEY_CHARS_MAX} characters, not {len(key)}")

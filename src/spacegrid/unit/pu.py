@@ -1,0 +1,415 @@
+"""A processing unit: owns partitions, serves requests next to their data, and acknowledges writes only after
+their fenced append is acknowledged by JetStream."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+import time
+from collections import deque
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from nats.aio.msg import Msg
+
+from spacegrid import codec, protocol
+from spacegrid.core.ownership import Membership, coordinator, next_table, plan
+from spacegrid.core.partition import Outcome, PartitionState, encode_owner_marker
+from spacegrid.engine.changelog import Changelog, ensure_stream
+from spacegrid.engine.connection import connect
+from spacegrid.engine.coordination import Coordination
+from spacegrid.engine.subjects import Names
+from spacegrid.errors import (
+    CommitUnknown,
+    Fenced,
+    NotOwner,
+    PartitionUnavailable,
+    RequestError,
+    SpacegridError,
+)
+from spacegrid.limits import DEFAULT_LIMITS, Limits
+from spacegrid.partitioning import PartitionTable
+from spacegrid.space import Space
+
+log = logging.getLogger("spacegrid.pu")
+
+RECOVERING = "recovering"
+ACTIVE = "active"
+RELEASED = "released"
+
+
+@dataclass(eq=False)
+class Slot:
+    """A partition this PU holds: its state machine, the fence position and replies waiting for commits."""
+
+    partition: int
+    epoch: int
+    state: PartitionState
+    status: str = RECOVERING
+    last_seq: int = 0
+    waiters: deque[tuple[int, str, int, Outcome]] = field(default_factory=deque)
+    appending: bool = False
+    task: asyncio.Task[None] | None = None
+    sub: Any = None
+
+
+def new_member_id() -> str:
+    return f"{socket.gethostname().split('.')[0][:16]}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class ProcessingUnit:
+    """One PU process's engine. Create, `await start()`, then `await stop()`."""
+
+    def __init__(
+        self,
+        space: Space,
+        nats_url: str,
+        limits: Limits = DEFAULT_LIMITS,
+        replicas: int = 1,
+        member_id: str | None = None,
+        time_limit: Callable[[], AbstractContextManager[Any]] = nullcontext,
+    ) -> None:
+        self.space = space
+        self.nats_url = nats_url
+        self.limits = limits
+        self.replicas = replicas
+        self.member_id = member_id or new_member_id()
+        self.time_limit = time_limit
+        self.names = Names(space.name)
+        self.table = PartitionTable.empty(space.partitions)
+        self.table_revision = 0
+        self.membership = Membership(limits.heartbeat_timeout_s)
+        self.slots: dict[int, Slot] = {}
+        self.started_s = time.time()
+        self.counters = {"requests": 0, "messages": 0, "appends": 0, "records": 0, "fenced": 0, "acquired": 0, "released": 0}
+        self._out: dict[str, list[bytes]] = {}
+        self._flush_scheduled = False
+        self._coordinating = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._appending: set[asyncio.Task[None]] = set()
+        self._stopping = False
+
+    # ---- lifecycle -----------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.nc = await connect(self.nats_url, f"pu:{self.member_id}")
+        self.js = self.nc.jetstream()
+        await ensure_stream(self.js, self.names, self.replicas, 2 * self.limits.append_bytes_max)
+        self.coord = await Coordination.open(self.js, self.names, self.replicas, create=True,
+                                             member_ttl_s=max(60.0, 10 * self.limits.heartbeat_timeout_s))
+        self.changelog = Changelog(self.nc, self.js, self.names, self.limits.append_timeout_s)
+        await self.changelog.start()
+        self._request_sub = await self.nc.subscribe(self.names.pu_subject(self.member_id), cb=self._on_message)
+        await self._heartbeat()
+        self._tasks.append(await self.coord.watch(self.coord.members, ">", self._on_member))
+        self._tasks.append(await self.coord.watch(self.coord.table, self.names.table_key, self._on_table))
+        self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name="heartbeat"))
+        log.info("PU %s serving space %s", self.member_id, self.space.name)
+
+    async def stop(self) -> None:
+        """Leave the grid: stop heartbeating, let in-flight appends finish, hand partitions back."""
+        if self._stopping:
+            return
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            await self.coord.remove_member(self.member_id)
+        except Exception as exc:  # best effort: the heartbeat timeout covers a failed goodbye
+            log.warning("could not remove member record: %s", exc)
+        for partition in list(self.slots):
+            self._release(partition, "PU stopping")
+        if self._appending:
+            await asyncio.wait(list(self._appending), timeout=self.limits.append_timeout_s)
+        await self._flush_replies()
+        await self.changelog.stop()
+        await self.nc.drain()
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "member": self.member_id,
+            "active": sorted(p for p, s in self.slots.items() if s.status == ACTIVE),
+            "recovering": sorted(p for p, s in self.slots.items() if s.status == RECOVERING),
+            "entries": sum(s.state.entry_count for s in self.slots.values()),
+            "table_version": self.table.version,
+            **self.counters,
+        }
+
+    # ---- membership, table and coordination ----------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        info = {"host": socket.gethostname(), "pid": os.getpid(), "started": self.started_s, **self.statistics()}
+        await self.coord.heartbeat(self.member_id, info)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.limits.heartbeat_interval_s)
+            try:
+                await self._heartbeat()
+                await self._coordinate()
+                self._reconcile()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("heartbeat round failed: %s", exc)
+
+    async def _on_member(self, member_id: str, value: bytes | None, revision: int) -> None:
+        if value is None:
+            changed = self.membership.remove(member_id)
+        else:
+            changed = self.membership.observe(member_id, self.coord.decode_member(value), time.monotonic())
+        if changed and not self._stopping:
+            await self._coordinate()
+
+    async def _on_table(self, key: str, value: bytes | None, revision: int) -> None:
+        if value is None:
+            return
+        table = self.coord.decode_table(value)
+        self._adopt_table(table, revision)
+
+    def _adopt_table(self, table: PartitionTable, revision: int) -> None:
+        if table.version <= self.table.version:
+            if table.version < self.table.version:
+                log.info("ignored table v%d older than v%d", table.version, self.table.version)
+            return
+        self.table, self.table_revision = table, revision
+        self._reconcile()
+
+    async def _coordinate(self) -> None:
+        """If this PU is the coordinator, forget dead members and write a fair table by compare-and-set."""
+        async with self._coordinating:
+            now = time.monotonic()
+            live = self.membership.live(now)
+            if self._stopping or coordinator(live) != self.member_id:
+                return
+            for dead in self.membership.dead(now):
+                log.warning("member %s missed heartbeats for %.1fs: removing it", dead, self.limits.heartbeat_timeout_s)
+                self.membership.remove(dead)
+                await self.coord.remove_member(dead)
+            proposal = next_table(self.table, live)
+            if proposal is None:
+                return
+            revision = await self.coord.write_table(proposal, self.table_revision)
+            if revision is None:
+                table, revision = await self.coord.read_table(self.space.partitions)
+                self._adopt_table(table, revision)
+            else:
+                log.info("wrote table v%d for %d live members", proposal.version, len(live))
+                self._adopt_table(proposal, revision)
+
+    def _reconcile(self) -> None:
+        if self._stopping:
+            return
+        decided = plan(self.table, self.member_id, {p: s.epoch for p, s in self.slots.items()})
+        for partition in decided.release:
+            self._release(partition, f"table v{self.table.version} gives it to {self.table.owner(partition)}")
+        for partition, epoch in decided.acquire:
+            if partition in self.slots:
+                self._release(partition, f"re-acquiring at epoch {epoch}")
+            self._acquire(partition, epoch)
+
+    # ---- acquiring and releasing partitions ----------------------------------------------------------------
+
+    def _acquire(self, partition: int, epoch: int) -> None:
+        state = PartitionState(self.space, partition, self.limits, self.time_limit)
+        slot = Slot(partition, epoch, state)
+        self.slots[partition] = slot
+        slot.task = asyncio.create_task(self._recover(slot), name=f"recover:{partition}")
+
+    async def _recover(self, slot: Slot) -> None:
+        """Replay the partition's log, then fence every earlier owner with an ownership marker."""
+        partition = slot.partition
+        try:
+            seq = await self.changelog.last_sequence(partition)
+            seq = await self._replay(slot, 0, seq)
+            marker = encode_owner_marker(slot.epoch, self.member_id)
+            while True:
+                try:
+                    slot.last_seq = await self.changelog.append(partition, marker, seq)
+                    break
+                except Fenced:
+                    seq = await self._replay(slot, seq, await self.changelog.last_sequence(partition))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("recovery of partition %d failed (%s); will retry", partition, exc)
+            if self.slots.get(partition) is slot:
+                del self.slots[partition]
+            return
+        slot.state.set_owner_epoch(slot.epoch)
+        slot.status = ACTIVE
+        slot.sub = await self.nc.subscribe(self.names.partition_subject(partition), cb=self._on_message)
+        self.counters["acquired"] += 1
+
+    async def _replay(self, slot: Slot, after_seq: int, until_seq: int) -> int:
+        return await self.changelog.replay(
+            slot.partition, after_seq, until_seq, lambda seq, message: slot.state.replay(message),
+            2 * self.limits.append_bytes_max, self.limits.replay_timeout_s,
+        )
+
+    def _release(self, partition: int, reason: str) -> None:
+        slot = self.slots.pop(partition, None)
+        if slot is None:
+            return
+        log.info("releasing partition %d: %s", partition, reason)
+        self.counters["released"] += 1
+        was_recovering = slot.status == RECOVERING
+        slot.status = RELEASED
+        if was_recovering and slot.task is not None:
+            slot.task.cancel()
+        if slot.sub is not None:
+            asyncio.ensure_future(slot.sub.unsubscribe())
+        if not slot.appending:
+            self._fail_waiters(slot, NotOwner(f"partition {partition} moved: {reason}"))
+
+    # ---- serving requests ----------------------------------------------------------------------------------
+
+    async def _on_message(self, msg: Msg) -> None:
+        self.counters["messages"] += 1
+        reply_to = msg.reply
+        try:
+            requests = codec.decode(msg.data, self.limits.request_payload_bytes_max)
+            if not isinstance(requests, list) or len(requests) > self.limits.requests_per_message_max:
+                raise RequestError(f"a request message is a list of at most {self.limits.requests_per_message_max} requests")
+        except SpacegridError as exc:
+            log.warning("refused a message on %s: %s", msg.subject, exc)
+            if reply_to:
+                self._reply(reply_to, protocol.error_reply(protocol.MALFORMED_REQ_ID, exc))
+            return
+        touched: set[Slot] = set()
+        for request in requests:
+            slot = self._serve(request, reply_to)
+            if slot is not None:
+                touched.add(slot)
+        for slot in touched:
+            self._schedule_append(slot)
+
+    def _serve(self, request: Any, reply_to: str) -> Slot | None:
+        self.counters["requests"] += 1
+        req_id = protocol.MALFORMED_REQ_ID
+        try:
+            req_id, op, partition, name, key, arg1, arg2, op_id = request
+            slot = self.slots.get(partition)
+            if slot is None or slot.status != ACTIVE:
+                raise (NotOwner if slot is None else PartitionUnavailable)(
+                    f"PU {self.member_id} does not serve partition {partition} (table v{self.table.version})"
+                )
+            state = slot.state
+            if op == protocol.OP_GET:
+                self._check_route(name, key, partition)
+                self._reply(reply_to, protocol.ok_reply(req_id, state.get(name, key)))
+                return None
+            if op == protocol.OP_QUERY:
+                self._reply(reply_to, protocol.ok_reply(req_id, state.query(name, arg1)))
+                return None
+            if not isinstance(op_id, str) or not op_id:
+                raise RequestError("a write needs an operation id")
+            if op == protocol.OP_PUT:
+                if arg1 is None:
+                    raise RequestError("None can't be stored as a value: delete the key instead")
+                outcome = state.put(op_id, name, key, arg1, arg2)
+            elif op == protocol.OP_DELETE:
+                outcome = state.delete(op_id, name, key, arg2)
+            elif op == protocol.OP_EXECUTE:
+                outcome = state.execute(op_id, name, key, arg1)
+            else:
+                raise RequestError(f"unknown operation {op!r}")
+        except SpacegridError as exc:
+            self._reply(reply_to, protocol.error_reply(req_id, exc))
+            return None
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            self._reply(reply_to, protocol.error_reply(req_id, RequestError(f"malformed request: {exc}")))
+            return None
+        if outcome.wait_lsn <= state.lsn_committed:
+            self._reply_outcome(reply_to, req_id, outcome)
+            return None
+        slot.waiters.append((outcome.wait_lsn, reply_to, req_id, outcome))
+        return slot
+
+    def _check_route(self, map_name: str, key: str, partition: int) -> None:
+        if self.space.partition_of(map_name, key) != partition:
+            raise RequestError(f"key {key!r} of {map_name!r} does not belong to partition {partition}")
+
+    # ---- group commit --------------------------------------------------------------------------------------
+
+    def _schedule_append(self, slot: Slot) -> None:
+        if not slot.appending and slot.status == ACTIVE and slot.state.unsent:
+            slot.appending = True
+            task = asyncio.get_running_loop().create_task(self._append_loop(slot))
+            self._appending.add(task)
+            task.add_done_callback(self._appending.discard)
+
+    async def _append_loop(self, slot: Slot) -> None:
+        """Append the partition's pending writes, one message at a time, each fenced on the previous one."""
+        failure: SpacegridError | None = None
+        try:
+            while (batch := slot.state.take_append()) is not None:
+                try:
+                    slot.last_seq = await self.changelog.append(slot.partition, batch.payload, slot.last_seq)
+                except SpacegridError as exc:
+                    failure = exc
+                    break
+                self.counters["appends"] += 1
+                self.counters["records"] += batch.record_count
+                committed = slot.state.on_append_committed()
+                self._release_waiters(slot, committed)
+                if slot.status != ACTIVE:
+                    break
+        finally:
+            slot.appending = False
+        if failure is not None:
+            self._on_append_failed(slot, failure)
+        elif slot.status != ACTIVE:
+            self._fail_waiters(slot, NotOwner(f"partition {slot.partition} moved before these writes were appended"))
+
+    def _on_append_failed(self, slot: Slot, failure: SpacegridError) -> None:
+        if isinstance(failure, Fenced):
+            self.counters["fenced"] += 1
+            log.warning("partition %d: deposed (%s); dropping it and its uncommitted writes", slot.partition, failure)
+            error: SpacegridError = failure
+        else:
+            log.warning("partition %d: append outcome unknown (%s); rebuilding it from the log", slot.partition, failure)
+            error = CommitUnknown(str(failure))
+        self._fail_waiters(slot, error)
+        if self.slots.get(slot.partition) is slot:
+            self._release(slot.partition, f"append failed: {failure}")
+        self._reconcile()
+
+    def _release_waiters(self, slot: Slot, committed_lsn: int) -> None:
+        waiters = slot.waiters
+        while waiters and waiters[0][0] <= committed_lsn:
+            _, reply_to, req_id, outcome = waiters.popleft()
+            self._reply_outcome(reply_to, req_id, outcome)
+
+    def _fail_waiters(self, slot: Slot, error: SpacegridError) -> None:
+        while slot.waiters:
+            _, reply_to, req_id, _ = slot.waiters.popleft()
+            self._reply(reply_to, protocol.error_reply(req_id, error))
+
+    # ---- replies, batched per reply subject per event-loop tick ---------------------------------------------
+
+    def _reply_outcome(self, reply_to: str, req_id: int, outcome: Outcome) -> None:
+        if outcome.error is not None:
+            self._reply(reply_to, protocol.error_reply(req_id, outcome.error))
+        else:
+            self._reply(reply_to, protocol.ok_reply(req_id, outcome.value))
+
+    def _reply(self, reply_to: str, item: bytes) -> None:
+        if not reply_to:
+            return
+        self._out.setdefault(reply_to, []).append(item)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().create_task(self._flush_replies())
+
+    async def _flush_replies(self) -> None:
+        self._flush_scheduled = False
+        out, self._out = self._out, {}
+        for reply_to, items in out.items():
+            for message in protocol.chunks(items, self.limits.request_payload_bytes_max):
+                await self.nc.publish(reply_to, message)

@@ -1,0 +1,29 @@
+"""Running one PU as an OS process: signals, the handler time limit, and a clean exit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+from spacegrid.limits import Limits
+from spacegrid.space import Space
+from spacegrid.unit.pu import ProcessingUnit
+from spacegrid.unit.timelimit import AlarmTimeLimit
+
+log = logging.getLogger("spacegrid.pu")
+
+
+async def run_pu(space: Space, nats_url: str, limits: Limits, replicas: int = 1) -> None:
+    """Serve until SIGTERM or SIGINT, then leave the grid gracefully."""
+    pu = ProcessingUnit(space, nats_url, limits, replicas, time_limit=AlarmTimeLimit(limits.handler_time_limit_s))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await pu.start()
+    print(f"PU {pu.member_id} up (pid {os.getpid()})", flush=True)
+    await stop.wait()
+    log.info("PU %s stopping", pu.member_id)
+    await pu.stop()

@@ -1,0 +1,3 @@
+"""Shared pytest configuration: registers spacegrid's reusable fixtures."""
+
+pytest_plugins = ["spacegrid.testing.fixtures"]
