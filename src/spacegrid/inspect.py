@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from nats.js.errors import NoKeysError
@@ -18,13 +19,21 @@ class GridStatus:
     space: str
     table: PartitionTable
     members: dict[str, dict[str, Any]]
+    read_at_s: float = field(default_factory=time.time)
+
+    def alive(self, member_id: str) -> bool:
+        """Heard of within its heartbeat timeout (compares wall clocks: keep hosts NTP-synced)."""
+        info = self.members.get(member_id)
+        if info is None:
+            return False
+        return self.read_at_s - float(info.get("beat", 0)) <= float(info.get("heartbeat_timeout_s", 2.0))
 
     @property
     def active_partitions(self) -> int:
-        """Partitions whose table owner reports them active: all of them means the grid is ready."""
+        """Partitions whose table owner is alive and reports them active: all of them means the grid is ready."""
         return sum(
             1 for partition, owner in enumerate(self.table.owners)
-            if owner in self.members and partition in self.members[owner].get("active", ())
+            if owner is not None and self.alive(owner) and partition in self.members[owner].get("active", ())
         )
 
     @property
@@ -37,7 +46,7 @@ class GridStatus:
             "table_version": self.table.version,
             "ready": self.ready,
             "members": [
-                {"id": member_id, "host": info.get("host"), "pid": info.get("pid"),
+                {"id": member_id, "alive": self.alive(member_id), "host": info.get("host"), "pid": info.get("pid"),
                  "partitions": self.table.owned_by(member_id), "active": info.get("active", []),
                  "requests": info.get("requests", 0), "appends": info.get("appends", 0)}
                 for member_id, info in sorted(self.members.items())

@@ -20,6 +20,7 @@ from spacegrid.errors import (
     ClosedError,
     CommitUnknown,
     GridTimeout,
+    NotOwner,
     PayloadTooLarge,
     SpacegridError,
     error_from_code,
@@ -52,7 +53,9 @@ class Client:
         self._op_ids = itertools.count(1)
         self._req_ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
-        self._outgoing: dict[str, list[tuple[int, bytes]]] = {}
+        self._outgoing: dict[str, list[tuple[int, bytes, float]]] = {}
+        self._batch_ids = itertools.count(1)
+        self._batches: dict[int, list[int]] = {}
         self._flush_scheduled = False
         self._closed = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -70,7 +73,7 @@ class Client:
         table, _ = await self.coord.read_table(self.space.partitions)
         self.table = table
         self._inbox = self.nc.new_inbox()
-        self._sub = await self.nc.subscribe(self._inbox, cb=self._on_reply)
+        self._sub = await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_reply)
         self._tasks.append(await self.coord.watch(self.coord.table, self.names.table_key, self._on_table))
 
     async def close(self) -> None:
@@ -195,33 +198,49 @@ class Client:
             return future
         self._pending[req_id] = future
         self.counters["requests"] += 1
-        self._outgoing.setdefault(subject, []).append((req_id, payload))
+        self._outgoing.setdefault(subject, []).append((req_id, payload, timeout_s))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
-        loop.call_later(timeout_s, self._expire, req_id, timeout_s)
         return future
 
     def _flush(self) -> None:
+        """Send what this tick queued: one message per PU (chunked by size), each with its own reply subject
+        so that a "no responders" status fails exactly its requests at once."""
         self._flush_scheduled = False
         outgoing, self._outgoing = self._outgoing, {}
+        loop = asyncio.get_running_loop()
         for subject, batch in outgoing.items():
-            for message in protocol.chunks([payload for _, payload in batch], self.limits.request_payload_bytes_max):
+            batch_no = next(self._batch_ids)
+            req_ids = [req_id for req_id, _, _ in batch]
+            self._batches[batch_no] = req_ids
+            loop.call_later(min(timeout_s for _, _, timeout_s in batch), self._expire, batch_no)
+            reply_to = f"{self._inbox}.{batch_no}"
+            for message in protocol.chunks([payload for _, payload, _ in batch], self.limits.request_payload_bytes_max):
                 self.counters["messages"] += 1
-                asyncio.ensure_future(self._publish(subject, message))
+                asyncio.ensure_future(self._publish(subject, message, reply_to))
 
-    async def _publish(self, subject: str, message: bytes) -> None:
+    async def _publish(self, subject: str, message: bytes, reply_to: str) -> None:
         try:
-            await self.nc.publish(subject, message, reply=self._inbox)
+            await self.nc.publish(subject, message, reply=reply_to)
         except Exception as exc:  # reconnecting or closed: the attempt timer retries
             log.debug("publish to %s failed: %s", subject, exc)
 
-    def _expire(self, req_id: int, timeout_s: float) -> None:
-        future = self._pending.pop(req_id, None)
-        if future is not None and not future.done():
-            future.set_exception(AttemptTimeout(f"no reply within {timeout_s:.3f}s"))
+    def _expire(self, batch_no: int) -> None:
+        self._fail_batch(batch_no, AttemptTimeout("no reply within the attempt timeout"))
+
+    def _fail_batch(self, batch_no: int, error: SpacegridError) -> None:
+        for req_id in self._batches.pop(batch_no, ()):
+            future = self._pending.pop(req_id, None)
+            if future is not None and not future.done():
+                future.set_exception(error)
 
     async def _on_reply(self, msg: Msg) -> None:
+        if not msg.data:
+            status = (msg.headers or {}).get("Status", "")
+            self._fail_batch(int(msg.subject.rpartition(".")[2]),
+                             NotOwner(f"no PU listens there (NATS status {status or 'empty'}); the owner is gone"))
+            return
         try:
             replies = codec.decode(msg.data, 16 * self.limits.request_payload_bytes_max)
         except SpacegridError as exc:

@@ -1,13 +1,14 @@
-"""Pytest fixtures users can reuse: a real nats-server on a free port that always shuts down."""
+"""Pytest fixtures users can reuse: a real nats-server on a free port and a real local grid, always shut down."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from spacegrid.engine.server import NatsServerProcess, NatsServerSpec
+from spacegrid.launcher import DEFAULT_APP, LocalGrid
 
 
 @pytest.fixture
@@ -25,3 +26,25 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServerProcess]:
 def nats_url(nats_server: NatsServerProcess) -> Iterator[str]:
     """The client URL of the `nats_server` fixture, e.g. "nats://127.0.0.1:40123"."""
     yield nats_server.url
+
+
+FAST_FAILOVER_PU_ARGS = ["--heartbeat-interval-s", "0.2", "--heartbeat-timeout-s", "1.0", "--handler-time-limit-s", "0.5"]
+
+
+@pytest.fixture
+def grid_factory(tmp_path: Path) -> Iterator[Callable[..., LocalGrid]]:
+    """start(app=..., pus=N) -> a ready LocalGrid (real nats-server, real PU processes); all stopped after the test."""
+    grids: list[LocalGrid] = []
+
+    def start(app: str = DEFAULT_APP, pus: int = 2, pu_args: list[str] | None = None, ready_timeout_s: float = 60.0) -> LocalGrid:
+        grid = LocalGrid(tmp_path / f"grid{len(grids)}", app, pu_args=list(FAST_FAILOVER_PU_ARGS if pu_args is None else pu_args))
+        grids.append(grid)
+        grid.start(pus)
+        grid.wait_ready(ready_timeout_s, members=pus)
+        return grid
+
+    try:
+        yield start
+    finally:
+        for grid in grids:
+            grid.stop()

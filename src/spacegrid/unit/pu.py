@@ -143,7 +143,8 @@ class ProcessingUnit:
     # ---- membership, table and coordination ----------------------------------------------------------------
 
     async def _heartbeat(self) -> None:
-        info = {"host": socket.gethostname(), "pid": os.getpid(), "started": self.started_s, **self.statistics()}
+        info = {"host": socket.gethostname(), "pid": os.getpid(), "started": self.started_s, "beat": time.time(),
+                "heartbeat_timeout_s": self.limits.heartbeat_timeout_s, **self.statistics()}
         await self.coord.heartbeat(self.member_id, info)
 
     async def _heartbeat_loop(self) -> None:

@@ -1,0 +1,56 @@
+"""A space for the tests: plain maps, counters, and handlers that misbehave on purpose."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from spacegrid import EntryContext, PartitionView, Space
+
+space = Space("testapp", partitions=16)
+space.map("kv")
+space.map("counters")
+
+APP = "tests.apps:space"
+
+
+@space.handler("counters")
+def incr(ctx: EntryContext, key: str, args: Any) -> int:
+    """Add args (default 1) to the counter and return the new value."""
+    value = int(ctx.get(key) or 0) + int(args or 1)
+    ctx.put(key, value)
+    return value
+
+
+@space.handler("kv")
+def put_group(ctx: EntryContext, key: str, args: Any) -> list[str]:
+    """Write every key named in args["keys"] (all must share key's partition) with args["value"], atomically."""
+    for name in args["keys"]:
+        ctx.put(name, args["value"])
+    return list(args["keys"])
+
+
+@space.handler("kv")
+def boom(ctx: EntryContext, key: str, args: Any) -> None:
+    """Write, then raise: the write must be discarded."""
+    ctx.put(key, "should-not-exist")
+    raise RuntimeError("boom on purpose")
+
+
+@space.handler("kv")
+def spin(ctx: EntryContext, key: str, args: Any) -> None:
+    """Write, then never return: the time limit must stop it and discard the write."""
+    ctx.put(key, "should-not-exist")
+    while True:
+        pass
+
+
+@space.handler("kv")
+def unencodable(ctx: EntryContext, key: str, args: Any) -> Any:
+    """Return something msgpack can't encode."""
+    return {1, 2, 3}
+
+
+@space.query(merge=sum)
+def count(view: PartitionView, args: Any) -> int:
+    """Entries of map args (default kv) over the grid."""
+    return view.count(args or "kv")

@@ -1,0 +1,180 @@
+"""Faults with real processes: full-grid SIGKILL and restart, SIGKILL of one PU under load, a paused deposed PU."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import nats
+
+from spacegrid import Client, codec, protocol
+from spacegrid.engine.subjects import Names
+from spacegrid.launcher import LocalGrid
+from tests.apps import APP, space
+
+COUNTERS = [f"c{i}" for i in range(8)]
+
+
+@dataclass
+class History:
+    """What the writer was told: acknowledged puts and increments, and the slowest call."""
+
+    acked_puts: dict[str, int] = field(default_factory=dict)
+    attempted_puts: set[str] = field(default_factory=set)
+    acked_incr: dict[str, int] = field(default_factory=dict)
+    attempted_incr: dict[str, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    slowest_s: float = 0.0
+
+
+async def write_load(client: Client, history: History, ops: int, workers: int, time_budget_s: float,
+                     on_progress: Callable[[int], None] = lambda done: None) -> None:
+    """Bounded in count and time: each worker alternates a put of a fresh key and an increment."""
+    deadline = time.monotonic() + time_budget_s
+    done = 0
+
+    async def worker(w: int) -> None:
+        nonlocal done
+        for i in range(ops // workers):
+            if time.monotonic() > deadline:
+                return
+            started = time.monotonic()
+            try:
+                if i % 2 == 0:
+                    key = f"w{w}-{i}"
+                    history.attempted_puts.add(key)
+                    await client.put("kv", key, i)
+                    history.acked_puts[key] = i
+                else:
+                    counter = COUNTERS[(w + i) % len(COUNTERS)]
+                    history.attempted_incr[counter] = history.attempted_incr.get(counter, 0) + 1
+                    await client.execute("incr", counter)
+                    history.acked_incr[counter] = history.acked_incr.get(counter, 0) + 1
+            except Exception as exc:  # recorded and asserted on by the tests
+                history.errors.append(f"{type(exc).__name__}: {exc}")
+            history.slowest_s = max(history.slowest_s, time.monotonic() - started)
+            done += 1
+            on_progress(done)
+
+    await asyncio.gather(*(worker(w) for w in range(workers)))
+
+
+async def check_history(client: Client, history: History, exact: bool) -> None:
+    """No acknowledged write lost; counters exact (or, when calls failed, between acked and attempted)."""
+    stored = await client.get_many("kv", sorted(history.attempted_puts))
+    lost = {key for key in history.acked_puts if stored.get(key) != history.acked_puts[key]}
+    assert not lost, f"acknowledged puts lost: {sorted(lost)[:10]}"
+    for counter in COUNTERS:
+        value = int(await client.get("counters", counter) or 0)
+        acked, attempted = history.acked_incr.get(counter, 0), history.attempted_incr.get(counter, 0)
+        if exact:
+            assert value == acked, f"{counter}: {value} != {acked} acknowledged increments"
+        else:
+            assert acked <= value <= attempted, f"{counter}: {value} outside [{acked}, {attempted}]"
+
+
+def test_full_grid_sigkill_and_restart_loses_no_acknowledged_write(grid_factory: Callable[..., LocalGrid]) -> None:
+    """SIGKILL of every PU and of nats-server mid-load, then a restart: every acknowledged write is there."""
+    grid = grid_factory(app=APP, pus=2)
+    history = History()
+    killed = asyncio.Event()
+
+    async def load_then_kill() -> None:
+        async with await Client.connect(grid.space, grid.url) as client:
+
+            def maybe_kill(done: int) -> None:
+                if done == 600 and not killed.is_set():
+                    for pu in grid.pus:
+                        pu.kill()
+                    assert grid.nats is not None
+                    grid.nats.kill()
+                    killed.set()
+
+            await write_load(client, history, ops=2000, workers=8, time_budget_s=20, on_progress=maybe_kill)
+
+    try:
+        asyncio.run(asyncio.wait_for(load_then_kill(), 60))
+    except Exception:
+        pass  # the client loses its server mid-run: what matters is what it was told before
+    assert killed.is_set() and len(history.acked_puts) >= 100
+    assert grid.nats is not None
+    grid.nats.start()
+    grid.pus.clear()
+    for _ in range(2):
+        grid.add_pu()
+    grid.wait_ready(60, members=2)
+
+    async def verify() -> None:
+        async with await Client.connect(grid.space, grid.url) as client:
+            await check_history(client, history, exact=False)
+
+    asyncio.run(verify())
+
+
+def test_sigkill_of_one_of_three_pus_under_load_loses_nothing(grid_factory: Callable[..., LocalGrid]) -> None:
+    """A writer running while one of three PUs is SIGKILLed finishes without errors; counters are exact."""
+    grid = grid_factory(app=APP, pus=3)
+    history = History()
+    victim = grid.pus[1]
+
+    async def main() -> float:
+        async with await Client.connect(grid.space, grid.url) as client:
+            killed_at: list[float] = []
+
+            def maybe_kill(done: int) -> None:
+                if done == 500 and not killed_at:
+                    victim.kill()
+                    killed_at.append(time.monotonic())
+
+            await write_load(client, history, ops=3000, workers=16, time_budget_s=60, on_progress=maybe_kill)
+            assert killed_at, "the load ended before the kill"
+            await check_history(client, history, exact=True)
+            return history.slowest_s
+
+    slowest_s = asyncio.run(main())
+    assert history.errors == []
+    assert history.acked_puts.keys() == history.attempted_puts
+    print(f"\nslowest call across the SIGKILL: {slowest_s:.3f}s")
+    status = grid.status()
+    assert status.ready and len({o for o in status.table.owners}) == 2
+
+
+def test_paused_deposed_pu_cannot_acknowledge_a_write(grid_factory: Callable[..., LocalGrid]) -> None:
+    """A PU stopped (SIGSTOP) until its partitions moved, then resumed, answers no write for them with success."""
+    grid = grid_factory(app=APP, pus=3)
+    before = grid.status()
+    paused = grid.pus[0]
+    paused_id = next(m for m, info in before.members.items() if info["pid"] == paused.pid)
+    partition = before.table.owned_by(paused_id)[0]
+    key = next(f"stale-{i}" for i in range(10_000) if space.partition_of("kv", f"stale-{i}") == partition)
+
+    paused.signal(signal.SIGSTOP)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = grid.status()
+        if status.ready and paused_id not in status.table.owners:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("partitions did not move off the paused PU")
+
+    async def main() -> Any:
+        nc = await nats.connect(grid.url)
+        try:
+            request = codec.encode_array([protocol.request(1, protocol.OP_PUT, partition, "kv", key, "from-the-past",
+                                                           None, "stale-op-1")])
+            reply_future = asyncio.ensure_future(nc.request(Names(space.name).pu_subject(paused_id), request, timeout=10))
+            await asyncio.sleep(0.05)
+            paused.signal(signal.SIGCONT)
+            reply = await reply_future
+            async with await Client.connect(grid.space, grid.url) as client:
+                return codec.decode(reply.data, 1 << 20), await client.get("kv", key)
+        finally:
+            await nc.close()
+
+    replies, stored = asyncio.run(main())
+    assert replies[0][0] == 1 and replies[0][1] in ("not_owner", "fenced", "unavailable"), replies
+    assert stored is None
