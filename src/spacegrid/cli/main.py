@@ -67,11 +67,7 @@ def _with_client(data_dir: Path, nats_url: str | None, app: str | None,
         finally:
             await client.close()
 
-    try:
-        return asyncio.run(run())
-    except SpacegridError as exc:
-        _fail(str(exc))
-        raise AssertionError("unreachable")
+    return asyncio.run(run())
 
 
 def _print_json(value: Any) -> None:
@@ -157,10 +153,7 @@ def pu(app: str | None, nats_url: str | None, data_dir: Path, replicas: int, hea
     limits = Limits(heartbeat_interval_s=heartbeat_interval_s, heartbeat_timeout_s=heartbeat_timeout_s,
                     handler_time_limit_s=handler_time_limit_s)
     install_uvloop()
-    try:
-        asyncio.run(run_pu(space, url, limits, replicas))
-    except SpacegridError as exc:
-        _fail(str(exc))
+    asyncio.run(run_pu(space, url, limits, replicas))
 
 
 @cli.command()
@@ -249,11 +242,7 @@ def query(name: str, args_json: str | None, data_dir: Path, nats_url: str | None
 def status(data_dir: Path, nats_url: str | None, app: str | None, as_json: bool) -> None:
     """Members and partitions of the grid."""
     url, space = _resolve(data_dir, nats_url, app)
-    try:
-        grid = asyncio.run(read_status(url, space.name, space.partitions))
-    except SpacegridError as exc:
-        _fail(str(exc))
-        return
+    grid = asyncio.run(read_status(url, space.name, space.partitions))
     if as_json:
         _print_json(grid.to_json())
         return
@@ -279,7 +268,10 @@ def status(data_dir: Path, nats_url: str | None, app: str | None, as_json: bool)
 
 
 def main() -> None:
-    cli()
+    try:
+        cli()
+    except SpacegridError as exc:
+        _fail(str(exc))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,81 @@
+"""`spacegrid up` and the CLI a person uses, as subprocesses against the embedded default."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from spacegrid.testing.eventually import eventually_sync
+
+SPACEGRID = [sys.executable, "-m", "spacegrid.cli.main"]
+
+
+def sg(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*SPACEGRID, *args, "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=60)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_up_serves_the_cli_and_stops_everything_on_sigterm(tmp_path: Path) -> None:
+    """`spacegrid up` starts nats-server and PUs, the CLI works against it, and SIGTERM stops every process."""
+    data_dir = tmp_path / "grid"
+    up = subprocess.Popen([*SPACEGRID, "up", "--pus", "2", "--data-dir", str(data_dir)], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def ready() -> None:
+            assert (data_dir / "grid.json").exists()
+            done = sg(data_dir, "status", "--json")
+            assert done.returncode == 0, done.stderr
+            assert json.loads(done.stdout)["ready"] is True
+
+        eventually_sync(ready, timeout_s=90, interval_s=0.2)
+        grid: dict[str, Any] = json.loads((data_dir / "grid.json").read_text())
+        assert grid["app"] == "spacegrid.examples.tickets:space" and len(grid["pus"]) == 2
+
+        status = json.loads(sg(data_dir, "status", "--json").stdout)
+        assert len(status["members"]) == 2 and len(status["partitions"]) == 64
+        assert all(p["owner"] in {m["id"] for m in status["members"]} and p["epoch"] >= 1 for p in status["partitions"])
+        assert {m["pid"] for m in status["members"]} == set(grid["pus"])
+
+        assert json.loads(sg(data_dir, "call", "create_event", "E9", '{"seats": 5}').stdout) == {"created": True, "seats": 5}
+        reserved = sg(data_dir, "call", "reserve", "E9", '{"seats": ["S1"], "holder": "ann"}')
+        assert json.loads(reserved.stdout) == {"ok": True, "seats": ["S1"]}
+        assert json.loads(sg(data_dir, "get", "seats", "E9:S1@E9").stdout)["value"] == {"holder": "ann"}
+        put = json.loads(sg(data_dir, "put", "events", "note", '{"text": "hi"}').stdout)
+        conflict = sg(data_dir, "put", "events", "note", '"x"', "--expected-version", str(put["version"] + 100))
+        assert conflict.returncode == 1 and "version" in conflict.stderr
+        assert json.loads(sg(data_dir, "delete", "events", "note").stdout) == {"deleted": True}
+        assert sg(data_dir, "get", "events", "note").returncode == 3
+        assert json.loads(sg(data_dir, "query", "sales").stdout) == {"events": 1, "sold": 1, "held_seats": 1}
+        unknown = sg(data_dir, "call", "nosuch", "k")
+        assert unknown.returncode == 1 and "no handler 'nosuch'" in unknown.stderr
+        assert sg(data_dir, "put", "events", "k", "{not json").returncode == 2
+        table = sg(data_dir, "status")
+        assert table.returncode == 0 and "64/64 partitions active" in table.stdout
+    finally:
+        up.send_signal(signal.SIGTERM)
+        up.wait(timeout=60)
+    pids = [grid["nats_pid"], *grid["pus"]]
+    eventually_sync(lambda: _assert_all_gone(pids), timeout_s=10)
+    assert not (data_dir / "grid.json").exists()
+
+
+def _assert_all_gone(pids: list[int]) -> None:
+    assert [pid for pid in pids if _alive(pid)] == []
+
+
+def test_cli_without_a_grid_says_what_to_do(tmp_path: Path) -> None:
+    """With no grid at --data-dir, commands fail with a hint to start one."""
+    done = sg(tmp_path, "get", "events", "x")
+    assert done.returncode == 1 and "spacegrid up" in done.stderr

@@ -1,0 +1,106 @@
+"""The PU's wire boundary and the log fence, driven with raw NATS messages."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable
+
+import nats
+import pytest
+
+from spacegrid import Client, codec, protocol
+from spacegrid.engine.changelog import Changelog, ensure_stream
+from spacegrid.engine.server import NatsServerProcess
+from spacegrid.engine.subjects import Names
+from spacegrid.errors import Fenced
+from spacegrid.launcher import LocalGrid
+from tests.apps import APP, space
+
+
+async def _raw_request(grid: LocalGrid, member_id: str, data: bytes, replies_expected: int) -> list[Any]:
+    """Send one message and collect reply items (they may come in several messages) until we have them all."""
+    nc = await nats.connect(grid.url)
+    replies: list[Any] = []
+    got_all = asyncio.Event()
+
+    async def on_reply(msg: Any) -> None:
+        replies.extend(codec.decode(msg.data, 1 << 24))
+        if len(replies) >= replies_expected:
+            got_all.set()
+
+    try:
+        inbox = nc.new_inbox()
+        await nc.subscribe(inbox, cb=on_reply)
+        await nc.publish(Names(space.name).pu_subject(member_id), data, reply=inbox)
+        await asyncio.wait_for(got_all.wait(), 5)
+        return replies
+    finally:
+        await nc.close()
+
+
+def test_malformed_messages_get_errors_and_the_pu_keeps_serving(grid_factory: Callable[..., LocalGrid]) -> None:
+    """Garbage, wrong shapes, ext types and oversize messages each get an error reply; the PU still serves."""
+    grid = grid_factory(app=APP, pus=1)
+    member_id = next(iter(grid.status().members))
+    partition = space.partition_of("kv", "k")
+
+    def ask(data: bytes, replies_expected: int = 1) -> list[Any]:
+        return asyncio.run(_raw_request(grid, member_id, data, replies_expected))
+
+    assert ask(b"\xc1\xff\x00")[0][:2] == [protocol.MALFORMED_REQ_ID, "decode"]
+    assert ask(codec.encode({"not": "a list"}))[0][:2] == [protocol.MALFORMED_REQ_ID, "bad_request"]
+    assert ask(b"\xd4\x05\x00")[0][:2] == [protocol.MALFORMED_REQ_ID, "decode"]  # fixext1: refused
+    assert ask(codec.encode(["x" * (2 << 20)]))[0][:2] == [protocol.MALFORMED_REQ_ID, "too_large"]
+    short = codec.encode_array([codec.encode([7, protocol.OP_GET])])
+    assert ask(short)[0][:2] == [protocol.MALFORMED_REQ_ID, "bad_request"]
+    unknown_op = codec.encode_array([protocol.request(8, 99, partition, "kv", "k", None, None, "op-x")])
+    assert ask(unknown_op)[0][:2] == [8, "bad_request"]
+    no_op_id = codec.encode_array([protocol.request(9, protocol.OP_PUT, partition, "kv", "k", 1, None, "")])
+    assert ask(no_op_id)[0][:2] == [9, "bad_request"]
+    wrong_partition = codec.encode_array([protocol.request(10, protocol.OP_GET, (partition + 1) % 16, "kv", "k")])
+    assert ask(wrong_partition)[0][1] in ("bad_request", "not_owner")
+    mixed = codec.encode_array([
+        protocol.request(11, protocol.OP_PUT, partition, "kv", "k", "fine", None, "op-11"),
+        codec.encode("garbage entry"),
+        protocol.request(12, protocol.OP_GET, partition, "nomap", "k"),
+    ])
+    replies = {reply[0]: reply for reply in ask(mixed, replies_expected=3)}
+    assert replies[11][1] == protocol.OK
+    assert replies[protocol.MALFORMED_REQ_ID][1] == "bad_request"
+    assert replies[12][1] == "unknown_map"
+
+    async def still_serving() -> Any:
+        async with await Client.connect(grid.space, grid.url) as client:
+            return await client.get("kv", "k")
+
+    assert asyncio.run(still_serving()) == "fine"
+
+
+def test_the_fence_rejects_a_deposed_writer(nats_server: NatsServerProcess) -> None:
+    """Once a new owner appended its marker, the old owner's append on the stale sequence is rejected."""
+
+    async def main() -> None:
+        names = Names("fence")
+        old_nc, new_nc = await nats.connect(nats_server.url), await nats.connect(nats_server.url)
+        try:
+            await ensure_stream(old_nc.jetstream(), names, replicas=1, max_msg_bytes=1 << 20)
+            old = Changelog(old_nc, old_nc.jetstream(), names, append_timeout_s=5)
+            new = Changelog(new_nc, new_nc.jetstream(), names, append_timeout_s=5)
+            await old.start()
+            await new.start()
+            old_seq = await old.append(3, b"\x90", 0)
+            assert await new.last_sequence(3) == old_seq
+            new_seq = await new.append(3, b"\x91\x01", old_seq)
+            with pytest.raises(Fenced):
+                await old.append(3, b"\x92", old_seq)
+            assert await new.last_sequence(3) == new_seq
+            seen: list[int] = []
+            await new.replay(3, 0, new_seq, lambda seq, message: seen.append(seq), 1 << 20, 5)
+            assert seen == [old_seq, new_seq]
+            await old.stop()
+            await new.stop()
+        finally:
+            await old_nc.close()
+            await new_nc.close()
+
+    asyncio.run(main())
