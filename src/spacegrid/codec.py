@@ -36,11 +36,12 @@ def encode_array(encoded_items: list[bytes]) -> bytes:
 
 
 def decode(data: bytes, size_max_bytes: int) -> Any:
-    """Decode one msgpack document no larger than size_max_bytes; extension types are refused."""
+    """Decode one msgpack document no larger than size_max_bytes. Extension types are refused, except msgpack's
+    timestamp, which the library decodes itself and we turn into a float (seconds since the epoch)."""
     if len(data) > size_max_bytes:
         raise PayloadTooLarge(f"message of {len(data)} bytes exceeds the limit of {size_max_bytes} bytes")
     try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_refuse_ext)
+        return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_refuse_ext, timestamp=1)
     except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError, TypeError) as exc:
         raise DecodeError(f"undecodable message: {exc}") from exc
 

@@ -29,6 +29,14 @@ def ok_reply(req_id: int, payload: Any) -> bytes:
     return codec.encode([req_id, OK, payload])
 
 
+def entry_reply(req_id: int, entry: tuple[bytes, int] | None) -> bytes:
+    """A get's reply [value, version], splicing the stored encoded value in without decoding it."""
+    if entry is None:
+        return ok_reply(req_id, None)
+    return codec.encode_array([codec.encode(req_id), codec.encode(OK),
+                               codec.encode_array([entry[0], codec.encode(entry[1])])])
+
+
 def error_reply(req_id: int, error: SpacegridError) -> bytes:
     version = error.current_version if isinstance(error, VersionConflict) else 0
     return codec.encode([req_id, error.code, [str(error), version]])

@@ -69,14 +69,14 @@ class Space:
     queries: dict[str, QueryDef] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not _NAME.match(self.name):
+        if not _NAME.fullmatch(self.name):
             raise DefinitionError(f"space name {self.name!r} must match {_NAME.pattern}")
         if not 1 <= self.partitions <= 4096:
             raise DefinitionError(f"partitions must be between 1 and 4096, not {self.partitions}")
 
     def map(self, name: str, affinity: Callable[[str], str] | None = None) -> MapDef:
         """Declare a map. `affinity(key) -> routing key` puts related keys in one partition."""
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise DefinitionError(f"map name {name!r} must match {_NAME.pattern}")
         if name in self.maps:
             raise DefinitionError(f"map {name!r} is declared twice")
@@ -146,3 +146,8 @@ def check_key(key: object) -> None:
         raise InvalidKey(f"keys are str, not {type(key).__name__}")
     if not 0 < len(key) <= KEY_CHARS_MAX:
         raise InvalidKey(f"keys are 1 to {KEY_CHARS_MAX} characters, not {len(key)}")
+    if not key.isascii():
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidKey(f"key {key!r} is not valid Unicode (lone surrogate)") from None

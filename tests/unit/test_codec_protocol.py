@@ -65,10 +65,10 @@ def test_decode_refuses_ext_types():
         codec.decode(msgpack.packb({"v": [msgpack.ExtType(1, b"")]}), 100)
 
 
-def test_decode_refuses_the_timestamp_ext_type():
-    """The built-in timestamp extension (type -1) is refused like every other extension type."""
-    with pytest.raises(DecodeError):
-        codec.decode(msgpack.packb(msgpack.Timestamp(1, 0)), 100)
+def test_decode_turns_the_timestamp_ext_type_into_a_float():
+    """The built-in timestamp extension (type -1), which msgpack decodes itself, becomes plain seconds: no object of
+    another type reaches the grid."""
+    assert codec.decode(msgpack.packb([msgpack.Timestamp(1, 500_000_000)]), 100) == [1.5]
 
 
 def test_decode_refuses_oversize_messages():

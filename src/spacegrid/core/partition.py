@@ -29,11 +29,12 @@ DELETED: Any = _Deleted()
 
 
 class Entry:
-    """A value and its version; the version is the partition log sequence number of the write (it only grows)."""
+    """A value, kept msgpack-encoded so that no reader can mutate it in place, and its version: the partition log
+    sequence number of the write (it only grows)."""
 
     __slots__ = ("value", "version")
 
-    def __init__(self, value: Any, version: int) -> None:
+    def __init__(self, value: bytes, version: int) -> None:
         self.value = value
         self.version = version
 
@@ -108,17 +109,22 @@ class PartitionState:
         for op_id, result, records in message[2]:
             for map_name, key, version, value, deleted in records:
                 assert version > self.lsn_committed, "versions only grow"
-                self._commit_write(map_name, key, Entry(DELETED if deleted else value, version))
+                self._commit_write(map_name, key, Entry(DELETED if deleted else bytes(value), version))
                 self.lsn_committed = version
             self._remember(op_id, result)
         self.lsn_assigned = self.lsn_committed
 
     # ---- reads ---------------------------------------------------------------------------------------------
 
-    def get(self, map_name: str, key: str) -> tuple[Any, int] | None:
-        """The last committed value and version, or None."""
+    def get_encoded(self, map_name: str, key: str) -> tuple[bytes, int] | None:
+        """The last committed value (msgpack-encoded, as stored) and version, or None."""
         entry = self.maps.get(map_name, {}).get(key)
         return None if entry is None else (entry.value, entry.version)
+
+    def get(self, map_name: str, key: str) -> tuple[Any, int] | None:
+        """The last committed value (a fresh copy) and version, or None."""
+        entry = self.maps.get(map_name, {}).get(key)
+        return None if entry is None else (codec.decode(entry.value, self.limits.write_bytes_max), entry.version)
 
     def query(self, name: str, args: Any) -> Any:
         definition = self.space.query_def(name)
@@ -171,6 +177,7 @@ class PartitionState:
         return Outcome(result, self.lsn_assigned)
 
     def _stage(self, op_id: str, result: Any, staged: dict[tuple[str, str], Any]) -> None:
+        """Give the staged writes their versions, encode the operation's log entry, and apply it to the overlay."""
         writes: list[tuple[str, str, Entry]] = []
         records: list[list[Any]] = []
         lsn = self.lsn_assigned
@@ -275,13 +282,20 @@ class _Context:
             )
 
     def get_entry(self, key: str, map: str | None = None) -> tuple[Any, int] | None:
+        """A fresh copy of the value (mutating it changes nothing until put) and its version."""
         map_name = map or self.map_name
         self.check(map_name, key)
         staged = self.staged.get((map_name, key))
         if staged is not None:
-            return None if staged is DELETED else (staged, self.state.lsn_assigned + 1)
+            if staged is DELETED:
+                return None
+            return codec.decode(staged, self.state.limits.write_bytes_max), self._staged_version(map_name, key)
         entry = self.state._lookup(map_name, key)
-        return None if entry is None else (entry.value, entry.version)
+        return None if entry is None else (codec.decode(entry.value, self.state.limits.write_bytes_max), entry.version)
+
+    def _staged_version(self, map_name: str, key: str) -> int:
+        """The version a staged key will get: _stage numbers staged keys in insertion order."""
+        return self.state.lsn_assigned + 1 + list(self.staged).index((map_name, key))
 
     def get(self, key: str, map: str | None = None) -> Any:
         found = self.get_entry(key, map)
@@ -292,18 +306,28 @@ class _Context:
         self.check(map_name, key)
         if value is None:
             raise HandlerError("None can't be stored as a value: use ctx.delete(key)")
-        self.staged[(map_name, key)] = value
+        self.staged[(map_name, key)] = codec.encode_bounded(value, self.state.limits.write_bytes_max, "a value")
 
     def delete(self, key: str, map: str | None = None) -> bool:
-        existed = self.get_entry(key, map) is not None
+        map_name = map or self.map_name
+        existed = self.version_of(map_name, key) != 0
         if existed:
-            self.staged[(map or self.map_name, key)] = DELETED
+            self.staged[(map_name, key)] = DELETED
         return existed
+
+    def version_of(self, map_name: str, key: str) -> int:
+        """The version the key has as this handler sees it, 0 if absent."""
+        self.check(map_name, key)
+        staged = self.staged.get((map_name, key))
+        if staged is not None:
+            return 0 if staged is DELETED else self._staged_version(map_name, key)
+        entry = self.state._lookup(map_name, key)
+        return 0 if entry is None else entry.version
 
     def cas_put(self, key: str, value: Any, expected_version: int | None) -> int:
         self._expect(key, expected_version)
         self.put(key, value)
-        return self.state.lsn_assigned + 1
+        return self._staged_version(self.map_name, key)
 
     def cas_delete(self, key: str, expected_version: int | None) -> bool:
         self._expect(key, expected_version)
@@ -312,8 +336,7 @@ class _Context:
     def _expect(self, key: str, expected_version: int | None) -> None:
         if expected_version is None:
             return
-        found = self.get_entry(key)
-        current = 0 if found is None else found[1]
+        current = self.version_of(self.map_name, key)
         if current != expected_version:
             raise VersionConflict(
                 f"{self.map_name}[{key!r}] is at version {current}, not the expected {expected_version}", current
@@ -335,7 +358,8 @@ class _View:
 
     def items(self, map: str) -> Iterator[tuple[str, Any]]:
         entries = self.state.maps.get(self.state.space.map_def(map).name, {})
-        return ((key, entry.value) for key, entry in entries.items())
+        size_max = self.state.limits.write_bytes_max
+        return ((key, codec.decode(entry.value, size_max)) for key, entry in entries.items())
 
     def count(self, map: str) -> int:
         return len(self.state.maps.get(self.state.space.map_def(map).name, {}))

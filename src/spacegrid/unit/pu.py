@@ -303,7 +303,7 @@ class ProcessingUnit:
             state = slot.state
             if op == protocol.OP_GET:
                 self._check_route(name, key, partition)
-                self._reply(reply_to, protocol.ok_reply(req_id, state.get(name, key)))
+                self._reply(reply_to, protocol.entry_reply(req_id, state.get_encoded(name, key)))
                 return None
             if op == protocol.OP_QUERY:
                 self._reply(reply_to, protocol.ok_reply(req_id, state.query(name, arg1)))
