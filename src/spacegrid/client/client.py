@@ -55,7 +55,7 @@ class Client:
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._outgoing: dict[str, list[tuple[int, bytes, float]]] = {}
         self._batch_ids = itertools.count(1)
-        self._batches: dict[int, list[int]] = {}
+        self._batches: dict[int, tuple[str, list[int]]] = {}
         self._flush_scheduled = False
         self._closed = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -100,6 +100,7 @@ class Client:
         table = self.coord.decode_table(value)
         if table.version > self.table.version:
             self.table = table
+            self._fail_batches_to_departed(set(table.owners))
         elif table.version < self.table.version:
             log.info("ignored table v%d older than v%d", table.version, self.table.version)
 
@@ -213,7 +214,7 @@ class Client:
         for subject, batch in outgoing.items():
             batch_no = next(self._batch_ids)
             req_ids = [req_id for req_id, _, _ in batch]
-            self._batches[batch_no] = req_ids
+            self._batches[batch_no] = (subject, req_ids)
             loop.call_later(min(timeout_s for _, _, timeout_s in batch), self._expire, batch_no)
             reply_to = f"{self._inbox}.{batch_no}"
             for message in protocol.chunks([payload for _, payload, _ in batch], self.limits.request_payload_bytes_max):
@@ -229,8 +230,17 @@ class Client:
     def _expire(self, batch_no: int) -> None:
         self._fail_batch(batch_no, AttemptTimeout("no reply within the attempt timeout"))
 
+    def _fail_batches_to_departed(self, owners: set[str | None]) -> None:
+        """Requests in flight to a PU that the new table no longer names won't be answered: retry them now
+        (safe for writes too: the operation id makes a retry apply at most once)."""
+        live_subjects = {self.names.pu_subject(owner) for owner in owners if owner is not None}
+        for batch_no, (subject, _) in list(self._batches.items()):
+            if subject not in live_subjects:
+                self._fail_batch(batch_no, AttemptTimeout("the PU this was sent to left the partition table"))
+
     def _fail_batch(self, batch_no: int, error: SpacegridError) -> None:
-        for req_id in self._batches.pop(batch_no, ()):
+        _, req_ids = self._batches.pop(batch_no, ("", []))
+        for req_id in req_ids:
             future = self._pending.pop(req_id, None)
             if future is not None and not future.done():
                 future.set_exception(error)
