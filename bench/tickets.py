@@ -44,7 +44,9 @@ from typing import Any
 
 from spacegrid.client.client import Client
 from spacegrid.engine.connection import connect, install_uvloop
+from spacegrid.engine.coordination import Coordination
 from spacegrid.engine.server import NatsServerProcess, NatsServerSpec
+from spacegrid.engine.subjects import Names
 from spacegrid.examples.tickets import seat_key
 from spacegrid.examples.tickets import space as tickets_space
 from spacegrid.inspect import read_status
@@ -64,7 +66,7 @@ PG_SCHEMA = "bench_tickets"
 ECHO_MEMBER = "echo"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 OPS_MAX_PER_RUN = 5_000_000  # a hard bound on one target's load loop, whatever the time says
-GET_CHUNK = 20_000  # below the client's pending_requests_max
+GET_CHUNK = 4_000  # the client does not split a tick's batch by requests_per_message_max (4096)
 
 
 # ---- CPU accounting -----------------------------------------------------------------------------------------
@@ -333,7 +335,9 @@ class GridTarget:
         return int(result["released"])
 
     def counters(self) -> dict[str, int]:
-        return dict(self.client.counters)
+        stats = self.client.nc.stats
+        return {**self.client.counters, "nats_in_msgs": stats["in_msgs"], "nats_out_msgs": stats["out_msgs"],
+                "nats_in_bytes": stats["in_bytes"], "nats_out_bytes": stats["out_bytes"]}
 
     async def _get_many(self, map_name: str, keys: list[str]) -> dict[str, Any]:
         found: dict[str, Any] = {}
@@ -360,23 +364,25 @@ class GridTarget:
         return compare(expected, actual_holders, actual_sold, extra)
 
 
-class EchoClient(Client):
-    """spacegrid's Client with a fixed table that routes every partition to the echo responder; no KV."""
-
-    async def _start(self, nats_url: str) -> None:
-        self.nc = await connect(nats_url, f"client:{self.client_id}")
-        self.table = PartitionTable(1, (ECHO_MEMBER,) * self.space.partitions, (1,) * self.space.partitions)
-        self._inbox = self.nc.new_inbox()
-        self._sub = await self.nc.subscribe(self._inbox, cb=self._on_reply)
+async def publish_echo_table(url: str) -> None:
+    """Write a partition table that gives every partition to the echo responder, so that spacegrid's own Client
+    (unchanged) routes and batches to it exactly as it would to one PU."""
+    nc = await connect(url, "bench-echo-table")
+    try:
+        names = Names(tickets_space.name)
+        coord = await Coordination.open(nc.jetstream(), names, create=True)
+        partitions = tickets_space.partitions
+        table = PartitionTable(1, (ECHO_MEMBER,) * partitions, (1,) * partitions)
+        if await coord.write_table(table, 0) is None:
+            raise SystemExit("the echo server already had a partition table")
+    finally:
+        await nc.close()
 
 
 class EchoTarget(GridTarget):
     """The same client calls, answered at once by bench/echo_responder.py (no state: nothing to check)."""
 
     checked = False
-
-    async def open(self) -> None:
-        self.client = await EchoClient.connect(tickets_space, self.url)
 
     async def create_events(self) -> None:
         return None
@@ -444,31 +450,102 @@ SELECT count(*) FROM freed
 PG_AVAILABILITY = f"SELECT seats - sold AS free, sold, seats FROM {PG_SCHEMA}.events WHERE id = $1"
 
 
+async def _pg_no_reset(connection: Any) -> None:
+    return None
+
+
+class ConnectionList:
+    """The smallest pool: a list of open connections, taken and given back without any query or timer."""
+
+    def __init__(self, connections: list[Any]) -> None:
+        self.connections = connections
+        self.free = list(connections)
+        self.waiters: list[asyncio.Future[Any]] = []
+
+    async def _take(self) -> Any:
+        if self.free:
+            return self.free.pop()
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        return await waiter
+
+    def _give(self, connection: Any) -> None:
+        while self.waiters:
+            waiter = self.waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result(connection)
+                return
+        self.free.append(connection)
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        connection = await self._take()
+        try:
+            return await connection.fetchval(query, *args)
+        finally:
+            self._give(connection)
+
+    async def fetchrow(self, query: str, *args: Any) -> Any:
+        connection = await self._take()
+        try:
+            return await connection.fetchrow(query, *args)
+        finally:
+            self._give(connection)
+
+    def acquire(self) -> Any:
+        pool = self
+
+        class _Held:
+            async def __aenter__(self) -> Any:
+                self.connection = await pool._take()
+                return self.connection
+
+            async def __aexit__(self, *exc_info: Any) -> None:
+                pool._give(self.connection)
+
+        return _Held()
+
+    async def close(self) -> None:
+        for connection in self.connections:
+            await connection.close()
+
+
 class PgTarget:
     """asyncpg to PostgreSQL; one statement per operation in its own implicit transaction."""
 
     checked = True
 
-    def __init__(self, dsn: str, events: int) -> None:
+    def __init__(self, dsn: str, events: int, pool_size: int = CONCURRENCY, pool_impl: str = "list") -> None:
         self.dsn = dsn
         self.events = events
+        self.pool_size = pool_size
+        self.pool_impl = pool_impl
         self.backend_pids: list[int] = []
 
     async def open(self) -> None:
         import asyncpg
 
-        self.pool = await asyncpg.create_pool(self.dsn, min_size=CONCURRENCY, max_size=CONCURRENCY,
-                                              command_timeout=30)
-        connections = [await self.pool.acquire() for _ in range(CONCURRENCY)]
+        if self.pool_impl == "asyncpg":
+            # asyncpg's default pool runs a reset query (advisory unlock, CLOSE ALL, UNLISTEN, RESET ALL) on every
+            # release: one more round trip per operation. This workload keeps no session state, so the reset is a
+            # no-op here (asyncpg still rolls back an open transaction); connections are not recycled mid-run.
+            self.pool = await asyncpg.create_pool(self.dsn, min_size=self.pool_size, max_size=self.pool_size,
+                                                  command_timeout=30, max_queries=2**62, reset=_pg_no_reset)
+            connections = [await self.pool.acquire() for _ in range(self.pool_size)]
+        else:
+            self.pool = ConnectionList(
+                [await asyncpg.connect(self.dsn, command_timeout=30) for _ in range(self.pool_size)])
+            connections = list(self.pool.connections)
         try:
             self.backend_pids = [await c.fetchval("SELECT pg_backend_pid()") for c in connections]
             self.aux_pids = {row["backend_type"]: row["pid"] for row in await connections[0].fetch(
                 "SELECT pid, backend_type FROM pg_stat_activity WHERE backend_type <> 'client backend'")}
             self.settings = {name: await connections[0].fetchval(f"SHOW {name}") for name in
-                             ("server_version", "synchronous_commit", "fsync", "shared_buffers", "wal_level")}
+                             ("server_version", "synchronous_commit", "fsync", "shared_buffers", "wal_level",
+                              "max_connections")}
         finally:
-            for c in connections:
-                await self.pool.release(c)
+            if self.pool_impl == "asyncpg":
+                for c in connections:
+                    await self.pool.release(c)
 
     async def close(self) -> None:
         await self.pool.close()
@@ -514,7 +591,7 @@ class PgTarget:
 # ---- one measured run ---------------------------------------------------------------------------------------
 
 async def measure(target: Any, pids: dict[str, int], events: int, warmup_s: float, measure_s: float, seed: int,
-                  grid_url: str | None = None) -> dict[str, Any]:
+                  grid_url: str | None = None, profile: tuple[Path, str, dict[str, int]] | None = None) -> dict[str, Any]:
     if hasattr(target, "open"):
         await target.open()
     try:
@@ -527,6 +604,7 @@ async def measure(target: Any, pids: dict[str, int], events: int, warmup_s: floa
         await asyncio.sleep(warmup_s)
         counters_0 = target.counters() if hasattr(target, "counters") else None
         status_0 = await _pu_counters(grid_url)
+        spies = start_py_spy(profile, measure_s) if profile else []
         before = CpuSnapshot.take(pids)
         driver.measuring = True
         await asyncio.sleep(measure_s)
@@ -540,11 +618,14 @@ async def measure(target: Any, pids: dict[str, int], events: int, warmup_s: floa
         for task in done:
             if task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
+        for spy in spies:
+            await asyncio.get_running_loop().run_in_executor(None, spy.wait)
         await asyncio.sleep(1.2 if grid_url else 0)  # let the PUs' heartbeats carry their final counters
         status_1 = await _pu_counters(grid_url)
         elapsed_s = after.wall_s - before.wall_s
         ops = sum(driver.ops_measured)
         cpu = cpu_delta(before, after)
+        cpu["elapsed_s"] = elapsed_s
         result: dict[str, Any] = {
             "events": events,
             "setup_s": round(setup_s, 2),
@@ -563,13 +644,23 @@ async def measure(target: Any, pids: dict[str, int], events: int, warmup_s: floa
                 **{name: (round(v / ops * 1e6, 1) if v is not None and ops else None) for name, v in cpu["procs"].items()},
                 "machine_busy": round(cpu["machine_busy"] / ops * 1e6, 1) if ops else None,
             },
+            "cpu_cores": {  # share of one core each process used during the window (the machine has os.cpu_count())
+                "client": round(cpu["client"] / elapsed_s, 3),
+                **{name: (round(v / elapsed_s, 3) if v is not None else None) for name, v in cpu["procs"].items()},
+                "machine_busy": round(cpu["machine_busy"] / elapsed_s, 3),
+            },
             "loadavg": Path("/proc/loadavg").read_text().split()[:3],
         }
         if counters_0 is not None and counters_1 is not None:
             requests = counters_1["requests"] - counters_0["requests"]
             messages = counters_1["messages"] - counters_0["messages"]
+            delta = {k: counters_1[k] - counters_0[k] for k in counters_1}
             result["client_counters"] = {"requests": requests, "messages": messages, "retries": counters_1["retries"],
-                                         "requests_per_message": round(requests / max(1, messages), 2)}
+                                         "requests_per_message": round(requests / max(1, messages), 2),
+                                         "nats_in_msgs": delta["nats_in_msgs"], "nats_out_msgs": delta["nats_out_msgs"],
+                                         "replies_per_message_in": round(requests / max(1, delta["nats_in_msgs"]), 2),
+                                         "bytes_out_per_op": round(delta["nats_out_bytes"] / max(1, ops), 1),
+                                         "bytes_in_per_op": round(delta["nats_in_bytes"] / max(1, ops), 1)}
         if status_0 and status_1:
             pu = {}
             for member, c1 in status_1.items():
@@ -602,9 +693,68 @@ async def _pu_counters(grid_url: str | None) -> dict[str, dict[str, Any]] | None
     return {member: {**info, "partitions": len(status.table.owned_by(member))} for member, info in status.members.items()}
 
 
+def wait_quiet(max_wait_s: float, busy_max_cores: float = 0.15) -> float:
+    """Wait (bounded) until the machine is nearly idle over a 1 s window; returns the last window's busy cores."""
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        a = machine_busy_s()
+        time.sleep(1.0)
+        busy = machine_busy_s() - a
+        if busy <= busy_max_cores or time.monotonic() >= deadline:
+            return round(busy, 3)
+        print(f"  machine busy ({busy:.2f} cores used by other processes); waiting for quiet ...", file=sys.stderr,
+              flush=True)
+
+
+# ---- profiling (--profile) ---------------------------------------------------------------------------------
+
+def start_py_spy(profile: tuple[Path, str, dict[str, int]], duration_s: float) -> list[subprocess.Popen[bytes]]:
+    """py-spy (non-blocking, 200 Hz, collapsed stacks) on the client and the given Python processes."""
+    directory, run_name, python_pids = profile
+    spy = Path(sys.executable).parent / "py-spy"
+    if not spy.exists():
+        raise SystemExit(f"--profile needs py-spy in the venv: {sys.executable} -m pip install py-spy")
+    directory.mkdir(parents=True, exist_ok=True)
+    spies = []
+    for name, pid in {"client": os.getpid(), **python_pids}.items():
+        out = directory / f"{run_name}.{name}.txt"
+        spies.append(subprocess.Popen(
+            [str(spy), "record", "--pid", str(pid), "--duration", str(max(1, int(duration_s))), "--rate", "200",
+             "--nonblocking", "--format", "raw", "--output", str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL))
+    return spies
+
+
+def summarize_profile(path: Path, top: int = 25) -> str:
+    """Self and inclusive sample shares per function from a py-spy raw (collapsed) file."""
+    self_samples: dict[str, int] = {}
+    incl_samples: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_text)
+        total += count
+        frames = [f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0] + ")" if " (" in f else f
+                  for f in stack.split(";")]
+        self_samples[frames[-1]] = self_samples.get(frames[-1], 0) + count
+        for frame in set(frames):
+            incl_samples[frame] = incl_samples.get(frame, 0) + count
+    lines = [f"{path.name}: {total} samples"]
+    lines.append("  self:")
+    for frame, count in sorted(self_samples.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"    {100 * count / total:5.1f}%  {frame}")
+    lines.append("  inclusive:")
+    for frame, count in sorted(incl_samples.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"    {100 * count / total:5.1f}%  {frame}")
+    return "\n".join(lines)
+
+
 # ---- the targets' lifecycles --------------------------------------------------------------------------------
 
-def run_grid(pus: int, events: int, warmup_s: float, measure_s: float, seed: int, keep: bool) -> dict[str, Any]:
+def run_grid(pus: int, events: int, warmup_s: float, measure_s: float, seed: int, keep: bool,
+             profile_dir: Path | None = None) -> dict[str, Any]:
     data_dir = Path(tempfile.mkdtemp(prefix=f"spacegrid-bench-{pus}pu-"))
     grid = LocalGrid(data_dir)
     try:
@@ -612,8 +762,9 @@ def run_grid(pus: int, events: int, warmup_s: float, measure_s: float, seed: int
         grid.wait_ready(timeout_s=120, members=pus)
         assert grid.nats is not None
         pids = {"nats-server": grid.nats.pid, **{f"pu{pu.index}": pu.pid for pu in grid.pus}}
+        profile = (profile_dir, f"grid-{pus}pu", {f"pu{pu.index}": pu.pid for pu in grid.pus}) if profile_dir else None
         result = asyncio.run(measure(GridTarget(grid.url, events), pids, events, warmup_s, measure_s, seed,
-                                     grid_url=grid.url))
+                                     grid_url=grid.url, profile=profile))
         result["pids"] = pids
         return result
     finally:
@@ -640,16 +791,18 @@ def pg_dsn() -> str:
     raise SystemExit(f"PostgreSQL at 127.0.0.1:5432/test refused users {PG_DSN_USERS}: {last}")
 
 
-def run_pg(events: int, warmup_s: float, measure_s: float, seed: int) -> dict[str, Any]:
+def run_pg(events: int, warmup_s: float, measure_s: float, seed: int, pool_size: int = CONCURRENCY,
+           pool_impl: str = "list", profile_dir: Path | None = None) -> dict[str, Any]:
     dsn = pg_dsn()
-    target = PgTarget(dsn, events)
+    target = PgTarget(dsn, events, pool_size, pool_impl)
 
     async def go() -> dict[str, Any]:
         await target.open()
         pids = {f"backend{i}": pid for i, pid in enumerate(target.backend_pids)}
         pids.update({f"pg:{kind}": pid for kind, pid in target.aux_pids.items()})
         target.open = _noop  # type: ignore[method-assign]  # already open: measure() must not reopen
-        result = await measure(target, pids, events, warmup_s, measure_s, seed)
+        profile = (profile_dir, "postgres", {}) if profile_dir else None
+        result = await measure(target, pids, events, warmup_s, measure_s, seed, profile=profile)
         procs = result["cpu_s"]["procs"]
         backends = sum(v or 0.0 for k, v in procs.items() if k.startswith("backend"))
         aux = {k: v for k, v in procs.items() if k.startswith("pg:")}
@@ -662,7 +815,14 @@ def run_pg(events: int, warmup_s: float, measure_s: float, seed: int) -> dict[st
         per_op["pg-backends"] = round(backends / ops * 1e6, 1) if ops else None
         per_op["pg-aux"] = round(result["cpu_s"]["procs"]["pg-aux"] / ops * 1e6, 1) if ops else None
         result["pg_aux_cpu_s"] = aux
+        elapsed_s = result["cpu_s"]["elapsed_s"]
+        cores = result["cpu_cores"]
+        result["cpu_cores"] = {"client": cores["client"], "pg-backends": round(backends / elapsed_s, 3),
+                               "pg-aux": round(result["cpu_s"]["procs"]["pg-aux"] / elapsed_s, 3),
+                               "machine_busy": cores["machine_busy"]}
         result["dsn"] = dsn
+        result["pool_size"] = pool_size
+        result["pool_impl"] = pool_impl
         result["settings"] = target.settings
         return result
 
@@ -673,7 +833,8 @@ async def _noop() -> None:
     return None
 
 
-def run_echo(events: int, warmup_s: float, measure_s: float, seed: int) -> dict[str, Any]:
+def run_echo(events: int, warmup_s: float, measure_s: float, seed: int,
+             profile_dir: Path | None = None) -> dict[str, Any]:
     data_dir = Path(tempfile.mkdtemp(prefix="spacegrid-bench-echo-"))
     server = NatsServerProcess(NatsServerSpec(store_dir=data_dir / "nats"))
     responder: subprocess.Popen[bytes] | None = None
@@ -686,8 +847,11 @@ def run_echo(events: int, warmup_s: float, measure_s: float, seed: int) -> dict[
         line = responder.stdout.readline()  # "ready", or EOF if it died
         if line.strip() != b"ready":
             raise SystemExit(f"echo responder did not start (exit {responder.poll()})")
+        asyncio.run(publish_echo_table(server.url))
         pids = {"nats-server": server.pid, "echo": responder.pid}
-        result = asyncio.run(measure(EchoTarget(server.url, events), pids, events, warmup_s, measure_s, seed))
+        profile = (profile_dir, "nats-echo", {"echo": responder.pid}) if profile_dir else None
+        result = asyncio.run(measure(EchoTarget(server.url, events), pids, events, warmup_s, measure_s, seed,
+                                     profile=profile))
         result["pids"] = pids
         return result
     finally:
@@ -726,7 +890,7 @@ def print_report(report: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=max(150, Console().width))
     results = report["results"]
     cfg = report["config"]
     console.print(f"\n[bold]spacegrid ticket benchmark[/bold]  {report['machine']['date']}  "
@@ -756,7 +920,7 @@ def print_report(report: dict[str, Any]) -> None:
         )
     console.print(table)
 
-    cpu = Table(title="CPU per operation (µs/op) over the measured window")
+    cpu = Table(title="CPU per operation in µs/op (and cores used) over the measured window")
     cpu.add_column("target")
     cpu.add_column("client", justify="right")
     cpu.add_column("servers (per process)")
@@ -768,8 +932,10 @@ def print_report(report: dict[str, Any]) -> None:
         total = sum(v for v in per_op.values() if v is not None) - (per_op.get("machine_busy") or 0)
         if name == "postgres":
             total -= per_op.get("pg-aux") or 0  # shared with other users of the server: shown, not summed
-        cpu.add_row(name, f"{per_op['client']}", ", ".join(f"{k} {v}" for k, v in servers.items()),
-                    f"{total:.1f}", f"{per_op['machine_busy']}")
+        cores = r.get("cpu_cores", {})
+        cpu.add_row(name, f"{per_op['client']} ({cores.get('client', 0):.2f})",
+                    ", ".join(f"{k} {v} ({cores.get(k) or 0:.2f})" for k, v in servers.items()),
+                    f"{total:.1f}", f"{per_op['machine_busy']} ({cores.get('machine_busy', 0):.2f})")
     console.print(cpu)
 
     ratios = Table(title="Ratios (ops/s)")
@@ -784,7 +950,9 @@ def print_report(report: dict[str, Any]) -> None:
     for name, r in results.items():
         extras = []
         if "client_counters" in r:
-            extras.append(f"client {r['client_counters']['requests_per_message']} requests/message")
+            c = r["client_counters"]
+            extras.append(f"client {c['requests_per_message']} requests/message out, {c['replies_per_message_in']} "
+                          f"replies/message in, {c['bytes_out_per_op']} B out and {c['bytes_in_per_op']} B in per op")
         for member, c in r.get("pu_counters", {}).items():
             extras.append(f"PU {member[-6:]} ({c['partitions']} partitions): {c['requests_per_message']} requests/message, "
                           f"{c['records_per_append']} records/append, {c['appends']:,} appends")
@@ -798,8 +966,9 @@ def print_report(report: dict[str, Any]) -> None:
                 extras.append(f"  ! {sample}")
         for sample in r.get("error_samples", []):
             extras.append(f"  error: {sample}")
-        extras.append(f"setup {r['setup_s']} s; unattributed machine CPU {r['cpu_s']['unattributed']:.2f} s; "
-                      f"loadavg {' '.join(r['loadavg'])}")
+        extras.append(f"setup {r['setup_s']} s; CPU not attributed to the processes above: "
+                      f"{r.get('interference', 0):.2f} cores (kernel softirq, other processes); busy before start "
+                      f"{r.get('background_busy_cores_before', 0)} cores; loadavg {' '.join(r['loadavg'])}")
         console.print(f"[bold]{name}[/bold]: " + "; ".join(extras[:1]))
         for line in extras[1:]:
             console.print(f"    {line}")
@@ -824,6 +993,15 @@ def main() -> None:
     parser.add_argument("--rate-guess", type=float, default=40_000, help="ops/s used to size --events (default 40k)")
     parser.add_argument("--targets", default="echo,grid1,grid2,postgres",
                         help="comma-separated subset of echo,grid1,grid2,postgres")
+    parser.add_argument("--pg-pool", type=int, default=CONCURRENCY,
+                        help=f"asyncpg pool size (default {CONCURRENCY}: one connection per concurrent request)")
+    parser.add_argument("--pg-pool-impl", choices=("list", "asyncpg"), default="list",
+                        help="list: N open connections taken and given back in Python (default); asyncpg: asyncpg.Pool")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="sample the client and PU/echo processes with py-spy during the measured window into DIR "
+                             "(perturbs the figures: use for a separate run)")
+    parser.add_argument("--quiet-wait-s", type=float, default=180,
+                        help="before each target, wait up to this long for the machine to be idle (other processes)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the grids' data dirs (for inspection)")
     args = parser.parse_args()
@@ -845,16 +1023,21 @@ def main() -> None:
     report["driver"] = {"cpu_us_per_op": null["cpu_us_per_op"]["client"], "ops_per_s": null["ops_per_s"]}
     for name in wanted:
         say(f"running {name} ...")
+        background = wait_quiet(args.quiet_wait_s)
         if name == "echo":
-            report["results"]["nats-echo"] = run_echo(events, warmup_s, measure_s, args.seed)
+            report["results"]["nats-echo"] = run_echo(events, warmup_s, measure_s, args.seed, args.profile)
         elif name in ("grid1", "grid2"):
             pus = int(name[-1])
-            report["results"][f"grid-{pus}pu"] = run_grid(pus, events, warmup_s, measure_s, args.seed, args.keep)
+            report["results"][f"grid-{pus}pu"] = run_grid(pus, events, warmup_s, measure_s, args.seed, args.keep,
+                                                            args.profile)
         elif name == "postgres":
-            report["results"]["postgres"] = run_pg(events, warmup_s, measure_s, args.seed)
+            report["results"]["postgres"] = run_pg(events, warmup_s, measure_s, args.seed, args.pg_pool,
+                                                   args.pg_pool_impl, args.profile)
         else:
             raise SystemExit(f"unknown target {name!r}")
         r = report["results"][list(report["results"])[-1]]
+        r["background_busy_cores_before"] = background
+        r["interference"] = round(r["cpu_s"]["unattributed"] / r["cpu_s"]["elapsed_s"], 3)  # cores not ours
         say(f"  {r['ops_per_s']:,.0f} ops/s" + (f", check {'ok' if r['check']['ok'] else 'FAILED'}" if r.get("check") else ""))
 
     results = report["results"]
@@ -869,6 +1052,12 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
         say(f"wrote {args.json}")
+    if args.profile:
+        for path in sorted(args.profile.glob("*.txt")):
+            if path.stat().st_size:
+                summary = summarize_profile(path)
+                (args.profile / (path.stem + ".summary")).write_text(summary + "\n")
+                print(summary)
     failed = [name for name, r in results.items() if r.get("check") and not r["check"]["ok"]]
     if failed:
         raise SystemExit(f"consistency check FAILED for {', '.join(failed)}")

@@ -10,7 +10,7 @@ import pytest
 from spacegrid import Client, SyncClient
 from spacegrid.errors import HandlerError, HandlerTimeout, InvalidKey, UnknownHandler, UnknownMap, VersionConflict
 from spacegrid.examples import tickets
-from tests.apps import APP, space
+from spacegrid.testing.apps import APP, space
 
 
 def run(grid: Any, body: Callable[[Client], Awaitable[Any]]) -> Any:

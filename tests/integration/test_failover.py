@@ -13,7 +13,7 @@ import nats
 from spacegrid import Client, codec, protocol
 from spacegrid.engine.subjects import Names
 from spacegrid.launcher import LocalGrid
-from tests.apps import APP, space
+from spacegrid.testing.apps import APP, space
 
 COUNTERS = [f"c{i}" for i in range(8)]
 

@@ -14,7 +14,7 @@ from spacegrid.engine.server import NatsServerProcess
 from spacegrid.engine.subjects import Names
 from spacegrid.errors import Fenced
 from spacegrid.launcher import LocalGrid
-from tests.apps import APP, space
+from spacegrid.testing.apps import APP, space
 
 
 async def _raw_request(grid: LocalGrid, member_id: str, data: bytes, replies_expected: int) -> list[Any]:
@@ -74,6 +74,28 @@ def test_malformed_messages_get_errors_and_the_pu_keeps_serving(grid_factory: Ca
             return await client.get("kv", "k")
 
     assert asyncio.run(still_serving()) == "fine"
+
+
+def test_a_thin_client_reaches_the_owner_through_the_partition_subject(grid_factory: Callable[..., LocalGrid]) -> None:
+    """Any NATS client can send the batch format to sg.<space>.p.<n>: only the owner listens there."""
+    grid = grid_factory(app=APP, pus=2)
+    partition = space.partition_of("kv", "thin")
+
+    async def main() -> list[Any]:
+        nc = await nats.connect(grid.url)
+        try:
+            subject = Names(space.name).partition_subject(partition)
+            put = codec.encode_array([protocol.request(1, protocol.OP_PUT, partition, "kv", "thin", "via-subject", None, "thin-1")])
+            first = codec.decode((await nc.request(subject, put, timeout=5)).data, 1 << 20)
+            get = codec.encode_array([protocol.request(2, protocol.OP_GET, partition, "kv", "thin")])
+            second = codec.decode((await nc.request(subject, get, timeout=5)).data, 1 << 20)
+            return [first, second]
+        finally:
+            await nc.close()
+
+    put_reply, get_reply = asyncio.run(main())
+    assert put_reply[0][:2] == [1, protocol.OK]
+    assert get_reply[0][0] == 2 and get_reply[0][2][0] == "via-subject"
 
 
 def test_the_fence_rejects_a_deposed_writer(nats_server: NatsServerProcess) -> None:

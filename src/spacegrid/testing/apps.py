@@ -1,4 +1,4 @@
-"""A space for the tests: plain maps, counters, and handlers that misbehave on purpose."""
+"""A space for tests and benchmarks: plain maps, counters, and handlers that misbehave on purpose."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ space = Space("testapp", partitions=16)
 space.map("kv")
 space.map("counters")
 
-APP = "tests.apps:space"
+APP = "spacegrid.testing.apps:space"
 
 
 @space.handler("counters")
