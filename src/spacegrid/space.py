@@ -52,6 +52,16 @@ class MapDef:
 
 
 @dataclass(frozen=True)
+class HandlerDef:
+    """An entry processor on `map`; a read-only one runs on committed entries and is answered at once."""
+
+    name: str
+    map: str
+    fn: Handler
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
 class QueryDef:
     name: str
     fn: QueryFn
@@ -65,7 +75,7 @@ class Space:
     name: str
     partitions: int = 64
     maps: dict[str, MapDef] = field(default_factory=dict)
-    handlers: dict[str, tuple[str, Handler]] = field(default_factory=dict)
+    handlers: dict[str, HandlerDef] = field(default_factory=dict)
     queries: dict[str, QueryDef] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -84,8 +94,9 @@ class Space:
         self.maps[name] = definition
         return definition
 
-    def handler(self, map: str, name: str | None = None) -> Callable[[Handler], Handler]:
-        """Register `fn(ctx, key, args) -> result` to run atomically on the PU that owns `key` of `map`."""
+    def handler(self, map: str, name: str | None = None, read_only: bool = False) -> Callable[[Handler], Handler]:
+        """Register `fn(ctx, key, args) -> result` to run atomically on the PU that owns `key` of `map`.
+        A read_only handler may not write; it sees committed entries only and needs no log append."""
 
         def register(fn: Handler) -> Handler:
             handler_name = name or fn.__name__
@@ -93,7 +104,7 @@ class Space:
                 raise DefinitionError(f"handler {handler_name!r} names undeclared map {map!r}")
             if handler_name in self.handlers:
                 raise DefinitionError(f"handler {handler_name!r} is registered twice")
-            self.handlers[handler_name] = (map, fn)
+            self.handlers[handler_name] = HandlerDef(handler_name, map, fn, read_only)
             return fn
 
         return register
@@ -116,7 +127,7 @@ class Space:
         except KeyError:
             raise UnknownMap(f"space {self.name!r} has no map {name!r}; maps: {sorted(self.maps)}") from None
 
-    def handler_def(self, name: str) -> tuple[str, Handler]:
+    def handler_def(self, name: str) -> HandlerDef:
         try:
             return self.handlers[name]
         except KeyError:

@@ -549,3 +549,38 @@ def test_in_place_mutation_by_a_failing_handler_does_not_reach_committed_state()
     assert isinstance(outcome.error, HandlerError)
     assert state.take_append() is None
     assert state.get("m", "x@r") == ({"n": 1}, 1)
+
+
+def test_read_only_handler_sees_committed_entries_and_is_answered_at_once():
+    """A read-only handler reads committed state only, needs no op id, and its outcome waits for no append."""
+    ro_space = Space("ro", partitions=1)
+    ro_space.map("m")
+
+    @ro_space.handler("m", read_only=True)
+    def peek(ctx, key, args):
+        return ctx.get(key)
+
+    @ro_space.handler("m", read_only=True)
+    def sneaky(ctx, key, args):
+        ctx.put(key, "nope")
+
+    state = PartitionState(ro_space, 0, Limits())
+    state.put("op-1", "m", "k", "committed", None)
+    state.take_append()
+    state.on_append_committed()
+    state.put("op-2", "m", "k", "pending", None)
+    outcome = state.execute("", "peek", "k", None)
+    assert outcome.error is None and outcome.value == "committed"
+    assert outcome.wait_lsn <= state.lsn_committed
+    refused = state.execute("", "sneaky", "k", None)
+    assert isinstance(refused.error, HandlerError) and "read-only" in str(refused.error)
+
+
+def test_a_write_without_an_operation_id_is_refused():
+    """Every write must carry an operation id: that is what makes retries apply once."""
+    ro_space = Space("noid", partitions=1)
+    ro_space.map("m")
+    state = PartitionState(ro_space, 0, Limits())
+    outcome = state.put("", "m", "k", 1, None)
+    assert outcome.error is not None and "operation id" in str(outcome.error)
+    assert state.get("m", "k") is None and not state.unsent

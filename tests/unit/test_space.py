@@ -73,8 +73,8 @@ def test_handler_registration_and_default_name():
     def whatever(ctx, key, args):
         return 2
 
-    assert space.handler_def("place") == ("orders", place)
-    assert space.handler_def("rename") == ("customers", whatever)
+    assert (space.handler_def("place").map, space.handler_def("place").fn) == ("orders", place)
+    assert (space.handler_def("rename").map, space.handler_def("rename").fn) == ("customers", whatever)
     assert place(None, "k", None) == 1  # the decorator returns the function unchanged
 
 
@@ -91,7 +91,7 @@ def test_duplicate_handler_is_refused():
         def other(ctx, key, args):
             return None
 
-    assert space.handler_def("place") == ("orders", place)
+    assert (space.handler_def("place").map, space.handler_def("place").fn) == ("orders", place)
 
 
 def test_handler_on_undeclared_map_is_refused():

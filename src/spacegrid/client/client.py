@@ -137,9 +137,9 @@ class Client:
 
     async def execute(self, handler: str, key: str, args: Any = None, deadline_s: float | None = None) -> Any:
         """Run a handler on the PU owning `key`, atomically with every other operation on its partition."""
-        map_name, _ = self.space.handler_def(handler)
-        return await self._call(self.space.partition_of(map_name, key), protocol.OP_EXECUTE, handler, key, args,
-                                write=True, deadline_s=deadline_s)
+        definition = self.space.handler_def(handler)
+        return await self._call(self.space.partition_of(definition.map, key), protocol.OP_EXECUTE, handler, key, args,
+                                write=not definition.read_only, deadline_s=deadline_s)
 
     async def query(self, name: str, args: Any = None, deadline_s: float | None = None) -> Any:
         """Run a read-only query on every partition and merge the results on this side."""

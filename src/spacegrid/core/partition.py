@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from spacegrid import codec
-from spacegrid.errors import HandlerError, SpacegridError, VersionConflict, WrongPartition
+from spacegrid.errors import HandlerError, RequestError, SpacegridError, VersionConflict, WrongPartition
 from spacegrid.limits import Limits
 from spacegrid.space import Space, check_key
 
@@ -145,20 +145,30 @@ class PartitionState:
         return self._write(op_id, map_name, key, lambda ctx: ctx.cas_delete(key, expected_version))
 
     def execute(self, op_id: str, handler_name: str, key: str, args: Any) -> Outcome:
-        map_name, handler = self.space.handler_def(handler_name)
+        """Run a handler; a read-only one on committed entries, answered at once (no op id needed)."""
+        definition = self.space.handler_def(handler_name)
 
         def run(ctx: _Context) -> Any:
             with self.time_limit():
                 try:
-                    return handler(ctx, key, args)
+                    return definition.fn(ctx, key, args)
                 except SpacegridError:
                     raise
                 except Exception as exc:
                     raise HandlerError(f"handler {handler_name!r} raised {type(exc).__name__}: {exc}") from exc
 
-        return self._write(op_id, map_name, key, run)
+        if definition.read_only:
+            ctx = _Context(self, definition.map, committed_only=True)
+            try:
+                ctx.check(definition.map, key)
+                return Outcome(run(ctx), self.lsn_committed)
+            except SpacegridError as exc:
+                return Outcome(None, self.lsn_committed, exc)
+        return self._write(op_id, definition.map, key, run)
 
     def _write(self, op_id: str, map_name: str, key: str, body: Callable[[_Context], Any]) -> Outcome:
+        if not isinstance(op_id, str) or not op_id:
+            return Outcome(None, self.lsn_assigned, RequestError("a write needs an operation id"))
         pending = self.pending_by_op.get(op_id)
         if pending is not None:
             return Outcome(pending.result, pending.lsn_last)
@@ -255,8 +265,8 @@ class PartitionState:
         if len(self.dedup) > self.limits.dedup_window_ops:
             self.dedup.popitem(last=False)
 
-    def _lookup(self, map_name: str, key: str) -> Entry | None:
-        entry = self.overlay.get((map_name, key))
+    def _lookup(self, map_name: str, key: str, committed_only: bool = False) -> Entry | None:
+        entry = None if committed_only else self.overlay.get((map_name, key))
         if entry is None:
             entry = self.maps.get(map_name, {}).get(key)
         return None if entry is None or entry.value is DELETED else entry
@@ -265,12 +275,13 @@ class PartitionState:
 class _Context:
     """A handler's view: read-your-writes over the overlay, writes staged until the handler returns."""
 
-    __slots__ = ("state", "map_name", "staged", "partition")
+    __slots__ = ("state", "map_name", "staged", "partition", "committed_only")
 
-    def __init__(self, state: PartitionState, map_name: str) -> None:
+    def __init__(self, state: PartitionState, map_name: str, committed_only: bool = False) -> None:
         self.state = state
         self.map_name = map_name
         self.partition = state.partition
+        self.committed_only = committed_only
         self.staged: dict[tuple[str, str], Any] = {}
 
     def check(self, map_name: str, key: str) -> None:
@@ -290,7 +301,7 @@ class _Context:
             if staged is DELETED:
                 return None
             return codec.decode(staged, self.state.limits.write_bytes_max), self._staged_version(map_name, key)
-        entry = self.state._lookup(map_name, key)
+        entry = self.state._lookup(map_name, key, self.committed_only)
         return None if entry is None else (codec.decode(entry.value, self.state.limits.write_bytes_max), entry.version)
 
     def _staged_version(self, map_name: str, key: str) -> int:
@@ -304,6 +315,8 @@ class _Context:
     def put(self, key: str, value: Any, map: str | None = None) -> None:
         map_name = map or self.map_name
         self.check(map_name, key)
+        if self.committed_only:
+            raise HandlerError("a read-only handler can't write: register it without read_only=True")
         if value is None:
             raise HandlerError("None can't be stored as a value: use ctx.delete(key)")
         self.staged[(map_name, key)] = codec.encode_bounded(value, self.state.limits.write_bytes_max, "a value")
@@ -311,6 +324,8 @@ class _Context:
     def delete(self, key: str, map: str | None = None) -> bool:
         map_name = map or self.map_name
         existed = self.version_of(map_name, key) != 0
+        if self.committed_only:
+            raise HandlerError("a read-only handler can't write: register it without read_only=True")
         if existed:
             self.staged[(map_name, key)] = DELETED
         return existed
@@ -321,7 +336,7 @@ class _Context:
         staged = self.staged.get((map_name, key))
         if staged is not None:
             return 0 if staged is DELETED else self._staged_version(map_name, key)
-        entry = self.state._lookup(map_name, key)
+        entry = self.state._lookup(map_name, key, self.committed_only)
         return 0 if entry is None else entry.version
 
     def cas_put(self, key: str, value: Any, expected_version: int | None) -> int:

@@ -308,8 +308,6 @@ class ProcessingUnit:
             if op == protocol.OP_QUERY:
                 self._reply(reply_to, protocol.ok_reply(req_id, state.query(name, arg1)))
                 return None
-            if not isinstance(op_id, str) or not op_id:
-                raise RequestError("a write needs an operation id")
             if op == protocol.OP_PUT:
                 if arg1 is None:
                     raise RequestError("None can't be stored as a value: delete the key instead")

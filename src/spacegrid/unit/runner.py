@@ -10,14 +10,14 @@ import signal
 from spacegrid.limits import Limits
 from spacegrid.space import Space
 from spacegrid.unit.pu import ProcessingUnit
-from spacegrid.unit.timelimit import AlarmTimeLimit
+from spacegrid.unit.timelimit import TimeLimit
 
 log = logging.getLogger("spacegrid.pu")
 
 
 async def run_pu(space: Space, nats_url: str, limits: Limits, replicas: int = 1) -> None:
     """Serve until SIGTERM or SIGINT, then leave the grid gracefully."""
-    pu = ProcessingUnit(space, nats_url, limits, replicas, time_limit=AlarmTimeLimit(limits.handler_time_limit_s))
+    pu = ProcessingUnit(space, nats_url, limits, replicas, time_limit=TimeLimit(limits.handler_time_limit_s))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
