@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/partition_micro.py [--profile]
 
-Prints µs per call of execute("availability") with and without the PU's handler time limit, of a plain get of the
-same event, of reserve + release of one seat including their share of the commit, and of the time limit alone.
+Prints µs per call of execute("availability") (a read-only handler where the space declares it so) with and without
+the PU's handler time limit, of a plain get of the same event, of reserve + release of one seat including their share
+of the commit, and of the time limit alone.
 --profile adds a cProfile of the reserve/release loop (cProfile inflates small calls: read shares, not times).
 """
 
@@ -19,7 +20,10 @@ from typing import Any, Callable
 from spacegrid.core.partition import PartitionState
 from spacegrid.examples.tickets import space
 from spacegrid.limits import DEFAULT_LIMITS
-from spacegrid.unit.timelimit import AlarmTimeLimit
+from spacegrid.unit import timelimit
+
+# the PU's handler time limit: TimeLimit (a watchdog thread) since f221d76, AlarmTimeLimit (setitimer per call) before
+PuTimeLimit = getattr(timelimit, "TimeLimit", None) or getattr(timelimit, "AlarmTimeLimit")
 
 EVENTS = 50
 CALLS = 20_000
@@ -64,20 +68,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
-    for name, limit in (("no time limit", nullcontext), ("AlarmTimeLimit (as in a PU)", AlarmTimeLimit(1.0))):
-        state, events = make(limit)
+    limit = PuTimeLimit(1.0)
+    read_only = getattr(space.handler_def("availability"), "read_only", False)
+    print(f"availability is {'read-only' if read_only else 'a write-path handler'}; "
+          f"PU time limit: {PuTimeLimit.__name__}")
+    for name, time_limit in (("no time limit", nullcontext), (f"{PuTimeLimit.__name__} (as in a PU)", limit)):
+        state, events = make(time_limit)
         availability = per_call_us(lambda i: state.execute(f"a{i}", "availability", events[i % len(events)], None))
         get = per_call_us(lambda i: state.get("events", events[i % len(events)]))
         write = per_call_us(writes(state, events)) / 2
         print(f"{name}: execute(availability) {availability:.2f} µs, get(events) {get:.2f} µs, "
               f"reserve or release of 1 seat with its share of the commit {write:.2f} µs")
-    limit = AlarmTimeLimit(1.0)
-
     def armed(i: int) -> None:
         with limit():
             pass
 
-    print(f"AlarmTimeLimit enter + exit alone: {per_call_us(armed, 100_000):.2f} µs")
+    print(f"{PuTimeLimit.__name__} enter + exit alone: {per_call_us(armed, 100_000):.2f} µs")
     if args.profile:
         state, events = make(nullcontext)
         profiler = cProfile.Profile()

@@ -178,3 +178,27 @@ def test_paused_deposed_pu_cannot_acknowledge_a_write(grid_factory: Callable[...
     replies, stored = asyncio.run(main())
     assert replies[0][0] == 1 and replies[0][1] in ("not_owner", "fenced", "unavailable"), replies
     assert stored is None
+
+
+def test_a_joining_pu_gets_a_fair_share_while_writes_go_on(grid_factory: Callable[..., LocalGrid]) -> None:
+    """A third PU joining under load takes floor/ceil of the partitions; no call fails and counters stay exact."""
+    grid = grid_factory(app=APP, pus=2)
+    history = History()
+
+    async def main() -> None:
+        async with await Client.connect(grid.space, grid.url) as client:
+            joined: list[bool] = []
+
+            def maybe_join(done: int) -> None:
+                if done == 300 and not joined:
+                    grid.add_pu()
+                    joined.append(True)
+
+            await write_load(client, history, ops=2400, workers=8, time_budget_s=60, on_progress=maybe_join)
+            await check_history(client, history, exact=True)
+
+    asyncio.run(main())
+    assert history.errors == []
+    status = grid.wait_ready(30, members=3)
+    shares = sorted(len(status.table.owned_by(member)) for member in set(status.table.owners))
+    assert shares == [5, 5, 6]
