@@ -19,6 +19,7 @@ class Limits:
     append_records_max: int = 512
     append_bytes_max: int = 512 * KIB
     append_timeout_s: float = 5.0
+    appends_in_flight_max: int = 32
     handler_time_limit_s: float = 1.0
     call_deadline_s: float = 10.0
     attempt_timeout_s: float = 2.0
@@ -34,7 +35,7 @@ class Limits:
         assert self.write_bytes_max < self.append_bytes_max <= self.request_payload_bytes_max
         assert self.heartbeat_interval_s < self.heartbeat_timeout_s
         assert self.attempt_timeout_s <= self.call_deadline_s
-        assert self.append_records_max >= 1 and self.dedup_window_ops >= 1
+        assert self.append_records_max >= 1 and self.dedup_window_ops >= 1 and self.appends_in_flight_max >= 1
 
 
 DEFAULT_LIMITS: Final = Limits()

@@ -53,6 +53,7 @@ class Slot:
     last_seq: int = 0
     waiters: deque[tuple[int, str, int, Outcome]] = field(default_factory=deque)
     appending: bool = False
+    queued: bool = False
     task: asyncio.Task[None] | None = None
     sub: Any = None
 
@@ -91,6 +92,7 @@ class ProcessingUnit:
         self._coordinating = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._appending: set[asyncio.Task[None]] = set()
+        self._append_queue: deque[Slot] = deque()
         self._stopping = False
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
@@ -337,33 +339,47 @@ class ProcessingUnit:
     # ---- group commit --------------------------------------------------------------------------------------
 
     def _schedule_append(self, slot: Slot) -> None:
-        if not slot.appending and slot.status == ACTIVE and slot.state.unsent:
-            slot.appending = True
-            task = asyncio.get_running_loop().create_task(self._append_loop(slot))
-            self._appending.add(task)
-            task.add_done_callback(self._appending.discard)
+        """Queue the partition for an append; at most appends_in_flight_max run at once, so that under load each
+        append carries more writes (group commit across the wait) and the log server does fewer, larger appends."""
+        if slot.appending or slot.queued or slot.status != ACTIVE or not slot.state.unsent:
+            return
+        slot.queued = True
+        self._append_queue.append(slot)
+        self._start_appends()
 
-    async def _append_loop(self, slot: Slot) -> None:
-        """Append the partition's pending writes, one message at a time, each fenced on the previous one."""
-        failure: SpacegridError | None = None
+    def _start_appends(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._append_queue and len(self._appending) < self.limits.appends_in_flight_max:
+            slot = self._append_queue.popleft()
+            slot.queued = False
+            if slot.status != ACTIVE or not slot.state.unsent:
+                continue
+            slot.appending = True
+            task = loop.create_task(self._append_one(slot))
+            self._appending.add(task)
+            task.add_done_callback(self._on_append_done)
+
+    def _on_append_done(self, task: asyncio.Task[None]) -> None:
+        self._appending.discard(task)
+        self._start_appends()
+
+    async def _append_one(self, slot: Slot) -> None:
+        """Append one message of the partition's pending writes, fenced on its previous one; then queue the rest."""
+        batch = slot.state.take_append()
+        assert batch is not None
         try:
-            while (batch := slot.state.take_append()) is not None:
-                try:
-                    slot.last_seq = await self.changelog.append(slot.partition, batch.payload, slot.last_seq)
-                except SpacegridError as exc:
-                    failure = exc
-                    break
-                self.counters["appends"] += 1
-                self.counters["records"] += batch.record_count
-                committed = slot.state.on_append_committed()
-                self._release_waiters(slot, committed)
-                if slot.status != ACTIVE:
-                    break
-        finally:
+            slot.last_seq = await self.changelog.append(slot.partition, batch.payload, slot.last_seq)
+        except SpacegridError as exc:
             slot.appending = False
-        if failure is not None:
-            self._on_append_failed(slot, failure)
-        elif slot.status != ACTIVE:
+            self._on_append_failed(slot, exc)
+            return
+        slot.appending = False
+        self.counters["appends"] += 1
+        self.counters["records"] += batch.record_count
+        self._release_waiters(slot, slot.state.on_append_committed())
+        if slot.status == ACTIVE:
+            self._schedule_append(slot)
+        else:
             self._fail_waiters(slot, NotOwner(f"partition {slot.partition} moved before these writes were appended"))
 
     def _on_append_failed(self, slot: Slot, failure: SpacegridError) -> None:
