@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import nats
 
-from spacegrid import Client, codec, protocol
+from spacegrid import Client, Limits, codec, protocol
 from spacegrid.engine.subjects import Names
 from spacegrid.launcher import LocalGrid
 from spacegrid.testing.apps import APP, space
@@ -31,15 +31,17 @@ class History:
 
 
 async def write_load(client: Client, history: History, ops: int, workers: int, time_budget_s: float,
-                     on_progress: Callable[[int], None] = lambda done: None) -> None:
-    """Bounded in count and time: each worker alternates a put of a fresh key and an increment."""
+                     on_progress: Callable[[int], bool | None] = lambda done: None) -> None:
+    """Bounded in count and time: each worker alternates a put of a fresh key and an increment.
+    on_progress(done) returning True stops the load."""
     deadline = time.monotonic() + time_budget_s
     done = 0
+    stopped = False
 
     async def worker(w: int) -> None:
-        nonlocal done
+        nonlocal done, stopped
         for i in range(ops // workers):
-            if time.monotonic() > deadline:
+            if stopped or time.monotonic() > deadline:
                 return
             started = time.monotonic()
             try:
@@ -57,7 +59,7 @@ async def write_load(client: Client, history: History, ops: int, workers: int, t
                 history.errors.append(f"{type(exc).__name__}: {exc}")
             history.slowest_s = max(history.slowest_s, time.monotonic() - started)
             done += 1
-            on_progress(done)
+            stopped = stopped or bool(on_progress(done))
 
     await asyncio.gather(*(worker(w) for w in range(workers)))
 
@@ -83,15 +85,17 @@ def test_full_grid_sigkill_and_restart_loses_no_acknowledged_write(grid_factory:
     killed = asyncio.Event()
 
     async def load_then_kill() -> None:
-        async with await Client.connect(grid.space, grid.url) as client:
+        short = Limits(call_deadline_s=2.0, attempt_timeout_s=1.0)
+        async with await Client.connect(grid.space, grid.url, short) as client:
 
-            def maybe_kill(done: int) -> None:
+            def maybe_kill(done: int) -> bool:
                 if done == 600 and not killed.is_set():
                     for pu in grid.pus:
                         pu.kill()
                     assert grid.nats is not None
                     grid.nats.kill()
                     killed.set()
+                return killed.is_set()
 
             await write_load(client, history, ops=2000, workers=8, time_budget_s=20, on_progress=maybe_kill)
 
@@ -146,8 +150,9 @@ def test_paused_deposed_pu_cannot_acknowledge_a_write(grid_factory: Callable[...
     """A PU stopped (SIGSTOP) until its partitions moved, then resumed, answers no write for them with success."""
     grid = grid_factory(app=APP, pus=3)
     before = grid.status()
-    paused = grid.pus[0]
-    paused_id = next(m for m, info in before.members.items() if info["pid"] == paused.pid)
+    owners = {info["pid"]: member for member, info in before.members.items() if before.table.owned_by(member)}
+    paused = next(pu for pu in grid.pus if pu.pid in owners)
+    paused_id = owners[paused.pid]
     partition = before.table.owned_by(paused_id)[0]
     key = next(f"stale-{i}" for i in range(10_000) if space.partition_of("kv", f"stale-{i}") == partition)
 

@@ -584,3 +584,15 @@ def test_a_write_without_an_operation_id_is_refused():
     outcome = state.put("", "m", "k", 1, None)
     assert outcome.error is not None and "operation id" in str(outcome.error)
     assert state.get("m", "k") is None and not state.unsent
+
+
+def test_a_claim_older_than_the_log_is_refused():
+    """A PU with a stale table may not write an ownership marker older than the log's newest epoch."""
+    from spacegrid.errors import NotOwner
+
+    state = PartitionState(tickets.space, 0, Limits())
+    state.replay(codec.decode(encode_owner_marker(2, "pu-new"), 1 << 20))
+    with pytest.raises(NotOwner, match="epoch 2"):
+        state.check_claim(1)
+    state.check_claim(2)
+    state.check_claim(3)

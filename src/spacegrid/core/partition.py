@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from spacegrid import codec
-from spacegrid.errors import HandlerError, RequestError, SpacegridError, VersionConflict, WrongPartition
+from spacegrid.errors import HandlerError, NotOwner, RequestError, SpacegridError, VersionConflict, WrongPartition
 from spacegrid.limits import Limits
 from spacegrid.space import Space, check_key
 
@@ -241,6 +241,13 @@ class PartitionState:
         self.lsn_committed = batch.lsn_last
         self.inflight = None
         return self.lsn_committed
+
+    def check_claim(self, epoch: int) -> None:
+        """Before appending an ownership marker for `epoch`: refuse if the log already holds a newer epoch (the
+        claimant's table is stale; appending would depose the rightful owner and break the epoch order)."""
+        if self.log_epoch > epoch:
+            raise NotOwner(f"partition {self.partition}'s log is at epoch {self.log_epoch}, newer than {epoch}: "
+                           "another PU owns it under a newer table")
 
     def set_owner_epoch(self, epoch: int) -> None:
         """This PU's ownership marker for `epoch` is in the log: later appends carry it."""

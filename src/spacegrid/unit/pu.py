@@ -232,6 +232,7 @@ class ProcessingUnit:
             seq = await self._replay(slot, 0, seq)
             marker = encode_owner_marker(slot.epoch, self.member_id)
             while True:
+                slot.state.check_claim(slot.epoch)
                 try:
                     slot.last_seq = await self.changelog.append(partition, marker, seq)
                     break
