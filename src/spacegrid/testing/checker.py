@@ -48,7 +48,7 @@ def check_register(ops: list[Op], initial: Any = None, time_limit_s: float = 10.
     intern = _interner()
     steps = [_step_of(op, intern) for op in needed]
     line = _timeline([(op.invoke_s, end) for op, end in zip(needed, _deadlines(needed, initial), strict=True)])
-    verdict, stuck, done = _search(steps, line, intern(initial), time.monotonic() + time_limit_s)
+    verdict, stuck, done = _Search(steps, line, intern(initial)).run(time.monotonic() + time_limit_s)
     if verdict is None:
         return CheckResult(None, "register", key, f"gave up after {time_limit_s}s on {len(needed)} ops")
     if verdict:
@@ -218,44 +218,79 @@ def _apply(step: tuple[int, int, int], state: int) -> int:
     return value if state == expected else state
 
 
-def _search(
-    steps: list[tuple[int, int, int]], line: _Timeline, state: int, deadline: float
-) -> tuple[bool | None, int, int]:
-    """Wing-Gong-Lowe backtracking with a (linearized set, state) cache: (verdict, culprit op, ops linearized then).
+class _Search:
+    """Wing-Gong-Lowe backtracking over a timeline, with a cache of (linearized set, state) already explored.
 
-    The culprit is the op whose return was the furthest point in time the search failed to get past.
+    A read legal in the current state is taken first and alone: it changes no state and, being invoked before every
+    pending return, could be moved to the front of any linearization that completes this one.
     """
-    linearized = 0
-    stack: list[tuple[int, int]] = []
-    seen: set[tuple[int, int]] = set()
-    furthest, culprit, done = -1, -1, 0
-    entry, count = line.nxt[0], 0
-    while line.nxt[0] != -1:
-        count += 1
-        if count % _CLOCK_EVERY == 0 and time.monotonic() > deadline:
-            return None, culprit, done
-        op = line.op_of[entry]
-        if line.match[entry] != -1:
-            after = _apply(steps[op], state)
-            if after != -1 and (linearized | 1 << op, after) not in seen:
-                linearized |= 1 << op
-                seen.add((linearized, after))
-                stack.append((entry, state))
-                state = after
-                _lift(line, entry)
-                entry = line.nxt[0]
-            else:
-                entry = line.nxt[entry]
-            continue
-        if entry > furthest:
-            furthest, culprit, done = entry, op, len(stack)
-        if not stack:
-            return False, culprit, done
-        entry, state = stack.pop()
-        linearized ^= 1 << line.op_of[entry]
-        _unlift(line, entry)
-        entry = line.nxt[entry]
-    return True, culprit, done
+
+    def __init__(self, steps: list[tuple[int, int, int]], line: _Timeline, state: int) -> None:
+        """Start with nothing linearized, the register in `state`."""
+        self.steps = steps
+        self.line = line
+        self.state = state
+        self.reads = [value if code == _READ else -1 for code, value, _ in steps]
+        self.linearized = 0
+        self.stack: list[tuple[int, int, bool]] = []  # (call entry, state before it, taken as a forced read)
+        self.seen: set[tuple[int, int]] = set()
+
+    def run(self, deadline: float) -> tuple[bool | None, int, int]:
+        """(verdict, culprit op, ops linearized then): the culprit's return is the furthest the search got stuck at."""
+        line, steps = self.line, self.steps
+        furthest, culprit, done = -1, -1, 0
+        entry, count = self._enter(), 0
+        while line.nxt[0] != -1:
+            count += 1
+            if count % _CLOCK_EVERY == 0 and time.monotonic() > deadline:
+                return None, culprit, done
+            if entry != -1 and line.match[entry] != -1:
+                after = _apply(steps[line.op_of[entry]], self.state)
+                entry = self._enter() if after != -1 and self._push(entry, after, False) else line.nxt[entry]
+                continue
+            if entry > furthest:
+                furthest, culprit, done = entry, line.op_of[entry], len(self.stack)
+            entry = self._backtrack()
+            if entry == -1:
+                return False, culprit, done
+        return True, culprit, done
+
+    def _enter(self) -> int:
+        """Take the legal reads of a new node; the entry to try next, or -1 if this node was already explored."""
+        while (read := self._legal_read()) != -1:
+            if not self._push(read, self.state, True):
+                return -1
+        return self.line.nxt[0]
+
+    def _legal_read(self) -> int:
+        """The first pending call that is a read of the current state, or -1."""
+        line, entry = self.line, self.line.nxt[0]
+        while entry != -1 and line.match[entry] != -1:
+            if self.reads[line.op_of[entry]] == self.state:
+                return entry
+            entry = line.nxt[entry]
+        return -1
+
+    def _push(self, entry: int, after: int, forced: bool) -> bool:
+        """Linearize the call at `entry`, leaving the register in `after`, unless that configuration was explored."""
+        linearized = self.linearized | 1 << self.line.op_of[entry]
+        if (linearized, after) in self.seen:
+            return False
+        self.seen.add((linearized, after))
+        self.stack.append((entry, self.state, forced))
+        self.linearized, self.state = linearized, after
+        _lift(self.line, entry)
+        return True
+
+    def _backtrack(self) -> int:
+        """Undo linearizations up to the last free choice; the entry after it to try next, or -1 if none is left."""
+        while self.stack:
+            entry, self.state, forced = self.stack.pop()
+            self.linearized ^= 1 << self.line.op_of[entry]
+            _unlift(self.line, entry)
+            if not forced:
+                return self.line.nxt[entry]
+        return -1
 
 
 def _context(ops: list[Op], culprit: Op) -> list[Op]:
