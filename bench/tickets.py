@@ -1134,6 +1134,9 @@ def print_report(report: dict[str, Any]) -> None:
                           + (f"; {gens['objects_tracked']:,} objects tracked" if "objects_tracked" in gens else ""))
         for sample in r.get("error_samples", []):
             extras.append(f"  error: {sample}")
+        if len(r.get("attempts", [])) > 1:
+            extras.append("attempts (ops/s, cores of other load): " + ", ".join(
+                f"{a['ops_per_s']:,.0f} ({a['interference']:.2f})" for a in r["attempts"]))
         extras.append(f"setup {r['setup_s']} s; CPU not attributed to the processes above: "
                       f"{r.get('interference', 0):.2f} cores (kernel softirq, other processes); busy before start "
                       f"{r.get('background_busy_cores_before', 0)} cores; loadavg {' '.join(r['loadavg'])}")
@@ -1178,6 +1181,10 @@ def main() -> None:
                              "(perturbs the figures: use for a separate run)")
     parser.add_argument("--quiet-wait-s", type=float, default=180,
                         help="before each target, wait up to this long for the machine to be idle (other processes)")
+    parser.add_argument("--retries", type=int, default=2,
+                        help="run a target again (at most this many times) when other processes used more than "
+                             "--interference-max cores during its measured window; the least disturbed run is kept")
+    parser.add_argument("--interference-max", type=float, default=0.1, help="cores (default 0.1)")
     parser.add_argument("--gc-probe", type=Path, default=None, metavar="DIR",
                         help="meter the cyclic GC in the client and the PUs (bench/gcprobe) during the measured window")
     parser.add_argument("--seed", type=int, default=1)
@@ -1199,25 +1206,38 @@ def main() -> None:
     say(f"{events} events x {SEATS_PER_EVENT} seats, warm-up {warmup_s} s, measured {measure_s} s")
     null = run_null(events, 1.0, args.seed)
     report["driver"] = {"cpu_us_per_op": null["cpu_us_per_op"]["client"], "ops_per_s": null["ops_per_s"]}
-    for name in wanted:
-        say(f"running {name} ...")
-        background = wait_quiet(args.quiet_wait_s)
+    def run_target(name: str) -> tuple[str, dict[str, Any]]:
         if name == "echo":
-            report["results"]["nats-echo"] = run_echo(events, warmup_s, measure_s, args.seed, args.profile)
-        elif name in ("grid1", "grid2", "grid1-read", "grid2-read"):
+            return "nats-echo", run_echo(events, warmup_s, measure_s, args.seed, args.profile)
+        if name in ("grid1", "grid2", "grid1-read", "grid2-read"):
             pus = int(name[4])
             by_get = name.endswith("-read")
-            report["results"][f"grid-{pus}pu" + ("-read" if by_get else "")] = run_grid(
+            return f"grid-{pus}pu" + ("-read" if by_get else ""), run_grid(
                 pus, events, warmup_s, measure_s, args.seed, args.keep, args.profile, args.gc_probe, by_get)
-        elif name == "postgres":
-            report["results"]["postgres"] = run_pg(events, warmup_s, measure_s, args.seed, args.pg_pool,
-                                                   args.pg_pool_impl, args.profile)
-        else:
-            raise SystemExit(f"unknown target {name!r}")
-        r = report["results"][list(report["results"])[-1]]
-        r["background_busy_cores_before"] = background
-        r["interference"] = round(r["cpu_s"]["unattributed"] / r["cpu_s"]["elapsed_s"], 3)  # cores not ours
-        say(f"  {r['ops_per_s']:,.0f} ops/s" + (f", check {'ok' if r['check']['ok'] else 'FAILED'}" if r.get("check") else ""))
+        if name == "postgres":
+            return "postgres", run_pg(events, warmup_s, measure_s, args.seed, args.pg_pool, args.pg_pool_impl,
+                                      args.profile)
+        raise SystemExit(f"unknown target {name!r}")
+
+    for name in wanted:
+        attempts: list[dict[str, Any]] = []
+        for attempt in range(1 + max(0, args.retries)):
+            say(f"running {name} ..." + (f" (attempt {attempt + 1})" if attempt else ""))
+            background = wait_quiet(args.quiet_wait_s)
+            key, r = run_target(name)
+            r["background_busy_cores_before"] = background
+            r["interference"] = round(r["cpu_s"]["unattributed"] / r["cpu_s"]["elapsed_s"], 3)  # cores not ours
+            attempts.append(r)
+            say(f"  {r['ops_per_s']:,.0f} ops/s" + (f", check {'ok' if r['check']['ok'] else 'FAILED'}" if r.get("check") else "")
+                + f"; {r['interference']:.2f} cores busy outside the measured processes")
+            if r["interference"] <= args.interference_max:
+                break
+            say(f"  other load on the machine during the run (more than {args.interference_max} cores): "
+                + ("running it again" if attempt < args.retries else "keeping the least disturbed attempt"))
+        best = min(attempts, key=lambda a: a["interference"])
+        best["attempts"] = [{"ops_per_s": a["ops_per_s"], "interference": a["interference"],
+                             "check_ok": a.get("check", {}).get("ok")} for a in attempts]
+        report["results"][key] = best
 
     results = report["results"]
     report["ratios"] = {}
@@ -1237,7 +1257,7 @@ def main() -> None:
                 summary = summarize_profile(path)
                 (args.profile / (path.stem + ".summary")).write_text(summary + "\n")
                 print(summary)
-    failed = [name for name, r in results.items() if r.get("check") and not r["check"]["ok"]]
+    failed = [name for name, r in results.items() if any(a["check_ok"] is False for a in r["attempts"])]
     if failed:
         raise SystemExit(f"consistency check FAILED for {', '.join(failed)}")
 

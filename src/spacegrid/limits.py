@@ -25,15 +25,16 @@ class Limits:
     attempt_timeout_s: float = 2.0
     retry_backoff_s_min: float = 0.005
     retry_backoff_s_max: float = 0.25
-    heartbeat_interval_s: float = 0.5
-    heartbeat_timeout_s: float = 2.0
+    heartbeat_interval_s: float = 0.2
+    lease_s: float = 0.6  # reads are served only within this of the last renewed heartbeat's sending
+    heartbeat_timeout_s: float = 1.5
     dedup_window_ops: int = 8192
     replay_timeout_s: float = 60.0
     pending_requests_max: int = 100_000
 
     def __post_init__(self) -> None:
         assert self.write_bytes_max < self.append_bytes_max <= self.request_payload_bytes_max
-        assert self.heartbeat_interval_s < self.heartbeat_timeout_s
+        assert self.heartbeat_interval_s < self.lease_s <= self.heartbeat_timeout_s
         assert self.attempt_timeout_s <= self.call_deadline_s
         assert self.append_records_max >= 1 and self.dedup_window_ops >= 1 and self.appends_in_flight_max >= 1
 

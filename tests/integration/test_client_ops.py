@@ -24,9 +24,9 @@ def run(grid: Any, body: Callable[[Client], Awaitable[Any]]) -> Any:
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from spacegrid.launcher import LocalGrid
-    from spacegrid.testing.fixtures import FAST_FAILOVER_PU_ARGS
+    from spacegrid.testing.fixtures import TEST_PU_ARGS
 
-    local = LocalGrid(tmp_path_factory.mktemp("grid"), APP, pu_args=FAST_FAILOVER_PU_ARGS)
+    local = LocalGrid(tmp_path_factory.mktemp("grid"), APP, pu_args=TEST_PU_ARGS)
     local.start(2)
     try:
         local.wait_ready(60, members=2)

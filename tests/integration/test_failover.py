@@ -8,12 +8,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import nats
-
 from spacegrid import Client, Limits, codec, protocol
 from spacegrid.engine.subjects import Names
 from spacegrid.launcher import LocalGrid
 from spacegrid.testing.apps import APP, space
+from tests.integration.rawnats import collect_replies
 
 COUNTERS = [f"c{i}" for i in range(8)]
 
@@ -147,7 +146,8 @@ def test_sigkill_of_one_of_three_pus_under_load_loses_nothing(grid_factory: Call
 
 
 def test_paused_deposed_pu_cannot_acknowledge_a_write(grid_factory: Callable[..., LocalGrid]) -> None:
-    """A PU stopped (SIGSTOP) until its partitions moved, then resumed, answers no write for them with success."""
+    """A PU stopped (SIGSTOP) until its partitions moved, then resumed, acknowledges no write and serves no stale
+    read for them; it then learns it was declared dead, rejoins, and gets a fair share again."""
     grid = grid_factory(app=APP, pus=3)
     before = grid.status()
     owners = {info["pid"]: member for member, info in before.members.items() if before.table.owned_by(member)}
@@ -155,6 +155,13 @@ def test_paused_deposed_pu_cannot_acknowledge_a_write(grid_factory: Callable[...
     paused_id = owners[paused.pid]
     partition = before.table.owned_by(paused_id)[0]
     key = next(f"stale-{i}" for i in range(10_000) if space.partition_of("kv", f"stale-{i}") == partition)
+    seeded_key = f"seed@{key}"
+
+    async def seed(value: str) -> None:
+        async with await Client.connect(grid.space, grid.url) as client:
+            await client.put("kv", seeded_key, value)
+
+    asyncio.run(seed("old"))
 
     paused.signal(signal.SIGSTOP)
     deadline = time.monotonic() + 30
@@ -165,24 +172,29 @@ def test_paused_deposed_pu_cannot_acknowledge_a_write(grid_factory: Callable[...
         time.sleep(0.1)
     else:
         raise AssertionError("partitions did not move off the paused PU")
+    asyncio.run(seed("new"))  # the paused PU's copy of seeded_key is now stale
 
     async def main() -> Any:
-        nc = await nats.connect(grid.url)
-        try:
-            request = codec.encode_array([protocol.request(1, protocol.OP_PUT, partition, "kv", key, "from-the-past",
-                                                           None, "stale-op-1")])
-            reply_future = asyncio.ensure_future(nc.request(Names(space.name).pu_subject(paused_id), request, timeout=10))
+        request = codec.encode_array([
+            protocol.request(1, protocol.OP_PUT, partition, "kv", key, "from-the-past", None, "stale-op-1"),
+            protocol.request(2, protocol.OP_GET, partition, "kv", seeded_key),
+        ])
+
+        async def resume() -> None:
             await asyncio.sleep(0.05)
             paused.signal(signal.SIGCONT)
-            reply = await reply_future
-            async with await Client.connect(grid.space, grid.url) as client:
-                return codec.decode(reply.data, 1 << 20), await client.get("kv", key)
-        finally:
-            await nc.close()
+
+        replies = await collect_replies(grid.url, Names(space.name).pu_subject(paused_id), request, 2, 10, resume)
+        async with await Client.connect(grid.space, grid.url) as client:
+            return replies, await client.get("kv", key)
 
     replies, stored = asyncio.run(main())
-    assert replies[0][0] == 1 and replies[0][1] in ("not_owner", "fenced", "unavailable"), replies
+    by_id = {reply[0]: reply for reply in replies}
+    assert by_id[1][1] in ("not_owner", "fenced", "unavailable"), replies
     assert stored is None
+    assert by_id[2][1] in ("not_owner", "unavailable"), f"a stale read was served: {replies}"
+    status = grid.wait_ready(30, members=3)
+    assert sorted(len(status.table.owned_by(m)) for m in set(status.table.owners)) == [5, 5, 6]
 
 
 def test_a_joining_pu_gets_a_fair_share_while_writes_go_on(grid_factory: Callable[..., LocalGrid]) -> None:

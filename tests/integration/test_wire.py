@@ -15,27 +15,11 @@ from spacegrid.engine.subjects import Names
 from spacegrid.errors import Fenced
 from spacegrid.launcher import LocalGrid
 from spacegrid.testing.apps import APP, space
+from tests.integration.rawnats import collect_replies
 
 
 async def _raw_request(grid: LocalGrid, member_id: str, data: bytes, replies_expected: int) -> list[Any]:
-    """Send one message and collect reply items (they may come in several messages) until we have them all."""
-    nc = await nats.connect(grid.url)
-    replies: list[Any] = []
-    got_all = asyncio.Event()
-
-    async def on_reply(msg: Any) -> None:
-        replies.extend(codec.decode(msg.data, 1 << 24))
-        if len(replies) >= replies_expected:
-            got_all.set()
-
-    try:
-        inbox = nc.new_inbox()
-        await nc.subscribe(inbox, cb=on_reply)
-        await nc.publish(Names(space.name).pu_subject(member_id), data, reply=inbox)
-        await asyncio.wait_for(got_all.wait(), 5)
-        return replies
-    finally:
-        await nc.close()
+    return await collect_replies(grid.url, Names(space.name).pu_subject(member_id), data, replies_expected)
 
 
 def test_malformed_messages_get_errors_and_the_pu_keeps_serving(grid_factory: Callable[..., LocalGrid]) -> None:

@@ -142,15 +142,17 @@ def up(pus: int, data_dir: Path, app: str | None, nats_url: str | None, port: in
 @data_dir_option
 @click.option("--replicas", type=int, default=1, show_default=True, help="Stream and KV replicas (3 on a NATS cluster).")
 @click.option("--heartbeat-interval-s", type=float, default=DEFAULT_LIMITS.heartbeat_interval_s, show_default=True)
+@click.option("--lease-s", type=float, default=DEFAULT_LIMITS.lease_s, show_default=True,
+              help="Reads are served only this long after the last renewed heartbeat was sent.")
 @click.option("--heartbeat-timeout-s", type=float, default=DEFAULT_LIMITS.heartbeat_timeout_s, show_default=True)
 @click.option("--handler-time-limit-s", type=float, default=DEFAULT_LIMITS.handler_time_limit_s, show_default=True)
 def pu(app: str | None, nats_url: str | None, data_dir: Path, replicas: int, heartbeat_interval_s: float,
-       heartbeat_timeout_s: float, handler_time_limit_s: float) -> None:
+       lease_s: float, heartbeat_timeout_s: float, handler_time_limit_s: float) -> None:
     """Run one processing unit in this process."""
     from spacegrid.unit.runner import run_pu
 
     url, space = _resolve(data_dir, nats_url, app)
-    limits = Limits(heartbeat_interval_s=heartbeat_interval_s, heartbeat_timeout_s=heartbeat_timeout_s,
+    limits = Limits(heartbeat_interval_s=heartbeat_interval_s, lease_s=lease_s, heartbeat_timeout_s=heartbeat_timeout_s,
                     handler_time_limit_s=handler_time_limit_s)
     install_uvloop()
     asyncio.run(run_pu(space, url, limits, replicas))

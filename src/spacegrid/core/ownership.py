@@ -10,30 +10,55 @@ from spacegrid.partitioning import PartitionTable
 
 class Membership:
     """Members as this observer last heard of them. Liveness uses the observer's own monotonic clock, so
-    clock skew between hosts never matters: a member is alive while its heartbeats keep arriving."""
+    clock skew between hosts never matters: a member is alive while its heartbeats keep arriving.
 
-    def __init__(self, timeout_s: float) -> None:
+    A member is dead once it has not been heard of for timeout_s, or once NATS said nobody listens on its
+    subject (it crashed or lost its connection) and it has not been heard of for lease_s: by then its read
+    lease, which it measures from before sending its last heartbeat, has run out."""
+
+    def __init__(self, timeout_s: float, lease_s: float | None = None) -> None:
         assert timeout_s > 0
         self.timeout_s = timeout_s
+        self.lease_s = timeout_s if lease_s is None else lease_s
+        assert 0 < self.lease_s <= self.timeout_s
         self.info: dict[str, dict[str, Any]] = {}
         self.last_seen_s: dict[str, float] = {}
+        self.revisions: dict[str, int] = {}
+        self.unreachable: set[str] = set()
 
-    def observe(self, member_id: str, info: dict[str, Any], now_s: float) -> bool:
+    def observe(self, member_id: str, info: dict[str, Any], now_s: float, revision: int = 0) -> bool:
         """Record a heartbeat; True when the member is new to this observer."""
         is_new = member_id not in self.info
         self.info[member_id] = info
         self.last_seen_s[member_id] = now_s
+        self.revisions[member_id] = revision
+        self.unreachable.discard(member_id)
         return is_new
+
+    def mark_unreachable(self, member_id: str) -> None:
+        """NATS answered "no responders" on the member's subject."""
+        if member_id in self.info:
+            self.unreachable.add(member_id)
 
     def remove(self, member_id: str) -> bool:
         self.last_seen_s.pop(member_id, None)
+        self.revisions.pop(member_id, None)
+        self.unreachable.discard(member_id)
         return self.info.pop(member_id, None) is not None
 
+    def _is_dead(self, member_id: str, now_s: float) -> bool:
+        silent_s = now_s - self.last_seen_s[member_id]
+        return silent_s > self.timeout_s or (member_id in self.unreachable and silent_s > self.lease_s)
+
     def live(self, now_s: float) -> list[str]:
-        return sorted(m for m, seen in self.last_seen_s.items() if now_s - seen <= self.timeout_s)
+        return sorted(m for m in self.last_seen_s if not self._is_dead(m, now_s))
 
     def dead(self, now_s: float) -> list[str]:
-        return sorted(m for m, seen in self.last_seen_s.items() if now_s - seen > self.timeout_s)
+        return sorted(m for m in self.last_seen_s if self._is_dead(m, now_s))
+
+    def has_adopted(self, member_id: str, table_version: int) -> bool:
+        """The member reported running with this table version or a newer one."""
+        return int(self.info.get(member_id, {}).get("table_version", 0)) >= table_version
 
 
 def coordinator(live_members: list[str]) -> str | None:

@@ -7,7 +7,13 @@ import logging
 from typing import Any, Awaitable, Callable
 
 from nats.js import JetStreamContext
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import (
+    BadRequestError,
+    BucketNotFoundError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NotFoundError,
+)
 from nats.js.kv import KeyValue
 
 from spacegrid import codec
@@ -47,15 +53,32 @@ class Coordination:
 
     # ---- membership ----------------------------------------------------------------------------------------
 
-    async def heartbeat(self, member_id: str, info: dict[str, Any]) -> None:
-        await self.members.put(member_id, codec.encode(info))
+    async def register(self, member_id: str, info: dict[str, Any]) -> int:
+        """Create the member's record (also over a deleted one); returns its revision."""
+        return int(await self.members.create(member_id, codec.encode(info)))
 
-    async def remove_member(self, member_id: str) -> None:
-        """Delete a member's record: on graceful leave, or by the coordinator once it is dead."""
+    async def renew(self, member_id: str, info: dict[str, Any], revision: int) -> int | None:
+        """Heartbeat by compare-and-set: the new revision, or None if the record was removed or changed
+        meanwhile (the coordinator declared this member dead)."""
         try:
-            await self.members.delete(member_id)
+            return int(await self.members.update(member_id, codec.encode(info), last=revision))
+        except KeyWrongLastSequenceError:
+            return None
+
+    async def remove_member(self, member_id: str, revision: int | None = None) -> bool:
+        """Delete a member's record: on graceful leave, or by the coordinator once it is dead. With a revision,
+        only if the member has not heartbeated since (False then)."""
+        try:
+            await self.members.delete(member_id, last=revision)
         except (KeyNotFoundError, NotFoundError):
-            pass
+            return True
+        except KeyWrongLastSequenceError:
+            return False
+        except BadRequestError as exc:
+            if getattr(exc, "err_code", None) == 10071:
+                return False
+            raise
+        return True
 
     # ---- the table -----------------------------------------------------------------------------------------
 

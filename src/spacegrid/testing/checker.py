@@ -1,10 +1,9 @@
-"""History checkers: per-key linearizability of a register with CAS (Wing & Gong / Knossos-style search with memoization, as Porcupine does), exact counters, and no acknowledged write lost.
+"""History checkers: per-key linearizability of a register with CAS (Wing & Gong / Knossos-style search with memoization, as Porcupine does), exact counters, and no acknowledged write lost."""
 
-Linearizability is P-compositional, so each key is checked on its own. Ops with outcome "fail" did not happen and
-are dropped; "info" ops complete at +infinity with an unconstrained output (an info read is dropped, an info write
-or cas may take effect at any time after its invocation, or never). Ops completing at the same instant another is
-invoked count as concurrent. Values are compared by their JSON form, as recorded by `history.HistoryWriter`.
-"""
+# Linearizability is P-compositional, so each key is checked on its own. Ops with outcome "fail" did not happen and
+# are dropped; "info" ops complete at +infinity with an unconstrained output (an info read is dropped, an info write
+# or cas may take effect at any time after its invocation, or never). Ops completing at the same instant another is
+# invoked count as concurrent. Values are compared by their JSON form, as recorded by `history.HistoryWriter`.
 
 from __future__ import annotations
 
@@ -42,20 +41,22 @@ def check_register(ops: list[Op], initial: Any = None, time_limit_s: float = 10.
     live = [op for op in ops if op.outcome != "fail" and not (op.kind == "read" and op.outcome == "info")]
     phantom = _phantom_read(live, initial)
     if phantom is not None:
-        message = f"{phantom.describe()} observed a value that no write or cas (ok or info) wrote"
-        return CheckResult(False, "register", key, message, _context(live, phantom))
-    needed = _needed(live)
-    intern = _interner()
+        message = f"{live[phantom].describe()} observed a value that no write or cas (ok or info) wrote"
+        return CheckResult(False, "register", key, message, _context(live, [op.complete_s for op in live], phantom))
+    observed = _observed(live)
+    # an info write or cas of a value nobody observes changes nothing when taken as never applied: leave it out
+    needed = [op for op in live if op.outcome == "ok" or _canon(op.value) in observed]
+    intern = _interner(observed)
     steps = [_step_of(op, intern) for op in needed]
-    line = _timeline([(op.invoke_s, end) for op, end in zip(needed, _deadlines(needed, initial), strict=True)])
+    ends = _deadlines(needed, initial)
+    line = _timeline([(op.invoke_s, end) for op, end in zip(needed, ends, strict=True)])
     verdict, stuck, done = _Search(steps, line, intern(initial)).run(time.monotonic() + time_limit_s)
     if verdict is None:
         return CheckResult(None, "register", key, f"gave up after {time_limit_s}s on {len(needed)} ops")
     if verdict:
         return CheckResult(True, "register", key, f"{len(live)} ops linearizable")
-    culprit = needed[stuck]
-    message = f"not linearizable: {culprit.describe()} cannot take effect after {done} of {len(needed)} ops"
-    return CheckResult(False, "register", key, message, _context(live, culprit))
+    message = f"not linearizable: {needed[stuck].describe()} cannot take effect after {done} of {len(needed)} ops"
+    return CheckResult(False, "register", key, message, _context(needed, ends, stuck))
 
 
 def check_counter(ops: list[Op], final_value: int) -> CheckResult:
@@ -124,10 +125,15 @@ def _canon(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-def _interner() -> Callable[[Any], int]:
-    """A function giving each distinct value (by JSON form) a small int, the model's state."""
+def _observed(ops: list[Op]) -> set[str]:
+    """The values (JSON forms) some read returned or some cas expected: no other value can be told apart."""
+    return {_canon(op.value if op.kind == "read" else op.expected) for op in ops if op.kind != "write"}
+
+
+def _interner(observed: set[str]) -> Callable[[Any], int]:
+    """The model's state for a value: a small int per observed value, 0 for the rest, which no op tells apart."""
     ids: dict[str, int] = {}
-    return lambda value: ids.setdefault(_canon(value), len(ids))
+    return lambda value: ids.setdefault(form, len(ids) + 1) if (form := _canon(value)) in observed else 0
 
 
 def _step_of(op: Op, intern: Callable[[Any], int]) -> tuple[int, int, int]:
@@ -136,24 +142,15 @@ def _step_of(op: Op, intern: Callable[[Any], int]) -> tuple[int, int, int]:
     return code, intern(op.value), intern(op.expected)
 
 
-def _phantom_read(ops: list[Op], initial: Any) -> Op | None:
-    """The first ok read of a value that is neither `initial` nor written by any write or cas, if any."""
+def _phantom_read(ops: list[Op], initial: Any) -> int | None:
+    """The index of the first ok read of a value neither `initial` nor written by any write or cas, if any."""
     written = {_canon(initial)} | {_canon(op.value) for op in ops if op.kind != "read"}
-    return next((op for op in ops if op.kind == "read" and _canon(op.value) not in written), None)
-
-
-def _needed(ops: list[Op]) -> list[Op]:
-    """The ops but info writes and CAS of a value nothing reads or expects: taking effect last, they change nothing."""
-    observed = {_canon(op.value if op.kind == "read" else op.expected) for op in ops if op.kind != "write"}
-    return [op for op in ops if op.outcome == "ok" or _canon(op.value) in observed]
+    return next((i for i, op in enumerate(ops) if op.kind == "read" and _canon(op.value) not in written), None)
 
 
 def _deadlines(ops: list[Op], initial: Any) -> list[float]:
-    """Each op's completion, an info op's bounded by the first ok op observing its value if no other op writes it.
-
-    That op can only have seen the value after the info op took effect, so this changes no verdict, and it spares the
-    search from keeping the info op pending (at +infinity) to the end of the history.
-    """
+    """Each op's completion, but an info op whose value no other op writes ends when an ok op first observes it."""
+    # that ok op saw the value after the info op took effect: no verdict changes, and the op is not pending forever
     writers = Counter(_canon(op.value) for op in ops if op.kind != "read") + Counter([_canon(initial)])
     seen_by: dict[str, float] = {}
     for op in ops:
@@ -219,11 +216,7 @@ def _apply(step: tuple[int, int, int], state: int) -> int:
 
 
 class _Search:
-    """Wing-Gong-Lowe backtracking over a timeline, with a cache of (linearized set, state) already explored.
-
-    A read legal in the current state is taken first and alone: it changes no state and, being invoked before every
-    pending return, could be moved to the front of any linearization that completes this one.
-    """
+    """Wing-Gong-Lowe backtracking over a timeline, with a cache of the (linearized set, state) pairs explored."""
 
     def __init__(self, steps: list[tuple[int, int, int]], line: _Timeline, state: int) -> None:
         """Start with nothing linearized, the register in `state`."""
@@ -257,6 +250,8 @@ class _Search:
 
     def _enter(self) -> int:
         """Take the legal reads of a new node; the entry to try next, or -1 if this node was already explored."""
+        # a read legal now changes no state and, invoked before every pending return, could be moved to the front of
+        # any linearization completing this node: taking it first, with no alternative, loses nothing
         while (read := self._legal_read()) != -1:
             if not self._push(read, self.state, True):
                 return -1
@@ -293,12 +288,15 @@ class _Search:
         return -1
 
 
-def _context(ops: list[Op], culprit: Op) -> list[Op]:
-    """The culprit, the ops overlapping it and the last few ops completed before it was invoked, in time order."""
-    overlapping = [op for op in ops if op.invoke_s <= culprit.complete_s and culprit.invoke_s <= op.complete_s]
-    before = sorted((op for op in ops if op.complete_s < culprit.invoke_s), key=lambda op: op.complete_s)[-_CONTEXT:]
-    chosen = {id(op): op for op in before + overlapping}
-    return sorted(chosen.values(), key=lambda op: (op.invoke_s, op.complete_s))
+def _context(ops: list[Op], ends: list[float], culprit: int) -> list[Op]:
+    """In time order: the culprit, the ops overlapping it (by `ends`), the last few before it, its value's writers."""
+    start, end, target = ops[culprit].invoke_s, ends[culprit], ops[culprit]
+    overlapping = [i for i, op in enumerate(ops) if op.invoke_s <= end and start <= ends[i]]
+    before = sorted((i for i in range(len(ops)) if ends[i] < start), key=ends.__getitem__)[-_CONTEXT:]
+    needs = None if target.kind == "write" else _canon(target.value if target.kind == "read" else target.expected)
+    sources = [i for i, op in enumerate(ops) if op.kind != "read" and _canon(op.value) == needs]
+    chosen = [ops[i] for i in {*overlapping, *before, *sources}]
+    return sorted(chosen, key=lambda op: (op.invoke_s, op.complete_s))
 
 
 def _check_final_value(key: str, ops: list[Op], final: Any, initial: Any) -> CheckResult:

@@ -28,7 +28,7 @@ def nats_url(nats_server: NatsServerProcess) -> Iterator[str]:
     yield nats_server.url
 
 
-FAST_FAILOVER_PU_ARGS = ["--heartbeat-interval-s", "0.2", "--heartbeat-timeout-s", "1.0", "--handler-time-limit-s", "0.5"]
+TEST_PU_ARGS = ["--handler-time-limit-s", "0.5"]
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def grid_factory(tmp_path: Path) -> Iterator[Callable[..., LocalGrid]]:
     grids: list[LocalGrid] = []
 
     def start(app: str = DEFAULT_APP, pus: int = 2, pu_args: list[str] | None = None, ready_timeout_s: float = 60.0) -> LocalGrid:
-        grid = LocalGrid(tmp_path / f"grid{len(grids)}", app, pu_args=list(FAST_FAILOVER_PU_ARGS if pu_args is None else pu_args))
+        grid = LocalGrid(tmp_path / f"grid{len(grids)}", app, pu_args=list(TEST_PU_ARGS if pu_args is None else pu_args))
         grids.append(grid)
         grid.start(pus)
         grid.wait_ready(ready_timeout_s, members=pus)

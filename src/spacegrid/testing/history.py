@@ -22,22 +22,17 @@ _KEEP: Any = object()  # `complete` default: keep the value given at invocation
 
 @dataclass(frozen=True, slots=True)
 class Op:
-    """One operation of one process on one key: what was invoked, when, and how it completed.
-
-    `value` is the value written, the value read (None = absent), the CAS new value or the increment amount;
-    `expected` is the CAS expected value; `result` the counter value an ok incr returned. Outcome "ok" took effect,
-    "fail" definitely did not, "info" is unknown (may take effect at any time after invocation, or never).
-    """
+    """One operation of one process on one key: what was invoked, when, and how it completed."""
 
     process: str
     key: str
     kind: Kind
-    value: Any
-    invoke_s: float
-    complete_s: float
-    outcome: Outcome
-    expected: Any = None
-    result: int | None = None
+    value: Any  # the value written, the value read (None = absent), the CAS new value or the increment amount
+    invoke_s: float  # time.monotonic() before sending
+    complete_s: float  # time.monotonic() on completion; +inf for info ops never completed
+    outcome: Outcome  # ok: took effect; fail: definitely did not; info: unknown (at any time after invoke, or never)
+    expected: Any = None  # for cas: the expected value
+    result: int | None = None  # for an ok incr: the counter value returned
 
     def __post_init__(self) -> None:
         """Reject unknown kinds and outcomes, and completions before invocations."""

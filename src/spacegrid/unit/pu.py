@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
 
 from spacegrid import codec, protocol
 from spacegrid.core.ownership import Membership, coordinator, next_table, plan
@@ -37,6 +38,7 @@ from spacegrid.space import Space
 
 log = logging.getLogger("spacegrid.pu")
 
+PING = b"\x90"  # an empty batch: the PU answers at once; NATS answers "no responders" for a PU that is gone
 RECOVERING = "recovering"
 ACTIVE = "active"
 RELEASED = "released"
@@ -83,10 +85,15 @@ class ProcessingUnit:
         self.names = Names(space.name)
         self.table = PartitionTable.empty(space.partitions)
         self.table_revision = 0
-        self.membership = Membership(limits.heartbeat_timeout_s)
+        self.membership = Membership(limits.heartbeat_timeout_s, limits.lease_s)
+        self.lease_until_s = 0.0
+        self.handed_from: dict[int, tuple[str, int]] = {}  # partition -> (previous owner, table version that moved it)
+        self._member_revision = 0
+        self._beat_now = asyncio.Event()
         self.slots: dict[int, Slot] = {}
         self.started_s = time.time()
-        self.counters = {"requests": 0, "messages": 0, "appends": 0, "records": 0, "fenced": 0, "acquired": 0, "released": 0}
+        self.counters = {"requests": 0, "messages": 0, "appends": 0, "records": 0, "fenced": 0, "acquired": 0, "released": 0,
+                         "rejoins": 0, "failovers": 0}
         self._out: dict[str, list[bytes]] = {}
         self._flush_scheduled = False
         self._coordinating = asyncio.Lock()
@@ -121,7 +128,7 @@ class ProcessingUnit:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         try:
-            await self.coord.remove_member(self.member_id)
+            await self.coord.remove_member(self.member_id, self._member_revision or None)
         except Exception as exc:  # best effort: the heartbeat timeout covers a failed goodbye
             log.warning("could not remove member record: %s", exc)
         for partition in list(self.slots):
@@ -144,14 +151,42 @@ class ProcessingUnit:
 
     # ---- membership, table and coordination ----------------------------------------------------------------
 
-    async def _heartbeat(self) -> None:
-        info = {"host": socket.gethostname(), "pid": os.getpid(), "started": self.started_s, "beat": time.time(),
+    def _member_info(self) -> dict[str, Any]:
+        return {"host": socket.gethostname(), "pid": os.getpid(), "started": self.started_s, "beat": time.time(),
                 "heartbeat_timeout_s": self.limits.heartbeat_timeout_s, **self.statistics()}
-        await self.coord.heartbeat(self.member_id, info)
+
+    async def _heartbeat(self) -> None:
+        """Renew the member record by compare-and-set, and with it the read lease. A failed renewal means the
+        coordinator declared this PU dead: drop every partition, then join again as a fresh member."""
+        sent_at = time.monotonic()
+        if self._member_revision == 0:
+            self._member_revision = await self.coord.register(self.member_id, self._member_info())
+        else:
+            revision = await self.coord.renew(self.member_id, self._member_info(), self._member_revision)
+            if revision is None:
+                self._on_declared_dead()
+                return
+            self._member_revision = revision
+        lease_until_s = sent_at + self.limits.lease_s
+        assert lease_until_s >= self.lease_until_s or self.lease_until_s == 0.0, "leases only grow"
+        self.lease_until_s = lease_until_s
+
+    def _on_declared_dead(self) -> None:
+        log.warning("PU %s was declared dead while it lived (paused or cut off): dropping its partitions "
+                    "and joining again", self.member_id)
+        self.counters["rejoins"] += 1
+        self.lease_until_s = 0.0
+        self._member_revision = 0
+        for partition in list(self.slots):
+            self._release(partition, "declared dead by the coordinator")
 
     async def _heartbeat_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.limits.heartbeat_interval_s)
+            try:
+                await asyncio.wait_for(self._beat_now.wait(), self.limits.heartbeat_interval_s)
+            except asyncio.TimeoutError:
+                pass
+            self._beat_now.clear()
             try:
                 await self._heartbeat()
                 await self._coordinate()
@@ -165,7 +200,7 @@ class ProcessingUnit:
         if value is None:
             changed = self.membership.remove(member_id)
         else:
-            changed = self.membership.observe(member_id, self.coord.decode_member(value), time.monotonic())
+            changed = self.membership.observe(member_id, self.coord.decode_member(value), time.monotonic(), revision)
         if changed and not self._stopping:
             await self._coordinate()
 
@@ -180,20 +215,26 @@ class ProcessingUnit:
             if table.version < self.table.version:
                 log.info("ignored table v%d older than v%d", table.version, self.table.version)
             return
+        for partition, (old, new) in enumerate(zip(self.table.owners, table.owners)):
+            if new == self.member_id and old not in (None, self.member_id):
+                self.handed_from[partition] = (old, table.version)
         self.table, self.table_revision = table, revision
         self._reconcile()
+        self._beat_now.set()  # tell the new owners at once that this PU runs the new table
 
     async def _coordinate(self) -> None:
-        """If this PU is the coordinator, forget dead members and write a fair table by compare-and-set."""
+        """If this PU is the coordinator, remove dead members by compare-and-set and write a fair table."""
         async with self._coordinating:
-            now = time.monotonic()
-            live = self.membership.live(now)
-            if self._stopping or coordinator(live) != self.member_id:
+            if self._stopping or coordinator(self.membership.live(time.monotonic())) != self.member_id:
                 return
-            for dead in self.membership.dead(now):
-                log.warning("member %s missed heartbeats for %.1fs: removing it", dead, self.limits.heartbeat_timeout_s)
-                self.membership.remove(dead)
-                await self.coord.remove_member(dead)
+            await self._probe_members()
+            for dead in self.membership.dead(time.monotonic()):
+                revision = self.membership.revisions.get(dead)
+                if await self.coord.remove_member(dead, revision):
+                    log.warning("member %s is dead (silent, or gone from NATS past its lease): removed it", dead)
+                    self.counters["failovers"] += 1
+                    self.membership.remove(dead)
+            live = self.membership.live(time.monotonic())
             proposal = next_table(self.table, live)
             if proposal is None:
                 return
@@ -204,6 +245,24 @@ class ProcessingUnit:
             else:
                 log.info("wrote table v%d for %d live members", proposal.version, len(live))
                 self._adopt_table(proposal, revision)
+
+    async def _probe_members(self) -> None:
+        """Ask NATS whether anyone listens on each other member's subject: a crashed PU's subscription is gone
+        at once, long before its heartbeats are missed."""
+        others = [m for m in self.membership.info if m != self.member_id]
+        results = await asyncio.gather(*(self._probe(m) for m in others))
+        for member_id, reachable in zip(others, results):
+            if not reachable:
+                self.membership.mark_unreachable(member_id)
+
+    async def _probe(self, member_id: str) -> bool:
+        try:
+            await self.nc.request(self.names.pu_subject(member_id), PING, timeout=self.limits.heartbeat_interval_s)
+        except NoRespondersError:
+            return False
+        except Exception:  # a timeout says nothing: the heartbeat timeout decides then
+            return True
+        return True
 
     def _reconcile(self) -> None:
         if self._stopping:
@@ -228,6 +287,7 @@ class ProcessingUnit:
         """Replay the partition's log, then fence every earlier owner with an ownership marker."""
         partition = slot.partition
         try:
+            await self._wait_for_handoff(partition)
             seq = await self.changelog.last_sequence(partition)
             seq = await self._replay(slot, 0, seq)
             marker = encode_owner_marker(slot.epoch, self.member_id)
@@ -249,6 +309,18 @@ class ProcessingUnit:
         slot.status = ACTIVE
         slot.sub = await self.nc.subscribe(self.names.partition_subject(partition), cb=self._on_message)
         self.counters["acquired"] += 1
+
+    async def _wait_for_handoff(self, partition: int) -> None:
+        """A partition taken from a live PU is served only once that PU runs the table that moved it (so it no
+        longer answers reads for it) or is gone; bounded, because a PU that stays silent is declared dead."""
+        previous, version = self.handed_from.pop(partition, (None, 0))
+        deadline_s = time.monotonic() + 2 * self.limits.heartbeat_timeout_s
+        while previous in self.membership.info and not self.membership.has_adopted(previous, version):
+            if time.monotonic() > deadline_s:
+                log.warning("partition %d: %s has not confirmed table v%d; taking it anyway (the fence guards "
+                            "writes)", partition, previous, version)
+                return
+            await asyncio.sleep(self.limits.heartbeat_interval_s / 4)
 
     async def _replay(self, slot: Slot, after_seq: int, until_seq: int) -> int:
         return await self.changelog.replay(
@@ -285,15 +357,20 @@ class ProcessingUnit:
             if reply_to:
                 self._reply(reply_to, protocol.error_reply(protocol.MALFORMED_REQ_ID, exc))
             return
+        if not requests:
+            if reply_to:
+                await self.nc.publish(reply_to, PING)
+            return
+        reads_ok = time.monotonic() < self.lease_until_s
         touched: set[Slot] = set()
         for request in requests:
-            slot = self._serve(request, reply_to)
+            slot = self._serve(request, reply_to, reads_ok)
             if slot is not None:
                 touched.add(slot)
         for slot in touched:
             self._schedule_append(slot)
 
-    def _serve(self, request: Any, reply_to: str) -> Slot | None:
+    def _serve(self, request: Any, reply_to: str, reads_ok: bool) -> Slot | None:
         self.counters["requests"] += 1
         req_id = protocol.MALFORMED_REQ_ID
         try:
@@ -304,6 +381,10 @@ class ProcessingUnit:
                     f"PU {self.member_id} does not serve partition {partition} (table v{self.table.version})"
                 )
             state = slot.state
+            if not reads_ok and (op in (protocol.OP_GET, protocol.OP_QUERY)
+                                 or (op == protocol.OP_EXECUTE and self.space.handler_def(name).read_only)):
+                raise PartitionUnavailable(f"PU {self.member_id}'s read lease has expired: it can't vouch that it "
+                                           "still owns the partition")
             if op == protocol.OP_GET:
                 self._check_route(name, key, partition)
                 self._reply(reply_to, protocol.entry_reply(req_id, state.get_encoded(name, key)))
