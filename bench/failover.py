@@ -104,7 +104,7 @@ def main() -> None:
             report = asyncio.run(main_async(args, grid))
         finally:
             grid.stop()
-    table = Table(title=f"SIGKILL of one of {args.pus} PUs under load (heartbeat 0.5 s, timeout 2.0 s)")
+    table = Table(title=f"SIGKILL of one of {args.pus} PUs under load (defaults: heartbeat 0.2 s, lease 0.6 s, timeout 1.5 s)")
     for column in ("run", "partitions lost", "all resumed (s)", "first resumed (s)", "slowest call (s)"):
         table.add_column(column, justify="right")
     for r in report["runs"]:

@@ -24,7 +24,7 @@ class Limits:
     call_deadline_s: float = 10.0
     attempt_timeout_s: float = 2.0
     retry_backoff_s_min: float = 0.005
-    retry_backoff_s_max: float = 0.25
+    retry_backoff_s_max: float = 0.1
     heartbeat_interval_s: float = 0.2
     lease_s: float = 0.6  # reads are served only within this of the last renewed heartbeat's sending
     heartbeat_timeout_s: float = 1.5

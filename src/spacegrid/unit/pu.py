@@ -225,9 +225,15 @@ class ProcessingUnit:
     async def _coordinate(self) -> None:
         """If this PU is the coordinator, remove dead members by compare-and-set and write a fair table."""
         async with self._coordinating:
-            if self._stopping or coordinator(self.membership.live(time.monotonic())) != self.member_id:
+            if self._stopping:
                 return
-            await self._probe_members()
+            current = coordinator(self.membership.live(time.monotonic()))
+            if current != self.member_id:
+                if current is not None:  # every member watches the coordinator, so a crashed one is replaced fast
+                    await self._probe_members([current])
+                if coordinator(self.membership.live(time.monotonic())) != self.member_id:
+                    return
+            await self._probe_members([m for m in self.membership.info if m != self.member_id])
             for dead in self.membership.dead(time.monotonic()):
                 revision = self.membership.revisions.get(dead)
                 if await self.coord.remove_member(dead, revision):
@@ -246,12 +252,11 @@ class ProcessingUnit:
                 log.info("wrote table v%d for %d live members", proposal.version, len(live))
                 self._adopt_table(proposal, revision)
 
-    async def _probe_members(self) -> None:
-        """Ask NATS whether anyone listens on each other member's subject: a crashed PU's subscription is gone
-        at once, long before its heartbeats are missed."""
-        others = [m for m in self.membership.info if m != self.member_id]
-        results = await asyncio.gather(*(self._probe(m) for m in others))
-        for member_id, reachable in zip(others, results):
+    async def _probe_members(self, members: list[str]) -> None:
+        """Ask NATS whether anyone listens on each member's subject: a crashed PU's subscription is gone at
+        once, long before its heartbeats are missed."""
+        results = await asyncio.gather(*(self._probe(m) for m in members))
+        for member_id, reachable in zip(members, results):
             if not reachable:
                 self.membership.mark_unreachable(member_id)
 
