@@ -905,6 +905,11 @@ def run_grid(pus: int, events: int, warmup_s: float, measure_s: float, seed: int
                                      grid_url=grid.url, profile=profile, gc_probe=gc_probe))
         result["pids"] = pids
         return result
+    except Exception:
+        for log_path in sorted((data_dir / "logs").glob("*.log")):  # the data dir is removed below: show why first
+            tail = log_path.read_text(errors="replace")[-2000:]
+            print(f"--- {log_path.name} (last 2000 characters)\n{tail}", file=sys.stderr, flush=True)
+        raise
     finally:
         os.environ.clear()
         os.environ.update(saved_env)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from spacegrid.engine.server import NatsServerProcess, NatsServerSpec
+from spacegrid.engine.server import NatsServerProcess, NatsServerSpec, start_cluster, stop_all
 from spacegrid.errors import ConfigError, GridUnavailable
 from spacegrid.inspect import GridStatus, read_status
 from spacegrid.space import Space
@@ -87,10 +87,13 @@ class LocalGrid:
     nats_url: str | None = None
     nats_port: int | None = None
     pu_args: list[str] = field(default_factory=list)
-    nats: NatsServerProcess | None = None
+    nats_cluster: int = 0  # 0: one embedded node; 3: a local 3-node cluster, streams and KV with 3 replicas
+    nats_nodes: list[NatsServerProcess] = field(default_factory=list)
     pus: list[PuProcess] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if self.nats_cluster not in (0, 1, 3, 5):
+            raise ConfigError(f"--nats-cluster takes 3 or 5 nodes (a quorum needs an odd count), not {self.nats_cluster}")
         self.space = load_space(self.app)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._next_index = 0
@@ -100,11 +103,24 @@ class LocalGrid:
         assert self.nats_url is not None, "start() first"
         return self.nats_url
 
+    @property
+    def nats(self) -> NatsServerProcess | None:
+        """The embedded single node, if this grid runs one."""
+        return self.nats_nodes[0] if len(self.nats_nodes) == 1 else None
+
+    @property
+    def replicas(self) -> int:
+        return 3 if len(self.nats_nodes) >= 3 else 1
+
     def start(self, pus: int) -> None:
         if self.nats_url is None:
-            self.nats = NatsServerProcess(NatsServerSpec(store_dir=self.data_dir / "nats", port=self.nats_port))
-            self.nats.start()
-            self.nats_url = self.nats.url
+            if self.nats_cluster >= 3:
+                self.nats_nodes = start_cluster(self.data_dir / "nats", self.nats_cluster)
+            else:
+                node = NatsServerProcess(NatsServerSpec(store_dir=self.data_dir / "nats", port=self.nats_port))
+                node.start()
+                self.nats_nodes = [node]
+            self.nats_url = ",".join(node.url for node in self.nats_nodes)
         for _ in range(pus):
             self.add_pu()
         self.write_grid_file()
@@ -115,7 +131,8 @@ class LocalGrid:
         log_dir = self.data_dir / "logs"
         log_dir.mkdir(exist_ok=True)
         log_path = log_dir / f"pu-{index}.log"
-        command = [sys.executable, "-m", "spacegrid.cli.main", "pu", "--app", self.app, "--nats", self.url, *self.pu_args]
+        command = [sys.executable, "-m", "spacegrid.cli.main", "pu", "--app", self.app, "--nats", self.url,
+                   "--replicas", str(self.replicas), *self.pu_args]
         with open(log_path, "ab") as log_file:
             popen = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True)
@@ -125,7 +142,7 @@ class LocalGrid:
 
     def write_grid_file(self) -> None:
         record = {"nats_url": self.url, "app": self.app, "space": self.space.name,
-                  "nats_pid": self.nats.pid if self.nats else None,
+                  "nats_pids": [node.pid for node in self.nats_nodes if node.is_running()],
                   "pus": [pu.pid for pu in self.pus if pu.alive()], "launcher_pid": os.getpid()}
         (self.data_dir / GRID_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
@@ -161,8 +178,7 @@ class LocalGrid:
             pu.signal(signal.SIGTERM)
         for pu in self.pus:
             pu.stop()
-        if self.nats is not None:
-            self.nats.stop()
+        stop_all(self.nats_nodes)
         (self.data_dir / GRID_FILE).unlink(missing_ok=True)
 
     def __enter__(self) -> LocalGrid:

@@ -66,7 +66,7 @@ def test_up_serves_the_cli_and_stops_everything_on_sigterm(tmp_path: Path) -> No
     finally:
         up.send_signal(signal.SIGTERM)
         up.wait(timeout=60)
-    pids = [grid["nats_pid"], *grid["pus"]]
+    pids = [*grid["nats_pids"], *grid["pus"]]
     eventually_sync(lambda: _assert_all_gone(pids), timeout_s=10)
     assert not (data_dir / "grid.json").exists()
 

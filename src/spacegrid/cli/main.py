@@ -87,10 +87,13 @@ def cli(log_level: str) -> None:
 @app_option
 @nats_option
 @click.option("--port", type=int, default=None, help="Port of the embedded nats-server (default: a free one).")
+@click.option("--nats-cluster", type=click.Choice(["0", "3", "5"]), default="0", show_default=True,
+              help="Start a local NATS cluster of this many nodes instead of one (streams and KV get 3 replicas).")
 @click.option("--ready-timeout-s", type=float, default=120.0, show_default=True)
-def up(pus: int, data_dir: Path, app: str | None, nats_url: str | None, port: int | None, ready_timeout_s: float) -> None:
+def up(pus: int, data_dir: Path, app: str | None, nats_url: str | None, port: int | None, nats_cluster: str,
+       ready_timeout_s: float) -> None:
     """Run a grid here: an embedded nats-server (unless --nats), PUS processing units and the app (Ctrl-C stops it)."""
-    grid = LocalGrid(data_dir, app or DEFAULT_APP, nats_url=nats_url, nats_port=port)
+    grid = LocalGrid(data_dir, app or DEFAULT_APP, nats_url=nats_url, nats_port=port, nats_cluster=int(nats_cluster))
     stop_requested = False
 
     def request_stop(signum: int, frame: Any) -> None:
@@ -101,7 +104,7 @@ def up(pus: int, data_dir: Path, app: str | None, nats_url: str | None, port: in
     try:
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TimeElapsedColumn(), console=console) as progress:
-            task = progress.add_task("starting nats-server", total=grid.space.partitions)
+            task = progress.add_task("starting NATS", total=grid.space.partitions)
             grid.start(pus)
             progress.update(task, description=f"{pus} PUs taking partitions")
 
@@ -114,7 +117,7 @@ def up(pus: int, data_dir: Path, app: str | None, nats_url: str | None, port: in
                       f"({grid.space.partitions} partitions) on {pus} PUs")
         console.print(f"  NATS      {grid.url}")
         console.print(f"  grid file {data_dir / 'grid.json'}   logs {data_dir / 'logs'}")
-        console.print(f"  try       spacegrid call create_event E1 '{{\"seats\": 100}}'   then   spacegrid status")
+        console.print("  try       spacegrid call create_event E1 '{\"seats\": 100}'   then   spacegrid status")
         console.print("Ctrl-C stops the grid.")
         while not stop_requested:
             time.sleep(0.2)
