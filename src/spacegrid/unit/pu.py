@@ -106,7 +106,7 @@ class ProcessingUnit:
 
     async def start(self) -> None:
         self.nc = await connect(self.nats_url, f"pu:{self.member_id}")
-        self.js = self.nc.jetstream()
+        self.js = self.nc.jetstream(timeout=self.limits.jetstream_api_timeout_s)
         await ensure_stream(self.js, self.names, self.replicas, 2 * self.limits.append_bytes_max)
         self.coord = await Coordination.open(self.js, self.names, self.replicas, create=True,
                                              member_ttl_s=max(60.0, 10 * self.limits.heartbeat_timeout_s))
