@@ -15,15 +15,19 @@ def partition_of(routing_key: str, partition_count: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class PartitionTable:
-    """Who owns each partition, at which epoch. Replaced wholesale, only by a newer version."""
+    """Who owns each partition, at which epoch, and which members keep hot backups of it. Replaced wholesale,
+    only by a newer version. Epochs change with owners only; backups come and go without a new epoch."""
 
     version: int
     owners: tuple[str | None, ...]
     epochs: tuple[int, ...]
+    backups: tuple[tuple[str, ...], ...] = ()  # () means no backups anywhere
 
     def __post_init__(self) -> None:
         assert self.version >= 0
         assert len(self.owners) == len(self.epochs)
+        assert not self.backups or len(self.backups) == len(self.owners)
+        assert all(owner not in group for owner, group in zip(self.owners, self.backups)), "an owner is no backup"
 
     @classmethod
     def empty(cls, partition_count: int) -> PartitionTable:
@@ -36,18 +40,29 @@ class PartitionTable:
     def owner(self, partition: int) -> str | None:
         return self.owners[partition]
 
+    def backups_of(self, partition: int) -> tuple[str, ...]:
+        return self.backups[partition] if self.backups else ()
+
     def owned_by(self, member_id: str) -> list[int]:
         return [p for p, owner in enumerate(self.owners) if owner == member_id]
 
+    def backed_up_by(self, member_id: str) -> list[int]:
+        return [p for p in range(self.partition_count) if member_id in self.backups_of(p)]
+
     def to_wire(self) -> dict[str, Any]:
-        return {"version": self.version, "owners": list(self.owners), "epochs": list(self.epochs)}
+        wire: dict[str, Any] = {"version": self.version, "owners": list(self.owners), "epochs": list(self.epochs)}
+        if self.backups:
+            wire["backups"] = [list(group) for group in self.backups]
+        return wire
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> PartitionTable:
-        return cls(int(data["version"]), tuple(data["owners"]), tuple(int(e) for e in data["epochs"]))
+        backups = tuple(tuple(group) for group in data.get("backups", ()))
+        return cls(int(data["version"]), tuple(data["owners"]), tuple(int(e) for e in data["epochs"]), backups)
 
-    def successor(self, owners: tuple[str | None, ...]) -> PartitionTable:
+    def successor(self, owners: tuple[str | None, ...],
+                  backups: tuple[tuple[str, ...], ...] | None = None) -> PartitionTable:
         """The next table: every partition whose owner changes gets its epoch bumped."""
         assert len(owners) == len(self.owners)
         epochs = tuple(e + 1 if new != old else e for new, old, e in zip(owners, self.owners, self.epochs))
-        return PartitionTable(self.version + 1, owners, epochs)
+        return PartitionTable(self.version + 1, owners, epochs, self.backups if backups is None else backups)

@@ -74,6 +74,7 @@ class Space:
 
     name: str
     partitions: int = 64
+    backup_count: int = 1
     maps: dict[str, MapDef] = field(default_factory=dict)
     handlers: dict[str, HandlerDef] = field(default_factory=dict)
     queries: dict[str, QueryDef] = field(default_factory=dict)
@@ -83,6 +84,8 @@ class Space:
             raise DefinitionError(f"space name {self.name!r} must match {_NAME.pattern}")
         if not 1 <= self.partitions <= 4096:
             raise DefinitionError(f"partitions must be between 1 and 4096, not {self.partitions}")
+        if not 0 <= self.backup_count <= 3:
+            raise DefinitionError(f"backup_count must be between 0 and 3, not {self.backup_count}")
 
     def map(self, name: str, affinity: Callable[[str], str] | None = None) -> MapDef:
         """Declare a map. `affinity(key) -> routing key` puts related keys in one partition."""

@@ -11,6 +11,7 @@ from spacegrid import Client, Limits, codec, protocol
 from spacegrid.engine.subjects import Names
 from spacegrid.launcher import LocalGrid
 from spacegrid.testing.apps import APP, space
+from spacegrid.testing.eventually import eventually_sync
 from tests.integration.rawnats import collect_replies
 from tests.integration.workload import History, check_history, write_load
 
@@ -157,3 +158,47 @@ def test_a_joining_pu_gets_a_fair_share_while_writes_go_on(grid_factory: Callabl
     status = grid.wait_ready(30, members=3)
     shares = sorted(len(status.table.owned_by(member)) for member in set(status.table.owners))
     assert shares == [5, 5, 6]
+
+
+def test_graceful_leave_hands_off_under_load_without_failing_a_call(grid_factory: Callable[..., LocalGrid]) -> None:
+    """SIGTERM to one of three PUs under load: it migrates its partitions away first; no call fails, counters
+    are exact, and it exits cleanly once it owns and backs up nothing."""
+    grid = grid_factory(app=APP, pus=3)
+    history = History()
+    leaver = grid.pus[0]
+
+    async def main() -> None:
+        async with await Client.connect(grid.space, grid.url) as client:
+            signalled: list[bool] = []
+
+            def maybe_leave(done: int) -> None:
+                if done == 300 and not signalled:
+                    leaver.signal(signal.SIGTERM)
+                    signalled.append(True)
+
+            await write_load(client, history, ops=2400, workers=8, time_budget_s=60, on_progress=maybe_leave)
+            await check_history(client, history, exact=True)
+
+    asyncio.run(main())
+    assert history.errors == []
+    assert leaver.popen.wait(timeout=30) == 0
+    status = grid.wait_ready(30, members=2)
+    assert all(len(status.table.backups_of(p)) == 1 for p in range(status.table.partition_count))
+
+
+def test_backups_are_promoted_when_an_owner_dies(grid_factory: Callable[..., LocalGrid]) -> None:
+    """Every partition has a ready hot backup on another PU; after a SIGKILL the backups take over (promoted)."""
+    grid = grid_factory(app=APP, pus=3)
+
+    def backups_ready() -> None:
+        status = grid.status()
+        for p in range(status.table.partition_count):
+            (backup,) = status.table.backups_of(p)
+            assert backup != status.table.owner(p)
+            assert p in status.members[backup]["ready_backups"]
+
+    eventually_sync(backups_ready, timeout_s=20)
+    grid.pus[1].kill()
+    status = grid.wait_ready(30, members=2)
+    promoted = sum(int(info.get("promoted", 0)) for m, info in status.members.items() if status.alive(m))
+    assert promoted >= 4

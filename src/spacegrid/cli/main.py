@@ -272,6 +272,10 @@ def status(data_dir: Path, nats_url: str | None, app: str | None, as_json: bool)
     out.print(partitions)
 
 
+from spacegrid.cli.chaos import chaos
+cli.add_command(chaos)
+
+
 def main() -> None:
     try:
         cli()

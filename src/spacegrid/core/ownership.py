@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 from spacegrid.partitioning import PartitionTable
 
@@ -95,10 +95,67 @@ def fair_assignment(table: PartitionTable, live_members: list[str]) -> tuple[str
     return tuple(owners)
 
 
-def next_table(table: PartitionTable, live_members: list[str]) -> PartitionTable | None:
-    """The table the coordinator should write, or None when the current one is already fair."""
-    owners = fair_assignment(table, live_members)
-    return None if owners == table.owners else table.successor(owners)
+def place_backups(owners: tuple[str | None, ...], current: PartitionTable, members: list[str], backup_count: int,
+                  pinned: dict[int, str], hosts: Mapping[str, str]) -> tuple[tuple[str, ...], ...]:
+    """backup_count backups per partition on members other than its owner: current backups stay, the least loaded
+    members fill the gaps, on another host than the owner where one exists. `pinned` adds a member as an extra
+    backup of a partition (the target of a live move, catching up before the flip)."""
+    load = {member: 0 for member in members}
+    groups: list[list[str]] = []
+    for partition, owner in enumerate(owners):
+        keep = [b for b in current.backups_of(partition) if b in load and b != owner][:backup_count]
+        groups.append(keep)
+        for b in keep:
+            load[b] += 1
+    for partition, owner in enumerate(owners):
+        group = groups[partition]
+        owner_host = hosts.get(owner or "", None)
+        while len(group) < backup_count:
+            candidates = [m for m in members if m != owner and m not in group]
+            if not candidates:
+                break
+            pick = min(candidates, key=lambda m: (owner_host is not None and hosts.get(m) == owner_host, load[m], m))
+            group.append(pick)
+            load[pick] += 1
+        target = pinned.get(partition)
+        if target is not None and target != owner and target not in group:
+            group.append(target)
+    return tuple(tuple(group) for group in groups)
+
+
+def next_table(table: PartitionTable, live_members: list[str], backup_count: int = 0,
+               leaving: frozenset[str] = frozenset(), ready: Mapping[str, frozenset[int]] | None = None,
+               hosts: Mapping[str, str] | None = None) -> PartitionTable | None:
+    """The table the coordinator should write, or None when the current one already fits.
+
+    Members in `leaving` get nothing new and hand everything off. With `ready` (member -> partitions it holds as a
+    caught-up backup), a partition moves from a live owner only once its new owner is a ready backup of it; until
+    then the new owner is added as a backup to catch up (live migration). A dead owner's partitions move at once,
+    to a backup where there is one (promotion: no replay), even past that member's fair share, which later live
+    moves restore."""
+    placeable = [m for m in live_members if m not in leaving]
+    if not placeable:
+        return None
+    alive = set(live_members)
+    target = list(fair_assignment(table, placeable))
+    for partition, current in enumerate(table.owners):
+        promotable = [b for b in table.backups_of(partition) if b in placeable]
+        if current is not None and current not in alive and promotable:
+            target[partition] = promotable[0]
+    owners = list(target)
+    pinned: dict[int, str] = {}
+    for partition, (current, wanted) in enumerate(zip(table.owners, target)):
+        moving_live = current is not None and current != wanted and current in alive
+        if moving_live and ready is not None and partition not in ready.get(wanted or "", frozenset()):
+            owners[partition] = current
+            pinned[partition] = wanted or ""
+    final_owners = tuple(owners)
+    backups = place_backups(final_owners, table, placeable, backup_count, pinned, hosts or {})
+    if not any(backups):
+        backups = ()
+    if final_owners == table.owners and backups == table.backups:
+        return None
+    return table.successor(final_owners, backups)
 
 
 @dataclass(frozen=True, slots=True)

@@ -145,7 +145,41 @@ class Changelog:
             if seq >= until_seq:
                 done.set_result(None)
 
-        sub = await self.js.subscribe(
+        sub = await self._subscribe_from(partition, after_seq, on_message)
+        try:
+            await asyncio.wait_for(done, timeout_s)
+        except asyncio.TimeoutError:
+            raise GridUnavailable(f"replay of partition {partition} did not reach seq {until_seq} in {timeout_s}s") from None
+        finally:
+            await sub.unsubscribe()
+        return last
+
+
+    async def follow(self, partition: int, after_seq: int, apply: Callable[[int, Any, int], None],
+                     size_max_bytes: int) -> Any:
+        """Feed every message after after_seq, then every new one as it is appended, to apply(seq, message,
+        pending) where pending counts the messages the server still has to deliver; returns the subscription
+        (unsubscribe to stop). A message that fails to decode or apply stops the feed (logged)."""
+        state = {"last": after_seq, "broken": False}
+
+        async def on_message(msg: Msg) -> None:
+            meta = msg.metadata
+            seq = meta.sequence.stream
+            if state["broken"] or seq <= state["last"]:
+                return
+            try:
+                apply(seq, codec.decode(msg.data, size_max_bytes), meta.num_pending)
+            except Exception:
+                state["broken"] = True
+                log.exception("following partition %d stopped at seq %d", partition, seq)
+                return
+            state["last"] = seq
+
+        return await self._subscribe_from(partition, after_seq, on_message)
+
+    async def _subscribe_from(self, partition: int, after_seq: int, on_message: Callable[[Msg], Any]) -> Any:
+        """An ordered push consumer on the partition's subject, starting after after_seq."""
+        return await self.js.subscribe(
             self.names.log_subject(partition),
             stream=self.names.stream,
             cb=on_message,
@@ -155,14 +189,6 @@ class Changelog:
             pending_msgs_limit=65536,
             pending_bytes_limit=256 * 1024 * 1024,
         )
-        try:
-            await asyncio.wait_for(done, timeout_s)
-        except asyncio.TimeoutError:
-            raise GridUnavailable(f"replay of partition {partition} did not reach seq {until_seq} in {timeout_s}s") from None
-        finally:
-            await sub.unsubscribe()
-        return last
-
 
 def _parse_ack(msg: Msg) -> int | SpacegridError:
     if not msg.data:

@@ -30,6 +30,15 @@ def put_group(ctx: EntryContext, key: str, args: Any) -> list[str]:
 
 
 @space.handler("kv")
+def cas_value(ctx: EntryContext, key: str, args: Any) -> bool:
+    """Value-based compare-and-set: put args["new"] if the value (None if absent) equals args["expected"]."""
+    if ctx.get(key) != args["expected"]:
+        return False
+    ctx.put(key, args["new"])
+    return True
+
+
+@space.handler("kv")
 def boom(ctx: EntryContext, key: str, args: Any) -> None:
     """Write, then raise: the write must be discarded."""
     ctx.put(key, "should-not-exist")

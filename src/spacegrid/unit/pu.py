@@ -16,6 +16,8 @@ from typing import Any, Callable
 
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import ServiceUnavailableError
 
 from spacegrid import codec, protocol
 from spacegrid.core.ownership import Membership, coordinator, next_table, plan
@@ -27,6 +29,7 @@ from spacegrid.engine.subjects import Names
 from spacegrid.errors import (
     CommitUnknown,
     Fenced,
+    GridUnavailable,
     NotOwner,
     PartitionUnavailable,
     RequestError,
@@ -35,6 +38,7 @@ from spacegrid.errors import (
 from spacegrid.limits import DEFAULT_LIMITS, Limits
 from spacegrid.partitioning import PartitionTable
 from spacegrid.space import Space
+from spacegrid.unit.backups import Backups
 
 log = logging.getLogger("spacegrid.pu")
 
@@ -58,6 +62,7 @@ class Slot:
     queued: bool = False
     task: asyncio.Task[None] | None = None
     sub: Any = None
+    start_seq: int = 0  # replay starts after this (a promoted backup has applied the log so far)
 
 
 def new_member_id() -> str:
@@ -90,10 +95,11 @@ class ProcessingUnit:
         self.handed_from: dict[int, tuple[str, int]] = {}  # partition -> (previous owner, table version that moved it)
         self._member_revision = 0
         self._beat_now = asyncio.Event()
+        self.leaving = False
         self.slots: dict[int, Slot] = {}
         self.started_s = time.time()
         self.counters = {"requests": 0, "messages": 0, "appends": 0, "records": 0, "fenced": 0, "acquired": 0, "released": 0,
-                         "rejoins": 0, "failovers": 0}
+                         "rejoins": 0, "failovers": 0, "promoted": 0}
         self._out: dict[str, list[bytes]] = {}
         self._flush_scheduled = False
         self._coordinating = asyncio.Lock()
@@ -107,17 +113,47 @@ class ProcessingUnit:
     async def start(self) -> None:
         self.nc = await connect(self.nats_url, f"pu:{self.member_id}")
         self.js = self.nc.jetstream(timeout=self.limits.jetstream_api_timeout_s)
-        await ensure_stream(self.js, self.names, self.replicas, 2 * self.limits.append_bytes_max)
-        self.coord = await Coordination.open(self.js, self.names, self.replicas, create=True,
-                                             member_ttl_s=max(60.0, 10 * self.limits.heartbeat_timeout_s))
+        await self._bootstrap()
         self.changelog = Changelog(self.nc, self.js, self.names, self.limits.append_timeout_s)
         await self.changelog.start()
+        self.backups = Backups(self.changelog, self.space, self.limits, self.time_limit)
         self._request_sub = await self.nc.subscribe(self.names.pu_subject(self.member_id), cb=self._on_message)
         await self._heartbeat()
         self._tasks.append(await self.coord.watch(self.coord.members, ">", self._on_member))
         self._tasks.append(await self.coord.watch(self.coord.table, self.names.table_key, self._on_table))
         self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name="heartbeat"))
         log.info("PU %s serving space %s", self.member_id, self.space.name)
+
+    async def _bootstrap(self, timeout_s: float = 60.0) -> None:
+        """Create or open the space's stream and buckets, retrying while JetStream elects its leaders."""
+        deadline_s = time.monotonic() + timeout_s
+        while True:
+            try:
+                await ensure_stream(self.js, self.names, self.replicas, 2 * self.limits.append_bytes_max)
+                self.coord = await Coordination.open(self.js, self.names, self.replicas, create=True,
+                                                     member_ttl_s=max(60.0, 10 * self.limits.heartbeat_timeout_s))
+                return
+            except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
+                if time.monotonic() > deadline_s:
+                    raise GridUnavailable(f"JetStream did not answer within {timeout_s}s: {exc}") from exc
+                log.info("JetStream not ready yet (%s); retrying", exc)
+                await asyncio.sleep(0.25)
+
+    async def leave(self) -> None:
+        """Graceful shutdown: ask the coordinator to move everything this PU owns or backs up to others (live
+        migration: each new owner catches up first), wait until the table shows none left, then stop."""
+        self.leaving = True
+        self._beat_now.set()
+        deadline_s = time.monotonic() + self.limits.handoff_timeout_s
+        while time.monotonic() < deadline_s:
+            others = [m for m in self.membership.live(time.monotonic())
+                      if m != self.member_id and not self.membership.info[m].get("leaving")]
+            if not others or not (self.table.owned_by(self.member_id) or self.table.backed_up_by(self.member_id)):
+                break
+            await asyncio.sleep(self.limits.heartbeat_interval_s / 2)
+        else:
+            log.warning("hand-off not finished within %.0fs; stopping anyway", self.limits.handoff_timeout_s)
+        await self.stop()
 
     async def stop(self) -> None:
         """Leave the grid: stop heartbeating, let in-flight appends finish, hand partitions back."""
@@ -131,6 +167,7 @@ class ProcessingUnit:
             await self.coord.remove_member(self.member_id, self._member_revision or None)
         except Exception as exc:  # best effort: the heartbeat timeout covers a failed goodbye
             log.warning("could not remove member record: %s", exc)
+        self.backups.stop_all()
         for partition in list(self.slots):
             self._release(partition, "PU stopping")
         if self._appending:
@@ -145,6 +182,9 @@ class ProcessingUnit:
             "active": sorted(p for p, s in self.slots.items() if s.status == ACTIVE),
             "recovering": sorted(p for p, s in self.slots.items() if s.status == RECOVERING),
             "entries": sum(s.state.entry_count for s in self.slots.values()),
+            "ready_backups": self.backups.ready_partitions(),
+            "backup_lag": {str(p): list(lag) for p, lag in self.backups.lag().items()},
+            "leaving": self.leaving,
             "table_version": self.table.version,
             **self.counters,
         }
@@ -177,6 +217,7 @@ class ProcessingUnit:
         self.counters["rejoins"] += 1
         self.lease_until_s = 0.0
         self._member_revision = 0
+        self.backups.stop_all()
         for partition in list(self.slots):
             self._release(partition, "declared dead by the coordinator")
 
@@ -241,7 +282,13 @@ class ProcessingUnit:
                     self.counters["failovers"] += 1
                     self.membership.remove(dead)
             live = self.membership.live(time.monotonic())
-            proposal = next_table(self.table, live)
+            info = self.membership.info
+            proposal = next_table(
+                self.table, live, backup_count=self.space.backup_count,
+                leaving=frozenset(m for m in live if info.get(m, {}).get("leaving")),
+                ready={m: frozenset(info.get(m, {}).get("ready_backups", ())) for m in live},
+                hosts={m: str(info.get(m, {}).get("host", "")) for m in live},
+            )
             if proposal is None:
                 return
             revision = await self.coord.write_table(proposal, self.table_revision)
@@ -279,12 +326,17 @@ class ProcessingUnit:
             if partition in self.slots:
                 self._release(partition, f"re-acquiring at epoch {epoch}")
             self._acquire(partition, epoch)
+        self.backups.sync(set(self.table.backed_up_by(self.member_id)) - self.slots.keys())
 
     # ---- acquiring and releasing partitions ----------------------------------------------------------------
 
     def _acquire(self, partition: int, epoch: int) -> None:
-        state = PartitionState(self.space, partition, self.limits, self.time_limit)
-        slot = Slot(partition, epoch, state)
+        backup = self.backups.take(partition)
+        if backup is not None:
+            slot = Slot(partition, epoch, backup.state, start_seq=backup.applied_seq)
+            self.counters["promoted"] += 1
+        else:
+            slot = Slot(partition, epoch, PartitionState(self.space, partition, self.limits, self.time_limit))
         self.slots[partition] = slot
         slot.task = asyncio.create_task(self._recover(slot), name=f"recover:{partition}")
 
@@ -294,7 +346,7 @@ class ProcessingUnit:
         try:
             await self._wait_for_handoff(partition)
             seq = await self.changelog.last_sequence(partition)
-            seq = await self._replay(slot, 0, seq)
+            seq = await self._replay(slot, slot.start_seq, seq)
             marker = encode_owner_marker(slot.epoch, self.member_id)
             while True:
                 slot.state.check_claim(slot.epoch)

@@ -1,0 +1,70 @@
+"""Backups, promotion and live migration in the coordinator's table computation (pure)."""
+
+from __future__ import annotations
+
+from spacegrid.core.ownership import next_table
+from spacegrid.partitioning import PartitionTable
+
+
+def two_member_table(backup_count: int = 1) -> PartitionTable:
+    table = next_table(PartitionTable.empty(8), ["a", "b"], backup_count=backup_count)
+    assert table is not None
+    return table
+
+
+def test_every_partition_gets_backups_on_other_members():
+    """With backup_count 1 each partition has one backup, never its owner, spread evenly."""
+    table = two_member_table()
+    for p in range(8):
+        assert len(table.backups_of(p)) == 1 and table.backups_of(p)[0] != table.owner(p)
+    assert len(table.backed_up_by("a")) == len(table.backed_up_by("b")) == 4
+
+
+def test_backups_prefer_another_host():
+    """Where hosts differ, a backup sits on another host than its owner."""
+    hosts = {"a": "h1", "b": "h1", "c": "h2", "d": "h2"}
+    table = next_table(PartitionTable.empty(8), ["a", "b", "c", "d"], backup_count=1, hosts=hosts)
+    assert table is not None
+    for p in range(8):
+        assert hosts[table.backups_of(p)[0]] != hosts[table.owner(p) or ""]
+
+
+def test_a_dead_owner_is_replaced_by_its_backup_with_a_new_epoch():
+    """When an owner dies, each of its partitions is promoted to its backup, and only those epochs change."""
+    table = two_member_table()
+    promoted = next_table(table, ["b", "c"], backup_count=1, ready={})
+    assert promoted is not None
+    for p in table.owned_by("a"):
+        assert promoted.owner(p) == table.backups_of(p)[0] == "b"
+        assert promoted.epochs[p] == table.epochs[p] + 1
+    for p in table.owned_by("b"):
+        assert promoted.owner(p) == "b" and promoted.epochs[p] == table.epochs[p]
+    assert "a" not in {m for p in range(8) for m in promoted.backups_of(p)}
+
+
+def test_a_live_move_waits_until_the_new_owner_is_a_ready_backup():
+    """A joining member first becomes a backup of what it will own; ownership flips once it reports caught up."""
+    table = two_member_table(backup_count=0)
+    step1 = next_table(table, ["a", "b", "c"], backup_count=0, ready={})
+    assert step1 is not None
+    assert step1.owners == table.owners and step1.epochs == table.epochs
+    pinned = step1.backed_up_by("c")
+    assert len(pinned) == 2
+    step2 = next_table(step1, ["a", "b", "c"], backup_count=0, ready={"c": frozenset(pinned)})
+    assert step2 is not None
+    assert sorted(step2.owned_by("c")) == sorted(pinned)
+    assert all(step2.epochs[p] == step1.epochs[p] + 1 for p in pinned)
+    assert next_table(step2, ["a", "b", "c"], backup_count=0, ready={"c": frozenset(pinned)}) is None
+
+
+def test_a_leaving_member_hands_everything_off_before_it_owns_nothing():
+    """A leaving member keeps its partitions until their new owners are ready, then owns and backs up nothing."""
+    table = two_member_table()
+    step1 = next_table(table, ["a", "b"], backup_count=1, leaving=frozenset({"a"}), ready={})
+    assert step1 is not None
+    assert step1.owned_by("a") == table.owned_by("a")
+    assert step1.backed_up_by("a") == []
+    ready = {"b": frozenset(step1.backed_up_by("b"))}
+    step2 = next_table(step1, ["a", "b"], backup_count=1, leaving=frozenset({"a"}), ready=ready)
+    assert step2 is not None
+    assert step2.owned_by("a") == [] and len(step2.owned_by("b")) == 8
