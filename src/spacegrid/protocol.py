@@ -42,13 +42,14 @@ def error_reply(req_id: int, error: SpacegridError) -> bytes:
     return codec.encode([req_id, error.code, [str(error), version]])
 
 
-def chunks(items: list[bytes], bytes_max: int) -> list[bytes]:
-    """Pack encoded items into as few msgpack-array messages as fit under bytes_max each."""
+def chunks(items: list[bytes], bytes_max: int, count_max: int) -> list[bytes]:
+    """Pack encoded items into as few msgpack-array messages as fit under bytes_max and count_max each."""
+    assert count_max >= 1
     messages: list[bytes] = []
     start = 0
     size = 0
     for i, item in enumerate(items):
-        if i > start and size + len(item) + 5 > bytes_max:
+        if i > start and (size + len(item) + 5 > bytes_max or i - start >= count_max):
             messages.append(codec.encode_array(items[start:i]))
             start, size = i, 0
         size += len(item)

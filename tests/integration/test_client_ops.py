@@ -202,3 +202,15 @@ def test_ticket_example_sells_no_seat_twice(grid_factory: Callable[..., Any]) ->
         assert await c.query("sales") == {"events": 1, "sold": len(sold), "held_seats": len(sold)}
 
     run(tickets_grid, body)
+
+
+def test_get_many_larger_than_one_message_limit(grid: Any) -> None:
+    """A get_many of more keys than fit in one request message is split and answered whole."""
+
+    async def body(c: Client) -> None:
+        await asyncio.gather(*(c.put("kv", f"many-{i}", i) for i in range(50)))
+        keys = [f"many-{i % 50}" if i % 100 == 0 else f"absent-{i}" for i in range(5000)]
+        values = await c.get_many("kv", keys)
+        assert values == {f"many-{i % 50}": i % 50 for i in range(0, 5000, 100)}
+
+    run(grid, body)

@@ -138,7 +138,7 @@ def test_chunks_split_under_the_limit_and_keep_order(bytes_max):
     """chunks packs items into arrays no larger than bytes_max that decode to the items, in order."""
     rng = random.Random(bytes_max)
     values = [protocol.ok_reply(i, "x" * rng.randint(0, 8)) for i in range(200)]
-    messages = protocol.chunks(values, bytes_max)
+    messages = protocol.chunks(values, bytes_max, 4096)
     assert all(len(m) <= bytes_max for m in messages)
     decoded = [item for m in messages for item in codec.decode(m, 1 << 20)]
     assert decoded == [codec.decode(v, 1 << 20) for v in values]
@@ -148,21 +148,30 @@ def test_chunks_split_under_the_limit_and_keep_order(bytes_max):
 
 def test_chunks_of_nothing_is_no_message():
     """No items give no messages."""
-    assert protocol.chunks([], 100) == []
+    assert protocol.chunks([], 100, 4096) == []
 
 
 def test_chunks_gives_an_oversize_item_its_own_message():
     """An item larger than the limit still goes out, alone, and its neighbours are not lost."""
     small, big = codec.encode(1), codec.encode("y" * 200)
-    messages = protocol.chunks([small, big, small], 50)
+    messages = protocol.chunks([small, big, small], 50, 4096)
     assert [codec.decode(m, 1 << 20) for m in messages] == [[1], ["y" * 200], [1]]
 
 
 def test_chunks_with_many_items_crosses_array_header_sizes():
     """70k tiny items in one chunk decode correctly past the 16-bit array header."""
     items = [codec.encode(i % 100) for i in range(70_000)]
-    (message,) = protocol.chunks(items, 1 << 20)
+    (message,) = protocol.chunks(items, 1 << 20, 100_000)
     assert codec.decode(message, 1 << 20) == [i % 100 for i in range(70_000)]
+
+
+def test_chunks_respect_the_count_limit():
+    """No message carries more items than count_max, and together they carry every item in order."""
+    items = [codec.encode(i) for i in range(10_001)]
+    messages = protocol.chunks(items, 1 << 20, 4096)
+    decoded = [codec.decode(m, 1 << 20) for m in messages]
+    assert [len(d) for d in decoded] == [4096, 4096, 1809]
+    assert [x for d in decoded for x in d] == list(range(10_001))
 
 
 # ---- errors -------------------------------------------------------------------------------------------------

@@ -114,6 +114,8 @@ def run_chaos(config: ChaosConfig, on_progress: Progress | None = None) -> Chaos
         try:
             injector.heal_all()
         finally:
+            for pu in grid.pus:  # the run is over: no graceful hand-off (it can take its whole timeout when all leave)
+                pu.kill()
             grid.stop()
     if config.data_dir is None and report.passed:
         shutil.rmtree(data_dir, ignore_errors=True)

@@ -217,7 +217,8 @@ class Client:
             self._batches[batch_no] = (subject, req_ids)
             loop.call_later(min(timeout_s for _, _, timeout_s in batch), self._expire, batch_no)
             reply_to = f"{self._inbox}.{batch_no}"
-            for message in protocol.chunks([payload for _, payload, _ in batch], self.limits.request_payload_bytes_max):
+            for message in protocol.chunks([payload for _, payload, _ in batch], self.limits.request_payload_bytes_max,
+                                          self.limits.requests_per_message_max):
                 self.counters["messages"] += 1
                 asyncio.ensure_future(self._publish(subject, message, reply_to))
 

@@ -28,15 +28,13 @@ class _Deleted:
 DELETED: Any = _Deleted()
 
 
-class Entry:
-    """A value, kept msgpack-encoded so that no reader can mutate it in place, and its version: the partition log
-    sequence number of the write (it only grows)."""
-
-    __slots__ = ("value", "version")
-
-    def __init__(self, value: bytes, version: int) -> None:
-        self.value = value
-        self.version = version
+# An entry is a plain tuple (value, version): the value msgpack-encoded (or DELETED in the overlay), so that no
+# reader can mutate it in place; the version is the partition log sequence number of the write (it only grows).
+# Plain tuples of bytes and ints are not tracked by the cyclic garbage collector, which keeps full collections
+# of a PU holding millions of entries short.
+Entry = tuple[Any, int]
+VALUE = 0
+VERSION = 1
 
 
 @dataclass(slots=True)
@@ -109,7 +107,7 @@ class PartitionState:
         for op_id, result, records in message[2]:
             for map_name, key, version, value, deleted in records:
                 assert version > self.lsn_committed, "versions only grow"
-                self._commit_write(map_name, key, Entry(DELETED if deleted else bytes(value), version))
+                self._commit_write(map_name, key, (DELETED if deleted else bytes(value), version))
                 self.lsn_committed = version
             self._remember(op_id, result)
         self.lsn_assigned = self.lsn_committed
@@ -119,12 +117,12 @@ class PartitionState:
     def get_encoded(self, map_name: str, key: str) -> tuple[bytes, int] | None:
         """The last committed value (msgpack-encoded, as stored) and version, or None."""
         entry = self.maps.get(map_name, {}).get(key)
-        return None if entry is None else (entry.value, entry.version)
+        return entry
 
     def get(self, map_name: str, key: str) -> tuple[Any, int] | None:
         """The last committed value (a fresh copy) and version, or None."""
         entry = self.maps.get(map_name, {}).get(key)
-        return None if entry is None else (codec.decode(entry.value, self.limits.write_bytes_max), entry.version)
+        return None if entry is None else (codec.decode(entry[VALUE], self.limits.write_bytes_max), entry[VERSION])
 
     def query(self, name: str, args: Any) -> Any:
         definition = self.space.query_def(name)
@@ -194,7 +192,7 @@ class PartitionState:
         for (map_name, key), value in staged.items():
             lsn += 1
             deleted = value is DELETED
-            writes.append((map_name, key, Entry(value, lsn)))
+            writes.append((map_name, key, (value, lsn)))
             records.append([map_name, key, lsn, None if deleted else value, deleted])
         encoded = codec.encode_bounded([op_id, result, records], self.limits.write_bytes_max, "an operation's writes")
         self.lsn_assigned = lsn
@@ -262,7 +260,7 @@ class PartitionState:
 
     def _commit_write(self, map_name: str, key: str, entry: Entry) -> None:
         entries = self.maps.setdefault(map_name, {})
-        if entry.value is DELETED:
+        if entry[VALUE] is DELETED:
             entries.pop(key, None)
         else:
             entries[key] = entry
@@ -276,13 +274,13 @@ class PartitionState:
         entry = None if committed_only else self.overlay.get((map_name, key))
         if entry is None:
             entry = self.maps.get(map_name, {}).get(key)
-        return None if entry is None or entry.value is DELETED else entry
+        return None if entry is None or entry[VALUE] is DELETED else entry
 
 
 class _Context:
     """A handler's view: read-your-writes over the overlay, writes staged until the handler returns."""
 
-    __slots__ = ("state", "map_name", "staged", "partition", "committed_only")
+    __slots__ = ("state", "map_name", "staged", "partition", "committed_only", "checked")
 
     def __init__(self, state: PartitionState, map_name: str, committed_only: bool = False) -> None:
         self.state = state
@@ -290,14 +288,19 @@ class _Context:
         self.partition = state.partition
         self.committed_only = committed_only
         self.staged: dict[tuple[str, str], Any] = {}
+        self.checked: set[tuple[str, str]] = set()
 
     def check(self, map_name: str, key: str) -> None:
+        """The key is valid and lives in this partition (checked once per key per operation)."""
+        if (map_name, key) in self.checked:
+            return
         check_key(key)
         if self.state.space.partition_of(map_name, key) != self.partition:
             raise WrongPartition(
                 f"key {key!r} of map {map_name!r} lives in partition {self.state.space.partition_of(map_name, key)}, "
                 f"not {self.partition}: give related keys the same routing key (key@routing)"
             )
+        self.checked.add((map_name, key))
 
     def get_entry(self, key: str, map: str | None = None) -> tuple[Any, int] | None:
         """A fresh copy of the value (mutating it changes nothing until put) and its version."""
@@ -309,7 +312,7 @@ class _Context:
                 return None
             return codec.decode(staged, self.state.limits.write_bytes_max), self._staged_version(map_name, key)
         entry = self.state._lookup(map_name, key, self.committed_only)
-        return None if entry is None else (codec.decode(entry.value, self.state.limits.write_bytes_max), entry.version)
+        return None if entry is None else (codec.decode(entry[VALUE], self.state.limits.write_bytes_max), entry[VERSION])
 
     def _staged_version(self, map_name: str, key: str) -> int:
         """The version a staged key will get: _stage numbers staged keys in insertion order."""
@@ -344,7 +347,7 @@ class _Context:
         if staged is not None:
             return 0 if staged is DELETED else self._staged_version(map_name, key)
         entry = self.state._lookup(map_name, key, self.committed_only)
-        return 0 if entry is None else entry.version
+        return 0 if entry is None else entry[VERSION]
 
     def cas_put(self, key: str, value: Any, expected_version: int | None) -> int:
         self._expect(key, expected_version)
@@ -381,7 +384,7 @@ class _View:
     def items(self, map: str) -> Iterator[tuple[str, Any]]:
         entries = self.state.maps.get(self.state.space.map_def(map).name, {})
         size_max = self.state.limits.write_bytes_max
-        return ((key, codec.decode(entry.value, size_max)) for key, entry in entries.items())
+        return ((key, codec.decode(entry[VALUE], size_max)) for key, entry in entries.items())
 
     def count(self, map: str) -> int:
         return len(self.state.maps.get(self.state.space.map_def(map).name, {}))

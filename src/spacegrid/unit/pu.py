@@ -565,5 +565,6 @@ class ProcessingUnit:
         self._flush_scheduled = False
         out, self._out = self._out, {}
         for reply_to, items in out.items():
-            for message in protocol.chunks(items, self.limits.request_payload_bytes_max):
+            for message in protocol.chunks(items, self.limits.request_payload_bytes_max,
+                                          self.limits.requests_per_message_max):
                 await self.nc.publish(reply_to, message)
