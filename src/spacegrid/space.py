@@ -45,10 +45,16 @@ def _default_merge(results: list[Any]) -> Any:
 
 @dataclass(frozen=True)
 class MapDef:
-    """A named keyed collection; `affinity` maps a key to its routing key (default: the part after the last '@')."""
+    """A named keyed collection; `affinity` maps a key to its routing key (default: the part after the last '@').
+    replication "sync" acknowledges a write once JetStream acknowledged its append; "async" once it is applied in
+    the owner's memory (the append follows; a write the owner had not appended when it died is lost)."""
 
     name: str
     affinity: Callable[[str], str] | None = None
+    replication: str = "sync"
+
+
+REPLICATION_MODES = ("sync", "async")
 
 
 @dataclass(frozen=True)
@@ -87,13 +93,16 @@ class Space:
         if not 0 <= self.backup_count <= 3:
             raise DefinitionError(f"backup_count must be between 0 and 3, not {self.backup_count}")
 
-    def map(self, name: str, affinity: Callable[[str], str] | None = None) -> MapDef:
-        """Declare a map. `affinity(key) -> routing key` puts related keys in one partition."""
+    def map(self, name: str, affinity: Callable[[str], str] | None = None, replication: str = "sync") -> MapDef:
+        """Declare a map. `affinity(key) -> routing key` puts related keys in one partition; `replication` is
+        "sync" (default) or "async"."""
         if not _NAME.fullmatch(name):
             raise DefinitionError(f"map name {name!r} must match {_NAME.pattern}")
         if name in self.maps:
             raise DefinitionError(f"map {name!r} is declared twice")
-        definition = MapDef(name, affinity)
+        if replication not in REPLICATION_MODES:
+            raise DefinitionError(f"map {name!r}: replication is one of {REPLICATION_MODES}, not {replication!r}")
+        definition = MapDef(name, affinity, replication)
         self.maps[name] = definition
         return definition
 

@@ -596,3 +596,29 @@ def test_a_claim_older_than_the_log_is_refused():
         state.check_claim(1)
     state.check_claim(2)
     state.check_claim(3)
+
+
+def test_async_map_writes_are_acknowledged_once_applied_and_still_appended():
+    """A write to an async map answers at once and is visible to get; it still goes into the next append."""
+    async_space = Space("asyncspace", partitions=1)
+    async_space.map("fast", replication="async")
+    async_space.map("safe")
+    state = PartitionState(async_space, 0, Limits())
+    fast = state.put("op-1", "fast", "k", "v1", None)
+    assert fast.error is None and fast.wait_lsn <= state.lsn_committed
+    assert state.get_encoded("fast", "k") is not None
+    safe = state.put("op-2", "safe", "k", "v2", None)
+    assert safe.wait_lsn > state.lsn_committed
+    assert state.get_encoded("safe", "k") is None
+    batch = state.take_append()
+    assert batch is not None and batch.record_count == 2
+    state.on_append_committed()
+    assert state.get("fast", "k") == ("v1", 1) and state.get("safe", "k") == ("v2", 2)
+
+
+def test_replication_mode_must_be_known():
+    """A map's replication is sync or async; anything else is a definition error."""
+    from spacegrid.errors import DefinitionError
+
+    with pytest.raises(DefinitionError, match="replication"):
+        Space("bad", partitions=1).map("m", replication="eventually")

@@ -92,6 +92,7 @@ class PartitionState:
         self.inflight: AppendBatch | None = None
         self.pending_by_op: dict[str, PendingOp] = {}
         self.dedup: OrderedDict[str, Any] = OrderedDict()
+        self.async_maps = frozenset(m.name for m in space.maps.values() if m.replication == "async")
 
     # ---- replay -------------------------------------------------------------------------------------------
 
@@ -115,9 +116,11 @@ class PartitionState:
     # ---- reads ---------------------------------------------------------------------------------------------
 
     def get_encoded(self, map_name: str, key: str) -> tuple[bytes, int] | None:
-        """The last committed value (msgpack-encoded, as stored) and version, or None."""
-        entry = self.maps.get(map_name, {}).get(key)
-        return entry
+        """The last committed value (msgpack-encoded, as stored) and version, or None. An async map answers with
+        its latest applied value, as its writes were acknowledged once applied."""
+        if map_name in self.async_maps:
+            return self._lookup(map_name, key)
+        return self.maps.get(map_name, {}).get(key)
 
     def get(self, map_name: str, key: str) -> tuple[Any, int] | None:
         """The last committed value (a fresh copy) and version, or None."""
@@ -178,6 +181,8 @@ class PartitionState:
             result = body(ctx)
             if ctx.staged:
                 self._stage(op_id, result, ctx.staged)
+                if all(staged_map in self.async_maps for staged_map, _ in ctx.staged):
+                    return Outcome(result, self.lsn_committed)  # async: acknowledged once applied here
             else:
                 codec.encode_bounded(result, self.limits.write_bytes_max, "result")
         except SpacegridError as exc:

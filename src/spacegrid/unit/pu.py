@@ -185,6 +185,7 @@ class ProcessingUnit:
             "ready_backups": self.backups.ready_partitions(),
             "backup_lag": {str(p): list(lag) for p, lag in self.backups.lag().items()},
             "leaving": self.leaving,
+            "append_backlog_records": sum(len(op.writes) for s in self.slots.values() for op in s.state.unsent),
             "table_version": self.table.version,
             **self.counters,
         }
@@ -467,7 +468,7 @@ class ProcessingUnit:
             return None
         if outcome.wait_lsn <= state.lsn_committed:
             self._reply_outcome(reply_to, req_id, outcome)
-            return None
+            return slot if state.unsent else None  # an async write still needs its append
         slot.waiters.append((outcome.wait_lsn, reply_to, req_id, outcome))
         return slot
 
