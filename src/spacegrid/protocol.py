@@ -13,6 +13,7 @@ OP_PUT: Final = 2  # arg1 value, arg2 expected version or None
 OP_DELETE: Final = 3  # arg2 expected version or None
 OP_EXECUTE: Final = 4  # map_or_name handler name, arg1 args
 OP_QUERY: Final = 5  # map_or_name query name, arg1 args
+OP_GET_BACKUP: Final = 6  # a get answered by a hot backup: [value, version, lag_records, lag_s]
 WRITE_OPS: Final = frozenset({OP_PUT, OP_DELETE, OP_EXECUTE})
 
 # Reply: [req_id, status, payload]; status OK or an error code, payload [message, current_version] on error.
@@ -35,6 +36,14 @@ def entry_reply(req_id: int, entry: tuple[bytes, int] | None) -> bytes:
         return ok_reply(req_id, None)
     return codec.encode_array([codec.encode(req_id), codec.encode(OK),
                                codec.encode_array([entry[0], codec.encode(entry[1])])])
+
+
+def backup_entry_reply(req_id: int, entry: tuple[bytes, int] | None, lag_records: int, lag_s: float) -> bytes:
+    """A backup read's reply [value, version, lag_records, lag_s] (value and version None if absent)."""
+    value = entry[0] if entry is not None else codec.encode(None)
+    version = codec.encode(entry[1] if entry is not None else None)
+    body = codec.encode_array([value, version, codec.encode(lag_records), codec.encode(lag_s)])
+    return codec.encode_array([codec.encode(req_id), codec.encode(OK), body])
 
 
 def error_reply(req_id: int, error: SpacegridError) -> bytes:

@@ -11,6 +11,7 @@ from spacegrid import Client, SyncClient
 from spacegrid.errors import HandlerError, HandlerTimeout, InvalidKey, UnknownHandler, UnknownMap, VersionConflict
 from spacegrid.examples import tickets
 from spacegrid.testing.apps import APP, space
+from spacegrid.testing.eventually import eventually
 
 
 def run(grid: Any, body: Callable[[Client], Awaitable[Any]]) -> Any:
@@ -212,5 +213,23 @@ def test_get_many_larger_than_one_message_limit(grid: Any) -> None:
         keys = [f"many-{i % 50}" if i % 100 == 0 else f"absent-{i}" for i in range(5000)]
         values = await c.get_many("kv", keys)
         assert values == {f"many-{i % 50}": i % 50 for i in range(0, 5000, 100)}
+
+    run(grid, body)
+
+
+def test_read_from_a_backup_says_how_far_behind_it_is(grid: Any) -> None:
+    """A backup read returns the value the backup holds and its lag; once caught up it matches the owner."""
+
+    async def body(c: Client) -> None:
+        version = await c.put("kv", "replicated", {"v": 1})
+
+        async def caught_up() -> None:
+            read = await c.get_from_backup("kv", "replicated")
+            assert (read.value, read.version, read.lag_records) == ({"v": 1}, version, 0)
+            assert read.lag_s == 0.0
+
+        await eventually(caught_up, timeout_s=10)
+        absent = await c.get_from_backup("kv", "never-written")
+        assert absent.value is None and absent.version is None
 
     run(grid, body)

@@ -8,6 +8,7 @@ import itertools
 import logging
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -30,6 +31,17 @@ from spacegrid.partitioning import PartitionTable
 from spacegrid.space import Space, check_key
 
 log = logging.getLogger("spacegrid.client")
+
+
+@dataclass(frozen=True, slots=True)
+class BackupRead:
+    """A read from a hot backup: value and version as the backup has them (None if absent there), and how far
+    the backup is behind the log."""
+
+    value: Any
+    version: int | None
+    lag_records: int
+    lag_s: float
 
 
 class AttemptTimeout(CommitUnknown):
@@ -116,6 +128,17 @@ class Client:
         found = await self._call(self.space.partition_of(map, key), protocol.OP_GET, map, key, deadline_s=deadline_s)
         return None if found is None else (found[0], found[1])
 
+    async def get_from_backup(self, map: str, key: str, deadline_s: float | None = None) -> BackupRead:
+        """Read `key` from a hot backup of its partition (from the owner where the space keeps none): it may be
+        behind the owner, and says by how much."""
+        partition = self.space.partition_of(map, key)
+        if not self.table.backups_of(partition):
+            entry = await self.get_entry(map, key, deadline_s)
+            return BackupRead(None if entry is None else entry[0], None if entry is None else entry[1], 0, 0.0)
+        value, version, lag_records, lag_s = await self._call(partition, protocol.OP_GET_BACKUP, map, key,
+                                                              deadline_s=deadline_s)
+        return BackupRead(value, version, int(lag_records), float(lag_s))
+
     async def get_many(self, map: str, keys: list[str], deadline_s: float | None = None) -> dict[str, Any]:
         """Values of the keys that exist; one round trip per owner PU."""
         values = await asyncio.gather(*(self.get(map, key, deadline_s) for key in keys))
@@ -163,7 +186,7 @@ class Client:
         backoff_s = self.limits.retry_backoff_s_min
         attempt = 0
         while True:
-            owner = self.table.owner(partition)
+            owner = self._route(partition, op)
             remaining_s = deadline - time.monotonic()
             if owner is not None:
                 req_id = next(self._req_ids)
@@ -189,6 +212,13 @@ class Client:
             self.counters["retries"] += 1
             await asyncio.sleep(min(backoff_s, remaining_s))
             backoff_s = min(backoff_s * 2, self.limits.retry_backoff_s_max)
+
+    def _route(self, partition: int, op: int) -> str | None:
+        """The member to ask: the owner, or for a backup read the first backup."""
+        if op == protocol.OP_GET_BACKUP:
+            backups = self.table.backups_of(partition)
+            return backups[0] if backups else None
+        return self.table.owner(partition)
 
     def _send(self, subject: str, req_id: int, payload: bytes, timeout_s: float) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()

@@ -35,6 +35,9 @@ class SyncClient:
     def get_entry(self, map: str, key: str, deadline_s: float | None = None) -> tuple[Any, int] | None:
         return self._run(self._client.get_entry(map, key, deadline_s))
 
+    def get_from_backup(self, map: str, key: str, deadline_s: float | None = None) -> Any:
+        return self._run(self._client.get_from_backup(map, key, deadline_s))
+
     def get_many(self, map: str, keys: list[str], deadline_s: float | None = None) -> dict[str, Any]:
         return self._run(self._client.get_many(map, keys, deadline_s))
 

@@ -433,6 +433,9 @@ class ProcessingUnit:
         req_id = protocol.MALFORMED_REQ_ID
         try:
             req_id, op, partition, name, key, arg1, arg2, op_id = request
+            if op == protocol.OP_GET_BACKUP:
+                self._serve_backup_read(reply_to, req_id, partition, name, key)
+                return None
             slot = self.slots.get(partition)
             if slot is None or slot.status != ACTIVE:
                 raise (NotOwner if slot is None else PartitionUnavailable)(
@@ -471,6 +474,15 @@ class ProcessingUnit:
             return slot if state.unsent else None  # an async write still needs its append
         slot.waiters.append((outcome.wait_lsn, reply_to, req_id, outcome))
         return slot
+
+    def _serve_backup_read(self, reply_to: str, req_id: int, partition: int, map_name: str, key: str) -> None:
+        backup = self.backups.held.get(partition)
+        if backup is None or backup.sub is None:
+            raise NotOwner(f"PU {self.member_id} holds no backup of partition {partition} (table v{self.table.version})")
+        self._check_route(map_name, key, partition)
+        lag_records, lag_s = backup.lag(time.monotonic())
+        self._reply(reply_to, protocol.backup_entry_reply(req_id, backup.state.get_encoded(map_name, key),
+                                                          lag_records, round(lag_s, 6)))
 
     def _check_route(self, map_name: str, key: str, partition: int) -> None:
         if self.space.partition_of(map_name, key) != partition:
