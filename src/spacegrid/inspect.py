@@ -14,6 +14,9 @@ from spacegrid.engine.subjects import Names
 from spacegrid.partitioning import PartitionTable
 
 
+COUNTERS = ("failovers", "promoted", "rejoins", "fenced", "acquired", "released")
+
+
 @dataclass(frozen=True)
 class GridStatus:
     space: str
@@ -48,11 +51,15 @@ class GridStatus:
             "members": [
                 {"id": member_id, "alive": self.alive(member_id), "host": info.get("host"), "pid": info.get("pid"),
                  "partitions": self.table.owned_by(member_id), "active": info.get("active", []),
-                 "requests": info.get("requests", 0), "appends": info.get("appends", 0)}
+                 "requests": info.get("requests", 0), "appends": info.get("appends", 0),
+                 "leaving": bool(info.get("leaving", False)), "backups": self.table.backed_up_by(member_id),
+                 "ready_backups": info.get("ready_backups", []),
+                 "backup_lag_records_max": max((lag[0] for lag in info.get("backup_lag", {}).values()), default=0),
+                 **{counter: info.get(counter, 0) for counter in COUNTERS}}
                 for member_id, info in sorted(self.members.items())
             ],
             "partitions": [
-                {"partition": p, "owner": owner, "epoch": epoch}
+                {"partition": p, "owner": owner, "epoch": epoch, "backups": list(self.table.backups_of(p))}
                 for p, (owner, epoch) in enumerate(zip(self.table.owners, self.table.epochs))
             ],
         }

@@ -30,8 +30,8 @@ class Limits:
     heartbeat_timeout_s: float = 1.5
     dedup_window_ops: int = 8192
     replay_timeout_s: float = 60.0
-    jetstream_api_timeout_s: float = 2.0
-    handoff_timeout_s: float = 30.0  # a leaving PU waits this long at most for its partitions to move  # one JetStream API call (stream info, last message, consumer create)
+    jetstream_api_timeout_s: float = 2.0  # one JetStream API call (stream info, last message, consumer create)
+    handoff_timeout_s: float = 30.0  # a leaving PU waits this long at most for its partitions to move
     pending_requests_max: int = 100_000
 
     def __post_init__(self) -> None:

@@ -37,7 +37,7 @@ def check_kinds(kinds: tuple[str, ...], nats_cluster: int) -> None:
         raise ConfigError(f"fault kinds are {', '.join(FAULT_KINDS)}; got {', '.join(kinds) or 'none'}")
     unsupported = [kind for kind in kinds if kind not in available_kinds(nats_cluster)]
     if unsupported:
-        raise ConfigError(f"{', '.join(unsupported)} need a 3-node NATS cluster (--nats-cluster 3)")
+        raise ConfigError(f"fault kinds {', '.join(unsupported)} need a 3-node NATS cluster (--nats-cluster 3)")
 
 
 @dataclass(frozen=True)

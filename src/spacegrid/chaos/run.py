@@ -15,7 +15,12 @@ from typing import Any
 
 from spacegrid.chaos.faults import FaultInjector, available_kinds, check_kinds, plan
 from spacegrid.chaos.report import ChaosReport, fault_recovery
-from spacegrid.chaos.worker import COUNTER_MAP, REGISTER_MAP, counter_keys, register_keys
+from spacegrid.chaos.worker import (
+    COUNTER_MAP,
+    REGISTER_MAP,
+    counter_keys,
+    register_keys,
+)
 from spacegrid.client.client import Client
 from spacegrid.errors import ConfigError, SpacegridError
 from spacegrid.launcher import LocalGrid

@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from spacegrid.client.client import Client
-from spacegrid.errors import ClosedError, GridTimeout, HandlerError, RequestError, SpacegridError, VersionConflict
+from spacegrid.errors import (
+    ClosedError,
+    GridTimeout,
+    HandlerError,
+    RequestError,
+    SpacegridError,
+    VersionConflict,
+)
 from spacegrid.launcher import load_space
 from spacegrid.limits import Limits
 from spacegrid.testing.history import HistoryWriter, Kind, Outcome
@@ -86,7 +93,7 @@ class Worker:
         """Start ops until the budget or the deadline is spent, then wait for those in flight (bounded)."""
         self.next_at = time.monotonic()
         tasks = [asyncio.create_task(self._loop(deadline)) for _ in range(self.config.concurrency)]
-        done, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic())
+        _, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic())
                                            + self.config.call_deadline_s + 2.0)
         for task in pending:
             task.cancel()  # its op stays invoked without a completion: info
@@ -193,8 +200,8 @@ async def run_worker(config: WorkerConfig) -> dict[str, Any]:
     finally:
         try:
             await asyncio.wait_for(client.close(), 5.0)
-        except Exception:  # noqa: BLE001 - closing a client whose server is gone
-            pass
+        except Exception as exc:  # noqa: BLE001 - closing a client whose server is gone
+            logging.getLogger("spacegrid.chaos").info("client close failed: %s", exc)
     return {"process": config.process, "started": worker.started, "outcomes": dict(worker.outcomes)}
 
 

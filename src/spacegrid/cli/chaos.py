@@ -39,7 +39,7 @@ def print_report(report: ChaosReport, out: Console) -> None:
     for kind, stats in report.faults_by_kind().items():
         cells = [f"{_seconds(stats[name]['mean'])} / {_seconds(stats[name]['max'])}" for name, _ in RECOVERY_COLUMNS]
         faults.add_row(kind, str(stats["count"]), *cells, str(stats["all_keys_s"]["unrecovered"]))
-    out.print(faults)
+    out.print(faults if report.faults else "no fault was injected: the run is too short for one")
     ops = Table(title="operations by kind and outcome")
     for column in ("kind", "ok", "fail", "info", "total"):
         ops.add_column(column, justify="left" if column == "kind" else "right")

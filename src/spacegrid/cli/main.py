@@ -254,11 +254,14 @@ def status(data_dir: Path, nats_url: str | None, app: str | None, as_json: bool)
     out = Console()
     members = Table(title=f"space {space.name}: table v{grid.table.version}, "
                           f"{grid.active_partitions}/{grid.table.partition_count} partitions active")
-    for column in ("member", "alive", "host", "pid", "owns", "active", "requests", "appends"):
+    for column in ("member", "alive", "host", "pid", "owns", "backups", "lag", "failovers", "active", "requests",
+                   "appends"):
         members.add_column(column, justify="right" if column not in ("member", "alive", "host") else "left")
     for row in grid.to_json()["members"]:
-        members.add_row(row["id"], "yes" if row["alive"] else "[red]no[/red]", str(row["host"]), str(row["pid"]),
-                        str(len(row["partitions"])),
+        alive = ("leaving" if row["leaving"] else "yes") if row["alive"] else "[red]no[/red]"
+        members.add_row(row["id"], alive, str(row["host"]), str(row["pid"]), str(len(row["partitions"])),
+                        f"{len(row['ready_backups'])}/{len(row['backups'])}", str(row["backup_lag_records_max"]),
+                        str(row["failovers"]),
                         str(len(row["active"])), str(row["requests"]), str(row["appends"]))
     out.print(members)
     partitions = Table(title="partitions (owner@epoch)")

@@ -65,6 +65,16 @@ class Coordination:
         except KeyWrongLastSequenceError:
             return None
 
+    async def read_member(self, member_id: str) -> tuple[dict[str, Any], int] | None:
+        """The member's record and its revision, or None if it was deleted or never existed."""
+        try:
+            entry = await self.members.get(member_id)
+        except (KeyNotFoundError, NotFoundError):
+            return None
+        if not entry.value:
+            return None
+        return self.decode_member(entry.value), int(entry.revision or 0)
+
     async def remove_member(self, member_id: str, revision: int | None = None) -> bool:
         """Delete a member's record: on graceful leave, or by the coordinator once it is dead. With a revision,
         only if the member has not heartbeated since (False then)."""

@@ -17,7 +17,7 @@ from typing import Any, Callable
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.errors import ServiceUnavailableError
+from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from spacegrid import codec, protocol
 from spacegrid.core.ownership import Membership, coordinator, next_table, plan
@@ -94,6 +94,7 @@ class ProcessingUnit:
         self.lease_until_s = 0.0
         self.handed_from: dict[int, tuple[str, int]] = {}  # partition -> (previous owner, table version that moved it)
         self._member_revision = 0
+        self.incarnation = secrets.token_hex(4)  # renewed when this PU rejoins after being declared dead
         self._beat_now = asyncio.Event()
         self.leaving = False
         self.slots: dict[int, Slot] = {}
@@ -113,12 +114,11 @@ class ProcessingUnit:
     async def start(self) -> None:
         self.nc = await connect(self.nats_url, f"pu:{self.member_id}")
         self.js = self.nc.jetstream(timeout=self.limits.jetstream_api_timeout_s)
-        await self._bootstrap()
         self.changelog = Changelog(self.nc, self.js, self.names, self.limits.append_timeout_s)
         await self.changelog.start()
         self.backups = Backups(self.changelog, self.space, self.limits, self.time_limit)
         self._request_sub = await self.nc.subscribe(self.names.pu_subject(self.member_id), cb=self._on_message)
-        await self._heartbeat()
+        await self._bootstrap()  # ends with the first heartbeat: the member is announced once it listens
         self._tasks.append(await self.coord.watch(self.coord.members, ">", self._on_member))
         self._tasks.append(await self.coord.watch(self.coord.table, self.names.table_key, self._on_table))
         self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name="heartbeat"))
@@ -132,8 +132,9 @@ class ProcessingUnit:
                 await ensure_stream(self.js, self.names, self.replicas, 2 * self.limits.append_bytes_max)
                 self.coord = await Coordination.open(self.js, self.names, self.replicas, create=True,
                                                      member_ttl_s=max(60.0, 10 * self.limits.heartbeat_timeout_s))
+                await self._heartbeat()
                 return
-            except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
+            except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError, NoStreamResponseError) as exc:
                 if time.monotonic() > deadline_s:
                     raise GridUnavailable(f"JetStream did not answer within {timeout_s}s: {exc}") from exc
                 log.info("JetStream not ready yet (%s); retrying", exc)
@@ -194,7 +195,8 @@ class ProcessingUnit:
 
     def _member_info(self) -> dict[str, Any]:
         return {"host": socket.gethostname(), "pid": os.getpid(), "started": self.started_s, "beat": time.time(),
-                "heartbeat_timeout_s": self.limits.heartbeat_timeout_s, **self.statistics()}
+                "heartbeat_timeout_s": self.limits.heartbeat_timeout_s, "incarnation": self.incarnation,
+                **self.statistics()}
 
     async def _heartbeat(self) -> None:
         """Renew the member record by compare-and-set, and with it the read lease. A failed renewal means the
@@ -205,6 +207,12 @@ class ProcessingUnit:
         else:
             revision = await self.coord.renew(self.member_id, self._member_info(), self._member_revision)
             if revision is None:
+                current = await self.coord.read_member(self.member_id)
+                if current is not None and current[0].get("incarnation") == self.incarnation:
+                    # An earlier renewal whose acknowledgement was lost did land: nobody removed us. Adopt its
+                    # revision; the lease is renewed by the next heartbeat, not by this one.
+                    self._member_revision = current[1]
+                    return
                 self._on_declared_dead()
                 return
             self._member_revision = revision
@@ -218,6 +226,7 @@ class ProcessingUnit:
         self.counters["rejoins"] += 1
         self.lease_until_s = 0.0
         self._member_revision = 0
+        self.incarnation = secrets.token_hex(4)
         self.backups.stop_all()
         for partition in list(self.slots):
             self._release(partition, "declared dead by the coordinator")
@@ -278,10 +287,13 @@ class ProcessingUnit:
             await self._probe_members([m for m in self.membership.info if m != self.member_id])
             for dead in self.membership.dead(time.monotonic()):
                 revision = self.membership.revisions.get(dead)
-                if await self.coord.remove_member(dead, revision):
-                    log.warning("member %s is dead (silent, or gone from NATS past its lease): removed it", dead)
-                    self.counters["failovers"] += 1
-                    self.membership.remove(dead)
+                if not await self.coord.remove_member(dead, revision):
+                    # It heartbeated after all: no table this round, until its heartbeat reaches our watch.
+                    log.info("member %s renewed before it could be removed", dead)
+                    return
+                log.warning("member %s is dead (silent, or gone from NATS past its lease): removed it", dead)
+                self.counters["failovers"] += 1
+                self.membership.remove(dead)
             live = self.membership.live(time.monotonic())
             info = self.membership.info
             proposal = next_table(
