@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
 
-from spacegrid.chaos.faults import FAULT_KINDS
-from spacegrid.chaos.report import ChaosReport
+from spacegrid.chaos.faults import FAULT_KINDS, HOLD_S, PU_KINDS, available_kinds, plan
+from spacegrid.chaos.report import ChaosReport, all_keys_ok_after, first_ok_after
 from spacegrid.chaos.run import ChaosConfig, run_chaos
-
-pytestmark = pytest.mark.chaos
+from spacegrid.chaos.worker import outcome_of
+from spacegrid.errors import ConfigError, GridTimeout, HandlerError, NotOwner
+from spacegrid.testing.history import Op
 
 
 def assert_clean(report: ChaosReport, kinds: tuple[str, ...], ok_min: int) -> None:
@@ -21,6 +23,7 @@ def assert_clean(report: ChaosReport, kinds: tuple[str, ...], ok_min: int) -> No
     assert all(record.end_s is not None for record in report.faults), [r.note for r in report.faults]
 
 
+@pytest.mark.chaos
 def test_pu_kill_and_pause_on_a_single_node(tmp_path: Path) -> None:
     """3 PUs on one NATS node, SIGKILLed (and replaced) or SIGSTOPped for 1-4 s: every key stays linearizable."""
     kinds = ("pu-kill", "pu-pause")
@@ -29,14 +32,16 @@ def test_pu_kill_and_pause_on_a_single_node(tmp_path: Path) -> None:
     assert {record.kind for record in report.faults} == set(kinds), [r.kind for r in report.faults]
 
 
+@pytest.mark.chaos
 def test_nats_node_kill_on_a_cluster(tmp_path: Path) -> None:
     """A 3-node NATS cluster losing one node at a time (SIGKILL, restart after 2-5 s): histories stay linearizable."""
     kinds = ("nats-kill",)
-    report = run_chaos(ChaosConfig(pus=3, workers=4, duration_s=22, seed=12, faults=kinds, nats_cluster=3,
+    report = run_chaos(ChaosConfig(pus=3, workers=4, duration_s=20, seed=12, faults=kinds, nats_cluster=3,
                                    data_dir=tmp_path))
     assert_clean(report, kinds, ok_min=500)
 
 
+@pytest.mark.chaos
 @pytest.mark.long
 @pytest.mark.timeout(1500)
 def test_long_run_with_every_fault_kind(tmp_path: Path) -> None:
@@ -44,3 +49,46 @@ def test_long_run_with_every_fault_kind(tmp_path: Path) -> None:
     report = run_chaos(ChaosConfig(pus=3, workers=4, duration_s=300, seed=300, faults=FAULT_KINDS, nats_cluster=3,
                                    data_dir=tmp_path))
     assert_clean(report, FAULT_KINDS, ok_min=10_000)
+
+
+# --- the harness's pure parts -----------------------------------------------------------------------------------
+
+
+def test_a_seed_gives_one_schedule_of_faults_one_at_a_time_healed_before_the_tail() -> None:
+    schedule = plan(7, FAULT_KINDS, 120, tail_s=5)
+    assert schedule == plan(7, FAULT_KINDS, 120, tail_s=5) != plan(8, FAULT_KINDS, 120, tail_s=5)
+    assert {fault.kind for fault in schedule} == set(FAULT_KINDS)
+    for fault, following in pairwise(schedule):
+        assert fault.at_s + fault.hold_s < following.at_s
+    for fault in schedule:
+        low, high = HOLD_S[fault.kind]
+        assert low <= fault.hold_s <= high and fault.at_s + fault.hold_s + 5 <= 120 and 0 <= fault.target < 1
+
+
+def test_nats_faults_need_a_cluster() -> None:
+    assert available_kinds(0) == PU_KINDS and available_kinds(3) == FAULT_KINDS
+    assert ChaosConfig(nats_cluster=3).kinds() == FAULT_KINDS
+    with pytest.raises(ConfigError, match="3-node"):
+        ChaosConfig(faults=("nats-kill",)).kinds()
+    with pytest.raises(ConfigError, match="fault kinds are"):
+        ChaosConfig(faults=("pu-explode",)).kinds()
+
+
+def test_outcomes_fail_only_when_not_applied_for_sure() -> None:
+    assert outcome_of(GridTimeout("deadline")) == "info"
+    assert outcome_of(RuntimeError("connection lost")) == "info"
+    assert outcome_of(NotOwner("retryable: not applied")) == "fail"
+    assert outcome_of(HandlerError("writes discarded")) == "fail"
+
+
+def test_recovery_is_measured_to_the_first_ok_op_and_to_the_slowest_key() -> None:
+    ops = [
+        Op("p", "a", "write", 1, 0.0, 1.0, "ok"),
+        Op("p", "a", "write", 2, 10.0, 10.5, "ok"),
+        Op("p", "b", "write", 3, 10.1, 14.0, "info"),
+        Op("p", "b", "write", 4, 12.0, 13.0, "ok"),
+    ]
+    assert first_ok_after(ops, 10.0) == pytest.approx(0.5)
+    assert all_keys_ok_after(ops, 10.0) == pytest.approx(3.0)
+    assert all_keys_ok_after(ops, 12.5) is None  # nothing invoked after it
+    assert all_keys_ok_after(ops[:3], 10.0) is None  # key b never had an ok op invoked after 10.0
