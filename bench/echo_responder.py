@@ -33,7 +33,7 @@ async def serve(url: str, subject: str) -> None:
         flush_scheduled = False
         batches, out = out, {}
         for reply_to, items in batches.items():
-            for message in protocol.chunks(items, limits.request_payload_bytes_max):
+            for message in protocol.chunks(items, limits.request_payload_bytes_max, limits.requests_per_message_max):
                 await nc.publish(reply_to, message)
 
     async def on_message(msg: Msg) -> None:
