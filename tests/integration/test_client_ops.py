@@ -233,3 +233,21 @@ def test_read_from_a_backup_says_how_far_behind_it_is(grid: Any) -> None:
         assert absent.value is None and absent.version is None
 
     run(grid, body)
+
+
+def test_async_map_is_served_and_reaches_the_log(grid: Any) -> None:
+    """Writes to an async map are acknowledged once applied and read back at once; their appends follow, so a
+    hot backup (which applies only the log) ends up with them too."""
+
+    async def body(c: Client) -> None:
+        versions = [await c.put("cache", f"c{i}", i) for i in range(20)]
+        assert all(version > 0 for version in versions)
+        assert await c.get_many("cache", [f"c{i}" for i in range(20)]) == {f"c{i}": i for i in range(20)}
+
+        async def in_the_log() -> None:
+            read = await c.get_from_backup("cache", "c19")
+            assert (read.value, read.lag_records) == (19, 0)
+
+        await eventually(in_the_log, timeout_s=10)
+
+    run(grid, body)

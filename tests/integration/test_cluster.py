@@ -9,7 +9,7 @@ from spacegrid import Client
 from spacegrid.launcher import LocalGrid
 from spacegrid.testing.apps import APP
 from spacegrid.testing.fixtures import TEST_PU_ARGS
-from tests.integration.workload import History, check_history, write_load
+from tests.integration.workload import FaultAt, History, check_history, write_load
 
 
 def test_grid_keeps_working_when_a_nats_node_dies(tmp_path: Path) -> None:
@@ -23,15 +23,9 @@ def test_grid_keeps_working_when_a_nats_node_dies(tmp_path: Path) -> None:
 
         async def main() -> None:
             async with await Client.connect(grid.space, grid.url) as client:
-                killed: list[bool] = []
-
-                def maybe_kill(done: int) -> None:
-                    if done == 300 and not killed:
-                        victim.kill()
-                        killed.append(True)
-
-                await write_load(client, history, ops=1600, workers=8, time_budget_s=90, on_progress=maybe_kill)
-                assert killed
+                kill = FaultAt(300, victim.kill)
+                await write_load(client, history, ops=1600, workers=8, time_budget_s=90, on_progress=kill)
+                assert kill.fired
                 await check_history(client, history, exact=True)
 
         asyncio.run(main())

@@ -13,7 +13,7 @@ from spacegrid.launcher import LocalGrid
 from spacegrid.testing.apps import APP, space
 from spacegrid.testing.eventually import eventually_sync
 from tests.integration.rawnats import collect_replies
-from tests.integration.workload import History, check_history, write_load
+from tests.integration.workload import FaultAt, History, check_history, write_load
 
 
 def test_full_grid_sigkill_and_restart_loses_no_acknowledged_write(grid_factory: Callable[..., LocalGrid]) -> None:
@@ -64,15 +64,9 @@ def test_sigkill_of_one_of_three_pus_under_load_loses_nothing(grid_factory: Call
 
     async def main() -> float:
         async with await Client.connect(grid.space, grid.url) as client:
-            killed_at: list[float] = []
-
-            def maybe_kill(done: int) -> None:
-                if done == 500 and not killed_at:
-                    victim.kill()
-                    killed_at.append(time.monotonic())
-
-            await write_load(client, history, ops=3000, workers=16, time_budget_s=60, on_progress=maybe_kill)
-            assert killed_at, "the load ended before the kill"
+            kill = FaultAt(500, victim.kill)
+            await write_load(client, history, ops=3000, workers=16, time_budget_s=60, on_progress=kill)
+            assert kill.fired, "the load ended before the kill"
             await check_history(client, history, exact=True)
             return history.slowest_s
 
@@ -143,14 +137,9 @@ def test_a_joining_pu_gets_a_fair_share_while_writes_go_on(grid_factory: Callabl
 
     async def main() -> None:
         async with await Client.connect(grid.space, grid.url) as client:
-            joined: list[bool] = []
-
-            def maybe_join(done: int) -> None:
-                if done == 300 and not joined:
-                    grid.add_pu()
-                    joined.append(True)
-
-            await write_load(client, history, ops=2400, workers=8, time_budget_s=60, on_progress=maybe_join)
+            join = FaultAt(300, grid.add_pu)
+            await write_load(client, history, ops=2400, workers=8, time_budget_s=60, on_progress=join)
+            assert join.fired
             await check_history(client, history, exact=True)
 
     asyncio.run(main())
@@ -169,14 +158,9 @@ def test_graceful_leave_hands_off_under_load_without_failing_a_call(grid_factory
 
     async def main() -> None:
         async with await Client.connect(grid.space, grid.url) as client:
-            signalled: list[bool] = []
-
-            def maybe_leave(done: int) -> None:
-                if done == 300 and not signalled:
-                    leaver.signal(signal.SIGTERM)
-                    signalled.append(True)
-
-            await write_load(client, history, ops=2400, workers=8, time_budget_s=60, on_progress=maybe_leave)
+            leave = FaultAt(300, lambda: leaver.signal(signal.SIGTERM))
+            await write_load(client, history, ops=2400, workers=8, time_budget_s=60, on_progress=leave)
+            assert leave.fired
             await check_history(client, history, exact=True)
 
     asyncio.run(main())

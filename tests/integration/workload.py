@@ -70,3 +70,17 @@ async def check_history(client: Client, history: History, exact: bool) -> None:
             assert value == acked, f"{counter}: {value} != {acked} acknowledged increments"
         else:
             assert acked <= value <= attempted, f"{counter}: {value} outside [{acked}, {attempted}]"
+
+
+class FaultAt:
+    """An on_progress hook for write_load: runs `action` once, when the n-th operation completes."""
+
+    def __init__(self, n: int, action: Callable[[], None]) -> None:
+        self.n = n
+        self.action = action
+        self.fired = False
+
+    def __call__(self, done: int) -> None:
+        if done >= self.n and not self.fired:
+            self.fired = True
+            self.action()

@@ -9,6 +9,7 @@ from spacegrid import EntryContext, PartitionView, Space
 space = Space("testapp", partitions=16)
 space.map("kv")
 space.map("counters")
+space.map("cache", replication="async")
 
 APP = "spacegrid.testing.apps:space"
 
