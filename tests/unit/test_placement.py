@@ -68,3 +68,18 @@ def test_a_leaving_member_hands_everything_off_before_it_owns_nothing():
     step2 = next_table(step1, ["a", "b"], backup_count=1, leaving=frozenset({"a"}), ready=ready)
     assert step2 is not None
     assert step2.owned_by("a") == [] and len(step2.owned_by("b")) == 8
+
+
+def test_backups_rebalance_when_members_join():
+    """Backups piled on one member spread out once others join: nobody holds more than its share."""
+    table = next_table(PartitionTable.empty(64), ["a", "b"], backup_count=1)
+    assert table is not None
+    settled = table
+    for _ in range(5):
+        nxt = next_table(settled, ["a", "b", "c", "d"], backup_count=1,
+                         ready={m: frozenset(settled.backed_up_by(m)) for m in "abcd"})
+        if nxt is None:
+            break
+        settled = nxt
+    loads = sorted(len(settled.backed_up_by(m)) for m in "abcd")
+    assert loads[-1] - loads[0] <= 2 and sum(loads) == 64

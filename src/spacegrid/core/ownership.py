@@ -97,13 +97,15 @@ def fair_assignment(table: PartitionTable, live_members: list[str]) -> tuple[str
 
 def place_backups(owners: tuple[str | None, ...], current: PartitionTable, members: list[str], backup_count: int,
                   pinned: dict[int, str], hosts: Mapping[str, str]) -> tuple[tuple[str, ...], ...]:
-    """backup_count backups per partition on members other than its owner: current backups stay, the least loaded
-    members fill the gaps, on another host than the owner where one exists. `pinned` adds a member as an extra
+    """backup_count backups per partition on members other than its owner: current backups stay while their holder
+    is under its share (so backups rebalance as members come and go), the least loaded members fill the gaps, on another host than the owner where one exists. `pinned` adds a member as an extra
     backup of a partition (the target of a live move, catching up before the flip)."""
     load = {member: 0 for member in members}
+    share_max = -(-len(owners) * backup_count // len(members)) if len(members) > 1 else 0
     groups: list[list[str]] = []
     for partition, owner in enumerate(owners):
-        keep = [b for b in current.backups_of(partition) if b in load and b != owner][:backup_count]
+        keep = [b for b in current.backups_of(partition) if b in load and b != owner and load[b] < share_max]
+        keep = keep[:backup_count]
         groups.append(keep)
         for b in keep:
             load[b] += 1
