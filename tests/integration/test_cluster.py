@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from spacegrid import Client
+from spacegrid import Client, Limits
 from spacegrid.launcher import LocalGrid
 from spacegrid.testing.apps import APP
 from spacegrid.testing.fixtures import TEST_PU_ARGS
@@ -22,7 +22,8 @@ def test_grid_keeps_working_when_a_nats_node_dies(tmp_path: Path) -> None:
         victim = grid.nats_nodes[0]
 
         async def main() -> None:
-            async with await Client.connect(grid.space, grid.url) as client:
+            # A stream leader election takes 4-7 s here, and partitions recover after it: give calls 30 s.
+            async with await Client.connect(grid.space, grid.url, Limits(call_deadline_s=30.0)) as client:
                 kill = FaultAt(300, victim.kill)
                 await write_load(client, history, ops=1600, workers=8, time_budget_s=90, on_progress=kill)
                 assert kill.fired
