@@ -52,7 +52,7 @@ class GridStatus:
                 {"id": member_id, "alive": self.alive(member_id), "host": info.get("host"), "pid": info.get("pid"),
                  "partitions": self.table.owned_by(member_id), "active": info.get("active", []),
                  "requests": info.get("requests", 0), "appends": info.get("appends", 0),
-                 "leaving": bool(info.get("leaving", False)), "backups": self.table.backed_up_by(member_id),
+                 "leaving": bool(info.get("leaving", False)), "metrics_url": info.get("metrics_url"), "backups": self.table.backed_up_by(member_id),
                  "ready_backups": info.get("ready_backups", []),
                  "backup_lag_records_max": max((lag[0] for lag in info.get("backup_lag", {}).values()), default=0),
                  **{counter: info.get(counter, 0) for counter in COUNTERS}}

@@ -132,7 +132,7 @@ class LocalGrid:
         log_dir.mkdir(exist_ok=True)
         log_path = log_dir / f"pu-{index}.log"
         command = [sys.executable, "-m", "spacegrid.cli.main", "pu", "--app", self.app, "--nats", self.url,
-                   "--replicas", str(self.replicas), *self.pu_args]
+                   "--replicas", str(self.replicas), "--metrics-port", "0", *self.pu_args]
         with open(log_path, "ab") as log_file:
             popen = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True)

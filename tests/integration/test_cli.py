@@ -79,3 +79,30 @@ def test_cli_without_a_grid_says_what_to_do(tmp_path: Path) -> None:
     """With no grid at --data-dir, commands fail with a hint to start one."""
     done = sg(tmp_path, "get", "events", "x")
     assert done.returncode == 1 and "spacegrid up" in done.stderr
+
+
+def test_pus_serve_prometheus_metrics_with_replication_lag(tmp_path: Path) -> None:
+    """Each PU started by a local grid serves Prometheus metrics: counters, partitions, and replication lag of its
+    hot backups per partition."""
+    import urllib.request
+
+    from spacegrid.launcher import LocalGrid
+    from spacegrid.testing.apps import APP
+    from spacegrid.testing.eventually import eventually_sync
+
+    grid = LocalGrid(tmp_path / "grid", APP)
+    try:
+        grid.start(2)
+        grid.wait_ready(60, members=2)
+
+        def scraped() -> None:
+            for member in grid.status().to_json()["members"]:
+                assert member["metrics_url"], member
+                text = urllib.request.urlopen(member["metrics_url"], timeout=5).read().decode()
+                assert 'spacegrid_partitions_active{member="%s"} 8.0' % member["id"] in text
+                assert "spacegrid_replication_lag_records{" in text
+                assert "spacegrid_requests_total{" in text
+
+        eventually_sync(scraped, timeout_s=20)
+    finally:
+        grid.stop()

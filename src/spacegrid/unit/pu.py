@@ -97,6 +97,8 @@ class ProcessingUnit:
         self.incarnation = secrets.token_hex(4)  # renewed when this PU rejoins after being declared dead
         self._beat_now = asyncio.Event()
         self.leaving = False
+        self.metrics_url: str | None = None
+        self.last_info: dict[str, Any] = {}
         self.slots: dict[int, Slot] = {}
         self.started_s = time.time()
         self.counters = {"requests": 0, "messages": 0, "appends": 0, "records": 0, "fenced": 0, "acquired": 0, "released": 0,
@@ -194,9 +196,11 @@ class ProcessingUnit:
     # ---- membership, table and coordination ----------------------------------------------------------------
 
     def _member_info(self) -> dict[str, Any]:
-        return {"host": socket.gethostname(), "pid": os.getpid(), "started": self.started_s, "beat": time.time(),
+        info = {"host": socket.gethostname(), "pid": os.getpid(), "started": self.started_s, "beat": time.time(),
                 "heartbeat_timeout_s": self.limits.heartbeat_timeout_s, "incarnation": self.incarnation,
-                **self.statistics()}
+                "metrics_url": self.metrics_url, **self.statistics()}
+        self.last_info = info  # replaced whole: the metrics thread reads it without locks
+        return info
 
     async def _heartbeat(self) -> None:
         """Renew the member record by compare-and-set, and with it the read lease. A failed renewal means the

@@ -8,6 +8,7 @@ import os
 import signal
 
 from spacegrid.limits import Limits
+from spacegrid.observability.prometheus import serve_metrics
 from spacegrid.space import Space
 from spacegrid.unit.pu import ProcessingUnit
 from spacegrid.unit.timelimit import TimeLimit
@@ -15,9 +16,15 @@ from spacegrid.unit.timelimit import TimeLimit
 log = logging.getLogger("spacegrid.pu")
 
 
-async def run_pu(space: Space, nats_url: str, limits: Limits, replicas: int = 1) -> None:
-    """Serve until SIGTERM or SIGINT, then leave the grid gracefully."""
+async def run_pu(space: Space, nats_url: str, limits: Limits, replicas: int = 1,
+                 metrics: tuple[str, int] | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then leave the grid gracefully. `metrics` (host, port; port 0: a free one)
+    starts a Prometheus endpoint."""
     pu = ProcessingUnit(space, nats_url, limits, replicas, time_limit=TimeLimit(limits.handler_time_limit_s))
+    if metrics is not None:
+        host, port = metrics
+        port = serve_metrics(lambda: pu.last_info, host, port)
+        pu.metrics_url = f"http://{host}:{port}/metrics"
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -1,0 +1,1 @@
+"""Exposing what PUs measure: Prometheus collectors read snapshots, so no core code imports prometheus."""
