@@ -118,11 +118,6 @@ def test_request_layout():
                                                                                 None, ""]
 
 
-def test_write_ops():
-    """Puts, deletes and handler calls are the write ops; gets and queries are not."""
-    assert protocol.WRITE_OPS == {protocol.OP_PUT, protocol.OP_DELETE, protocol.OP_EXECUTE}
-
-
 def test_replies_round_trip_errors():
     """An ok reply carries its payload; an error reply rebuilds the same error class, message and current_version."""
     assert codec.decode(protocol.ok_reply(3, [1, "x"]), 100) == [3, protocol.OK, [1, "x"]]
