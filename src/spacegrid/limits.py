@@ -33,12 +33,13 @@ class Limits:
     jetstream_api_timeout_s: float = 2.0  # one JetStream API call (stream info, last message, consumer create)
     handoff_timeout_s: float = 30.0  # a leaving PU waits this long at most for its partitions to move
     pending_requests_max: int = 100_000
+    catch_ups_max: int = 4  # backups of one PU catching up with the log at once (paces live migration)
 
     def __post_init__(self) -> None:
         assert self.write_bytes_max < self.append_bytes_max <= self.request_payload_bytes_max
         assert self.heartbeat_interval_s < self.lease_s <= self.heartbeat_timeout_s
         assert self.attempt_timeout_s <= self.call_deadline_s
-        assert self.append_records_max >= 1 and self.dedup_window_ops >= 1 and self.appends_in_flight_max >= 1
+        assert self.catch_ups_max >= 1 and self.append_records_max >= 1 and self.dedup_window_ops >= 1 and self.appends_in_flight_max >= 1
 
 
 DEFAULT_LIMITS: Final = Limits()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import threading
 import time
 from typing import Any, Callable
 
@@ -12,6 +13,7 @@ from spacegrid.engine.subjects import Names
 from spacegrid.launcher import LocalGrid
 from spacegrid.testing.apps import APP, space
 from spacegrid.testing.eventually import eventually_sync
+from spacegrid.testing.fixtures import TEST_PU_ARGS
 from tests.integration.rawnats import collect_replies
 from tests.integration.workload import FaultAt, History, check_history, write_load
 
@@ -131,9 +133,21 @@ def test_paused_deposed_pu_cannot_acknowledge_a_write(grid_factory: Callable[...
 
 
 def test_a_joining_pu_gets_a_fair_share_while_writes_go_on(grid_factory: Callable[..., LocalGrid]) -> None:
-    """A third PU joining under load takes floor/ceil of the partitions; no call fails and counters stay exact."""
-    grid = grid_factory(app=APP, pus=2)
+    """A third PU joining under load takes floor/ceil of the partitions, catching up at most two backups at a
+    time (--catch-ups-max 2); no call fails and counters stay exact."""
+    grid = grid_factory(app=APP, pus=2, pu_args=[*TEST_PU_ARGS, "--catch-ups-max", "2"])
     history = History()
+    catching_up: list[int] = []
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.is_set():
+            try:
+                status = grid.status()
+                catching_up.extend(int(info.get("backups_catching_up", 0)) for info in status.members.values())
+            except SpacegridError:
+                pass  # a status read racing the join: the next sample counts
+            sampling.wait(0.05)
 
     async def main() -> None:
         async with await Client.connect(grid.space, grid.url) as client:
@@ -142,9 +156,16 @@ def test_a_joining_pu_gets_a_fair_share_while_writes_go_on(grid_factory: Callabl
             assert join.fired
             await check_history(client, history, exact=True)
 
-    asyncio.run(main())
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        asyncio.run(main())
+        status = grid.wait_ready(30, members=3)
+    finally:
+        sampling.set()
+        sampler.join(timeout=10)
     assert history.errors == []
-    status = grid.wait_ready(30, members=3)
+    assert catching_up and max(catching_up) <= 2, f"more than 2 backups caught up at once: {max(catching_up)}"
     shares = sorted(len(status.table.owned_by(member)) for member in set(status.table.owners))
     assert shares == [5, 5, 6]
 

@@ -149,17 +149,19 @@ def up(pus: int, data_dir: Path, app: str | None, nats_url: str | None, port: in
               help="Reads are served only this long after the last renewed heartbeat was sent.")
 @click.option("--heartbeat-timeout-s", type=float, default=DEFAULT_LIMITS.heartbeat_timeout_s, show_default=True)
 @click.option("--handler-time-limit-s", type=float, default=DEFAULT_LIMITS.handler_time_limit_s, show_default=True)
+@click.option("--catch-ups-max", type=int, default=DEFAULT_LIMITS.catch_ups_max, show_default=True,
+              help="Backups catching up with the log at once (paces live migration).")
 @click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port (0: a free one).")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True)
 def pu(app: str | None, nats_url: str | None, data_dir: Path, replicas: int, heartbeat_interval_s: float,
-       lease_s: float, heartbeat_timeout_s: float, handler_time_limit_s: float, metrics_port: int | None,
-       metrics_host: str) -> None:
+       lease_s: float, heartbeat_timeout_s: float, handler_time_limit_s: float, catch_ups_max: int,
+       metrics_port: int | None, metrics_host: str) -> None:
     """Run one processing unit in this process."""
     from spacegrid.unit.runner import run_pu
 
     url, space = _resolve(data_dir, nats_url, app)
     limits = Limits(heartbeat_interval_s=heartbeat_interval_s, lease_s=lease_s, heartbeat_timeout_s=heartbeat_timeout_s,
-                    handler_time_limit_s=handler_time_limit_s)
+                    handler_time_limit_s=handler_time_limit_s, catch_ups_max=catch_ups_max)
     install_uvloop()
     metrics = None if metrics_port is None else (metrics_host, metrics_port)
     asyncio.run(run_pu(space, url, limits, replicas, metrics))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -45,7 +46,10 @@ class Backup:
 
 
 class Backups:
-    """The backups one PU holds; started and stopped to match the partition table."""
+    """The backups one PU holds; started and stopped to match the partition table. At most
+    `limits.catch_ups_max` of them catch up with the log at once (migration throttling: a joining PU does not
+    replay every partition at the same time, which would starve the partitions it already serves); the others
+    wait in order. Ownership moves only to a ready backup, so this also paces live migration."""
 
     def __init__(self, changelog: Changelog, space: Space, limits: Limits,
                  time_limit: Callable[[], AbstractContextManager[Any]]) -> None:
@@ -54,16 +58,30 @@ class Backups:
         self.limits = limits
         self.time_limit = time_limit
         self.held: dict[int, Backup] = {}
+        self.waiting: deque[int] = deque()  # held, not started yet: started in order as catch-ups finish
 
     def sync(self, wanted: set[int]) -> None:
         """Follow exactly the partitions in `wanted`."""
         for partition in list(self.held):
             if partition not in wanted:
                 self._stop(self.held.pop(partition))
-        for partition in wanted - self.held.keys():
-            backup = Backup(partition, PartitionState(self.space, partition, self.limits, self.time_limit))
-            self.held[partition] = backup
-            backup.task = asyncio.create_task(self._start(backup), name=f"backup:{partition}")
+        for partition in sorted(wanted - self.held.keys()):
+            self.held[partition] = Backup(partition, PartitionState(self.space, partition, self.limits, self.time_limit))
+            self.waiting.append(partition)
+        self._start_waiting()
+
+    def catching_up(self) -> int:
+        """Backups started and not ready yet."""
+        return sum(1 for backup in self.held.values() if backup.task is not None and not backup.ready)
+
+    def _start_waiting(self) -> None:
+        slots = self.limits.catch_ups_max - self.catching_up()
+        while self.waiting and slots > 0:
+            backup = self.held.get(self.waiting.popleft())
+            if backup is None or backup.task is not None:
+                continue  # stopped (or already started) since it was queued
+            backup.task = asyncio.create_task(self._start(backup), name=f"backup:{backup.partition}")
+            slots -= 1
 
     def take(self, partition: int) -> Backup | None:
         """Stop following a partition and hand its replica over (promotion); None if not held or not started."""
@@ -85,6 +103,7 @@ class Backups:
         for backup in self.held.values():
             self._stop(backup)
         self.held.clear()
+        self.waiting.clear()
 
     async def _start(self, backup: Backup) -> None:
         try:
@@ -100,6 +119,8 @@ class Backups:
                 backup.pending_records = pending
                 if pending == 0 and seq >= backup.target_seq:
                     backup.behind_since_s = None
+                    if self.waiting:
+                        self._start_waiting()
                 elif backup.behind_since_s is None:
                     backup.behind_since_s = time.monotonic()
 
@@ -110,9 +131,12 @@ class Backups:
             log.warning("backup of partition %d could not start (%s); will retry", backup.partition, exc)
             if self.held.get(backup.partition) is backup:
                 del self.held[backup.partition]
+        self._start_waiting()  # ready at once (an empty log), or failed: either way it holds no slot any more
 
     def _stop(self, backup: Backup) -> None:
         if backup.task is not None and not backup.task.done():
             backup.task.cancel()
         if backup.sub is not None:
             asyncio.ensure_future(backup.sub.unsubscribe())
+        if self.waiting and backup.task is not None and not backup.ready:
+            asyncio.get_running_loop().call_soon(self._start_waiting)  # its catch-up slot is free

@@ -187,6 +187,8 @@ class ProcessingUnit:
             "entries": sum(s.state.entry_count for s in self.slots.values()),
             "ready_backups": self.backups.ready_partitions(),
             "backup_lag": {str(p): list(lag) for p, lag in self.backups.lag().items()},
+            "backups_catching_up": self.backups.catching_up(),
+            "backups_waiting": len(self.backups.waiting),
             "leaving": self.leaving,
             "append_backlog_records": sum(len(op.writes) for s in self.slots.values() for op in s.state.unsent),
             "table_version": self.table.version,
