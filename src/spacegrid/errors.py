@@ -117,6 +117,30 @@ class CommitUnknown(SpacegridError):
     code = "commit_unknown"
 
 
+class StoreError(SpacegridError):
+    """The durable store failed."""
+
+    code = "store"
+
+
+class StoreUnavailable(StoreError):
+    """The store can't be reached or can't take the write now (connection, timeout, lock): retry later."""
+
+    code = "store_unavailable"
+
+
+class StoreRejected(StoreError):
+    """The store refused the data itself (a constraint, a trigger, a value it can't hold): retrying won't help."""
+
+    code = "store_rejected"
+
+
+class StaleWrite(StoreError):
+    """The store already holds a newer snapshot of the partition: the writer was deposed."""
+
+    code = "stale_write"
+
+
 class GridTimeout(SpacegridError):
     """The call's deadline passed before the grid answered; the operation may or may not have been applied."""
 

@@ -34,6 +34,8 @@ class Limits:
     handoff_timeout_s: float = 30.0  # a leaving PU waits this long at most for its partitions to move
     pending_requests_max: int = 100_000
     catch_ups_max: int = 4  # backups of one PU catching up with the log at once (paces live migration)
+    store_pool_size: int = 4  # PostgreSQL connections per PU (= store transactions at once)
+    store_statement_timeout_s: float = 10.0  # one store statement, lock waits included; connect; SQLite busy wait
 
     def __post_init__(self) -> None:
         assert self.write_bytes_max < self.append_bytes_max <= self.request_payload_bytes_max
