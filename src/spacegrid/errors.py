@@ -117,6 +117,24 @@ class CommitUnknown(SpacegridError):
     code = "commit_unknown"
 
 
+class LogGap(SpacegridError):
+    """A partition's log does not continue where its state stands (trimmed past it): reload from the store."""
+
+    code = "log_gap"
+
+
+class NotLoaded(SpacegridError):
+    """Inside a PU: an operation needs a key that may be in the store but is not in memory (evicted); the PU
+    reads it through and runs the operation again. Never sent to a client."""
+
+    code = "not_loaded"
+
+    def __init__(self, message: str, map_name: str = "", key: str = "") -> None:
+        super().__init__(message)
+        self.map_name = map_name
+        self.key = key
+
+
 class StoreError(SpacegridError):
     """The durable store failed."""
 

@@ -15,6 +15,8 @@ from spacegrid.partitioning import PartitionTable
 
 
 COUNTERS = ("failovers", "promoted", "rejoins", "fenced", "acquired", "released")
+STORE_FIELDS = ("store_available", "write_behind_lag_records", "write_behind_lag_s", "write_through_waiting",
+                "store_rows", "store_errors", "dead_letters", "loaded_rows")
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,8 @@ class GridStatus:
                  "leaving": bool(info.get("leaving", False)), "metrics_url": info.get("metrics_url"), "backups": self.table.backed_up_by(member_id),
                  "ready_backups": info.get("ready_backups", []),
                  "backup_lag_records_max": max((lag[0] for lag in info.get("backup_lag", {}).values()), default=0),
-                 **{counter: info.get(counter, 0) for counter in COUNTERS}}
+                 **{counter: info.get(counter, 0) for counter in COUNTERS},
+                 **{name: info[name] for name in STORE_FIELDS if name in info}, "maps": info.get("maps", {})}
                 for member_id, info in sorted(self.members.items())
             ],
             "partitions": [

@@ -20,6 +20,8 @@ from spacegrid.space import Space
 
 GRID_FILE = "grid.json"
 DEFAULT_APP = "spacegrid.examples.tickets:space"
+EMBEDDED_STORE = "embedded"  # a SQLite file under the data dir
+NO_STORE = "none"
 
 
 def load_space(app: str) -> Space:
@@ -88,6 +90,7 @@ class LocalGrid:
     nats_port: int | None = None
     pu_args: list[str] = field(default_factory=list)
     nats_cluster: int = 0  # 0: one embedded node; 3: a local 3-node cluster, streams and KV with 3 replicas
+    store: str = EMBEDDED_STORE  # a store URL, "embedded" (SQLite under data_dir) or "none"
     nats_nodes: list[NatsServerProcess] = field(default_factory=list)
     pus: list[PuProcess] = field(default_factory=list)
 
@@ -96,6 +99,8 @@ class LocalGrid:
             raise ConfigError(f"--nats-cluster takes 3 or 5 nodes (a quorum needs an odd count), not {self.nats_cluster}")
         self.space = load_space(self.app)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.store == EMBEDDED_STORE:
+            self.store = f"sqlite://{(self.data_dir / 'store.db').resolve()}"
         self._next_index = 0
 
     @property
@@ -132,7 +137,7 @@ class LocalGrid:
         log_dir.mkdir(exist_ok=True)
         log_path = log_dir / f"pu-{index}.log"
         command = [sys.executable, "-m", "spacegrid.cli.main", "pu", "--app", self.app, "--nats", self.url,
-                   "--replicas", str(self.replicas), "--metrics-port", "0", *self.pu_args]
+                   "--replicas", str(self.replicas), "--metrics-port", "0", *self.store_args, *self.pu_args]
         with open(log_path, "ab") as log_file:
             popen = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True)
@@ -140,8 +145,16 @@ class LocalGrid:
         self.pus.append(pu)
         return pu
 
+    @property
+    def store_url(self) -> str | None:
+        return None if self.store == NO_STORE else self.store
+
+    @property
+    def store_args(self) -> list[str]:
+        return [] if self.store_url is None else ["--store", self.store_url]
+
     def write_grid_file(self) -> None:
-        record = {"nats_url": self.url, "app": self.app, "space": self.space.name,
+        record = {"nats_url": self.url, "app": self.app, "space": self.space.name, "store": self.store_url,
                   "nats_pids": [node.pid for node in self.nats_nodes if node.is_running()],
                   "pus": [pu.pid for pu in self.pus if pu.alive()], "launcher_pid": os.getpid()}
         (self.data_dir / GRID_FILE).write_text(json.dumps(record, indent=2) + "\n")

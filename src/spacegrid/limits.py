@@ -34,6 +34,16 @@ class Limits:
     handoff_timeout_s: float = 30.0  # a leaving PU waits this long at most for its partitions to move
     pending_requests_max: int = 100_000
     catch_ups_max: int = 4  # backups of one PU catching up with the log at once (paces live migration)
+    write_behind_delay_s: float = 0.1  # the pump persists each partition's new writes at most this long after
+    write_behind_batch_rows: int = 500  # rows per store transaction
+    store_retry_backoff_s_max: float = 5.0  # backoff between attempts while the store is unavailable
+    store_load_batch_rows: int = 2000  # rows per read when a partition is loaded from the store
+    store_flush_on_stop_s: float = 30.0  # a stopping PU tries this long to persist what the store lacks
+    log_trim_interval_s: float = 1.0  # a partition's log is trimmed behind the store at most this often
+    backup_prune_interval_s: float = 1.0  # backups read the store's position this often
+    eviction_interval_s: float = 0.25  # how often entries are expired and bounded maps evicted down to size
+    eviction_scan_max: int = 10_000  # entries looked at per map and partition in one eviction round
+    versions_page_max: int = 10_000  # (key, version) pairs in one reconciliation reply
     store_pool_size: int = 4  # PostgreSQL connections per PU (= store transactions at once)
     store_statement_timeout_s: float = 10.0  # one store statement, lock waits included; connect; SQLite busy wait
 

@@ -14,6 +14,7 @@ OP_DELETE: Final = 3  # arg2 expected version or None
 OP_EXECUTE: Final = 4  # map_or_name handler name, arg1 args
 OP_QUERY: Final = 5  # map_or_name query name, arg1 args
 OP_GET_BACKUP: Final = 6  # a get answered by a hot backup: [value, version, lag_records, lag_s]
+OP_VERSIONS: Final = 7  # reconciliation: a map's (key, version) pairs in a partition; arg1 after key, arg2 limit (0: digest)
 
 # Reply: [req_id, status, payload]; status OK or an error code, payload [message, current_version] on error.
 OK: Final = 0

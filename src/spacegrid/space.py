@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
+from spacegrid.core.eviction import Eviction
 from spacegrid.errors import DefinitionError, InvalidKey, UnknownHandler, UnknownMap
 from spacegrid.partitioning import partition_of
 
@@ -47,14 +48,23 @@ def _default_merge(results: list[Any]) -> Any:
 class MapDef:
     """A named keyed collection; `affinity` maps a key to its routing key (default: the part after the last '@').
     replication "sync" acknowledges a write once JetStream acknowledged its append; "async" once it is applied in
-    the owner's memory (the append follows; a write the owner had not appended when it died is lost)."""
+    the owner's memory (the append follows; a write the owner had not appended when it died is lost).
+    persistence (when the PUs run with a store) is "write-behind" (the data pump persists committed writes in
+    batches), "write-through" (a write is acknowledged once the store committed it too) or "none"."""
 
     name: str
     affinity: Callable[[str], str] | None = None
     replication: str = "sync"
+    persistence: str = "write-behind"
+    eviction: Eviction | None = None
 
 
 REPLICATION_MODES = ("sync", "async")
+PERSISTENCE_MODES = ("write-behind", "write-through", "none")
+
+#: fn(map, key, value, version, error): called on the PU when the store rejected an entry for good (it went to the
+#: dead-letter table); the value is decoded, None for a delete.
+DeadLetterHook = Callable[[str, str, Any, int, str], None]
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,7 @@ class Space:
     maps: dict[str, MapDef] = field(default_factory=dict)
     handlers: dict[str, HandlerDef] = field(default_factory=dict)
     queries: dict[str, QueryDef] = field(default_factory=dict)
+    dead_letter_hooks: list[DeadLetterHook] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):
@@ -93,16 +104,25 @@ class Space:
         if not 0 <= self.backup_count <= 3:
             raise DefinitionError(f"backup_count must be between 0 and 3, not {self.backup_count}")
 
-    def map(self, name: str, affinity: Callable[[str], str] | None = None, replication: str = "sync") -> MapDef:
+    def map(self, name: str, affinity: Callable[[str], str] | None = None, replication: str = "sync",
+            persistence: str = "write-behind", eviction: Eviction | None = None) -> MapDef:
         """Declare a map. `affinity(key) -> routing key` puts related keys in one partition; `replication` is
-        "sync" (default) or "async"."""
+        "sync" (default) or "async"; `persistence` is "write-behind" (default), "write-through" or "none";
+        `eviction` bounds its entries in memory and expires them (see Eviction)."""
         if not _NAME.fullmatch(name):
             raise DefinitionError(f"map name {name!r} must match {_NAME.pattern}")
         if name in self.maps:
             raise DefinitionError(f"map {name!r} is declared twice")
         if replication not in REPLICATION_MODES:
             raise DefinitionError(f"map {name!r}: replication is one of {REPLICATION_MODES}, not {replication!r}")
-        definition = MapDef(name, affinity, replication)
+        if persistence not in PERSISTENCE_MODES:
+            raise DefinitionError(f"map {name!r}: persistence is one of {PERSISTENCE_MODES}, not {persistence!r}")
+        if persistence == "write-through" and replication == "async":
+            raise DefinitionError(f"map {name!r}: a write-through map can't be async (its writes wait for the store)")
+        if eviction is not None and eviction.evicts and persistence == "none":
+            raise DefinitionError(f"map {name!r}: eviction by size or idleness needs a store to read evicted entries "
+                                  "back from; give it persistence='write-behind' (or use ttl_s alone)")
+        definition = MapDef(name, affinity, replication, persistence, eviction)
         self.maps[name] = definition
         return definition
 
@@ -132,6 +152,11 @@ class Space:
             return fn
 
         return register
+
+    def on_dead_letter(self, fn: DeadLetterHook) -> DeadLetterHook:
+        """Register a compensation hook, called on the PU for each entry the store rejected for good."""
+        self.dead_letter_hooks.append(fn)
+        return fn
 
     def map_def(self, name: str) -> MapDef:
         try:

@@ -146,6 +146,24 @@ def test_progress_only_advances_and_an_older_snapshot_is_stale(target: Target) -
     run(target, body)
 
 
+def test_a_successors_first_batch_already_fences_a_deposed_pump(target: Target) -> None:
+    """The new owner's snapshot at lsn 9 is persisted in two batches; between them, the deposed owner's snapshot
+    at lsn 5 (which would bring back the key the first batch deleted) is refused, though the position has not
+    advanced yet."""
+
+    async def body(store: Store) -> None:
+        await store.persist(4, [Row("m", "k", b"old", 3)], 3, 30, advance=True)
+        await store.persist(4, [Row("m", "k", None, 8)], 9, 90, advance=False)  # the successor's first batch
+        assert (await store.progress(4)).lsn == 3
+        with pytest.raises(StaleWrite):
+            await store.persist(4, [Row("m", "k", b"resurrected", 4)], 5, 50, advance=False)
+        assert await store.load_key("m", "k") is None
+        await store.persist(4, [], 9, 90, advance=True)
+        assert (await store.progress(4)).lsn == 9
+
+    run(target, body)
+
+
 def test_load_partition_returns_exactly_the_live_rows_in_batches(target: Target) -> None:
     """Every live row of the partition, of every map, in batches no bigger than asked; no other partition's, no
     deleted one."""

@@ -1,4 +1,4 @@
-"""The `spacegrid` commands: up, pu, put, get, delete, call, query, status."""
+"""The `spacegrid` commands: up, pu, put, get, delete, call, query, status (chaos and reconcile live beside)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from spacegrid.client.client import Client
 from spacegrid.engine.connection import install_uvloop
 from spacegrid.errors import SpacegridError
 from spacegrid.inspect import GridStatus, read_status
-from spacegrid.launcher import DEFAULT_APP, LocalGrid, load_space, read_grid_file
+from spacegrid.launcher import DEFAULT_APP, EMBEDDED_STORE, LocalGrid, load_space, read_grid_file
 from spacegrid.limits import DEFAULT_LIMITS, Limits
 from spacegrid.space import Space
 
@@ -89,11 +89,15 @@ def cli(log_level: str) -> None:
 @click.option("--port", type=int, default=None, help="Port of the embedded nats-server (default: a free one).")
 @click.option("--nats-cluster", type=click.Choice(["0", "3", "5"]), default="0", show_default=True,
               help="Start a local NATS cluster of this many nodes instead of one (streams and KV get 3 replicas).")
+@click.option("--store", "store_url", default=EMBEDDED_STORE, show_default=True,
+              help="Durable store: a postgresql://... or sqlite:///... URL, 'embedded' (SQLite under --data-dir) "
+                   "or 'none'.")
 @click.option("--ready-timeout-s", type=float, default=120.0, show_default=True)
 def up(pus: int, data_dir: Path, app: str | None, nats_url: str | None, port: int | None, nats_cluster: str,
-       ready_timeout_s: float) -> None:
+       store_url: str, ready_timeout_s: float) -> None:
     """Run a grid here: an embedded nats-server (unless --nats), PUS processing units and the app (Ctrl-C stops it)."""
-    grid = LocalGrid(data_dir, app or DEFAULT_APP, nats_url=nats_url, nats_port=port, nats_cluster=int(nats_cluster))
+    grid = LocalGrid(data_dir, app or DEFAULT_APP, nats_url=nats_url, nats_port=port, nats_cluster=int(nats_cluster),
+                     store=store_url)
     stop_requested = False
 
     def request_stop(signum: int, frame: Any) -> None:
@@ -108,7 +112,13 @@ def up(pus: int, data_dir: Path, app: str | None, nats_url: str | None, port: in
             grid.start(pus)
             progress.update(task, description=f"{pus} PUs taking partitions")
 
+            started_s = time.monotonic()
+
             def show(status: GridStatus) -> None:
+                loaded = sum(int(info.get("loaded_rows", 0)) for info in status.members.values())
+                if loaded:  # a cold start over an existing store
+                    rate = loaded / max(time.monotonic() - started_s, 1e-3)
+                    progress.update(task, description=f"loading from the store: {loaded:,} rows ({rate:,.0f} rows/s)")
                 progress.update(task, completed=status.active_partitions)
 
             grid.wait_ready(ready_timeout_s, show, members=pus)
@@ -116,6 +126,7 @@ def up(pus: int, data_dir: Path, app: str | None, nats_url: str | None, port: in
         console.print(f"[green]spacegrid is up[/green]: space [bold]{grid.space.name}[/bold] "
                       f"({grid.space.partitions} partitions) on {pus} PUs")
         console.print(f"  NATS      {grid.url}")
+        console.print(f"  store     {grid.store_url or 'none (in memory and the log only)'}")
         console.print(f"  grid file {data_dir / 'grid.json'}   logs {data_dir / 'logs'}")
         console.print("  try       spacegrid call create_event E1 '{\"seats\": 100}'   then   spacegrid status")
         console.print("Ctrl-C stops the grid.")
@@ -151,20 +162,26 @@ def up(pus: int, data_dir: Path, app: str | None, nats_url: str | None, port: in
 @click.option("--handler-time-limit-s", type=float, default=DEFAULT_LIMITS.handler_time_limit_s, show_default=True)
 @click.option("--catch-ups-max", type=int, default=DEFAULT_LIMITS.catch_ups_max, show_default=True,
               help="Backups catching up with the log at once (paces live migration).")
+@click.option("--store", "store_url", default=None, envvar="SPACEGRID_STORE",
+              help="Durable store URL: postgresql://user@host/db or sqlite:///path (default: none).")
+@click.option("--write-behind-delay-s", type=float, default=DEFAULT_LIMITS.write_behind_delay_s, show_default=True)
+@click.option("--write-behind-batch-rows", type=int, default=DEFAULT_LIMITS.write_behind_batch_rows, show_default=True)
 @click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port (0: a free one).")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True)
 def pu(app: str | None, nats_url: str | None, data_dir: Path, replicas: int, heartbeat_interval_s: float,
        lease_s: float, heartbeat_timeout_s: float, handler_time_limit_s: float, catch_ups_max: int,
+       store_url: str | None, write_behind_delay_s: float, write_behind_batch_rows: int,
        metrics_port: int | None, metrics_host: str) -> None:
     """Run one processing unit in this process."""
     from spacegrid.unit.runner import run_pu
 
     url, space = _resolve(data_dir, nats_url, app)
     limits = Limits(heartbeat_interval_s=heartbeat_interval_s, lease_s=lease_s, heartbeat_timeout_s=heartbeat_timeout_s,
-                    handler_time_limit_s=handler_time_limit_s, catch_ups_max=catch_ups_max)
+                    handler_time_limit_s=handler_time_limit_s, catch_ups_max=catch_ups_max,
+                    write_behind_delay_s=write_behind_delay_s, write_behind_batch_rows=write_behind_batch_rows)
     install_uvloop()
     metrics = None if metrics_port is None else (metrics_host, metrics_port)
-    asyncio.run(run_pu(space, url, limits, replicas, metrics))
+    asyncio.run(run_pu(space, url, limits, replicas, metrics, store_url))
 
 
 @cli.command()
@@ -270,6 +287,26 @@ def status(data_dir: Path, nats_url: str | None, app: str | None, as_json: bool)
                         str(row["failovers"]),
                         str(len(row["active"])), str(row["requests"]), str(row["appends"]))
     out.print(members)
+    rows = grid.to_json()["members"]
+    if any("store_available" in row for row in rows):
+        store = Table(title="store (write-behind)")
+        for column in ("member", "available", "lag records", "lag s", "rows persisted", "errors", "dead letters"):
+            store.add_column(column, justify="left" if column == "member" else "right")
+        for row in rows:
+            store.add_row(row["id"], "yes" if row.get("store_available") else "[red]no[/red]",
+                          str(row.get("write_behind_lag_records", 0)), str(row.get("write_behind_lag_s", 0)),
+                          str(row.get("store_rows", 0)), str(row.get("store_errors", 0)), str(row.get("dead_letters", 0)))
+        out.print(store)
+    maps_table = Table(title="maps (owned partitions; hit rate where entries are evicted)")
+    for column in ("map", "entries", "hit rate", "misses", "evictions", "expirations"):
+        maps_table.add_column(column, justify="left" if column == "map" else "right")
+    for name in space.maps:
+        totals = {field: sum(int(row["maps"].get(name, {}).get(field, 0)) for row in rows)
+                  for field in ("entries", "hits", "misses", "evictions", "expirations")}
+        reads = totals["hits"] + totals["misses"]
+        maps_table.add_row(name, str(totals["entries"]), f"{totals['hits'] / reads:.1%}" if reads else "-",
+                           str(totals["misses"]), str(totals["evictions"]), str(totals["expirations"]))
+    out.print(maps_table)
     partitions = Table(title="partitions (owner@epoch)")
     partitions.add_column("partitions")
     partitions.add_column("owner")
@@ -282,7 +319,9 @@ def status(data_dir: Path, nats_url: str | None, app: str | None, as_json: bool)
 
 
 from spacegrid.cli.chaos import chaos
+from spacegrid.cli.reconcile import reconcile
 cli.add_command(chaos)
+cli.add_command(reconcile)
 
 
 def main() -> None:

@@ -173,6 +173,13 @@ class Client:
         ))
         return definition.merge(list(results))
 
+    async def partition_versions(self, partition: int, map: str, after_key: str | None = None, limit: int = 0,
+                                 deadline_s: float | None = None) -> dict[str, Any]:
+        """Reconciliation: from the owner of `partition`, the (key, version) pairs of `map` the store should hold,
+        sorted, a page of `limit` after `after_key` (limit 0: their count and digest instead), the writes the store
+        may not hold yet ("pending"), and whether every entry is in memory ("complete")."""
+        return dict(await self._call(partition, protocol.OP_VERSIONS, map, "", after_key, limit, deadline_s=deadline_s))
+
     # ---- routing and retries -------------------------------------------------------------------------------
 
     async def _call(self, partition: int, op: int, name: str, key: str, arg1: Any = None, arg2: Any = None,

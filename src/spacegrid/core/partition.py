@@ -7,15 +7,27 @@ committed (`Outcome.wait_lsn <= lsn_committed`); reads see committed entries onl
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict, deque
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from spacegrid import codec
-from spacegrid.errors import HandlerError, NotOwner, RequestError, SpacegridError, VersionConflict, WrongPartition
+from spacegrid.errors import (
+    HandlerError,
+    LogGap,
+    NotLoaded,
+    NotOwner,
+    RequestError,
+    SpacegridError,
+    VersionConflict,
+    WrongPartition,
+)
 from spacegrid.limits import Limits
+from spacegrid.core.eviction import MapEviction
 from spacegrid.space import Space, check_key
+from spacegrid.store.base import digest_of
 
 LOG_WRITES = "w"
 LOG_OWNER = "o"
@@ -44,6 +56,7 @@ class Outcome:
     value: Any
     wait_lsn: int
     error: SpacegridError | None = None
+    durable: bool = False  # write-through: the reply also waits until the store holds wait_lsn
 
 
 @dataclass(slots=True)
@@ -53,6 +66,16 @@ class PendingOp:
     result: Any
     encoded: bytes
     writes: list[tuple[str, str, Entry]]
+
+
+@dataclass(frozen=True, slots=True)
+class DirtyEntry:
+    """A committed write the store does not hold yet: the value (None: deleted) and the version it was written at."""
+
+    map: str
+    key: str
+    value: bytes | None
+    version: int
 
 
 @dataclass(slots=True)
@@ -78,6 +101,8 @@ class PartitionState:
         partition: int,
         limits: Limits,
         time_limit: Callable[[], AbstractContextManager[Any]] = nullcontext,
+        track_dirty: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.space = space
         self.partition = partition
@@ -93,6 +118,55 @@ class PartitionState:
         self.pending_by_op: dict[str, PendingOp] = {}
         self.dedup: OrderedDict[str, Any] = OrderedDict()
         self.async_maps = frozenset(m.name for m in space.maps.values() if m.replication == "async")
+        # Write-behind bookkeeping (only with a store): committed writes of persisted maps not in the store yet,
+        # (map, key) -> version; and the store position this state was loaded from (replay skips up to it).
+        self.persisted_maps = frozenset(m.name for m in space.maps.values() if m.persistence != "none") \
+            if track_dirty else frozenset()
+        self.write_through_maps = frozenset(m.name for m in space.maps.values() if m.persistence == "write-through") \
+            if track_dirty else frozenset()
+        self.dirty: dict[tuple[str, str], int] = {}
+        self.loaded_lsn = 0
+        # Maps bounded in memory or expiring (eviction by size or idleness only with a store to read back from).
+        self.clock = clock
+        self.eviction = {m.name: MapEviction(m.eviction, space.partitions) for m in space.maps.values()
+                         if m.eviction is not None and (track_dirty or not m.eviction.evicts)}
+        self.cache = {name: [0, 0, 0, 0] for name in self.eviction}  # map -> [hits, misses, evictions, expirations]
+
+    # ---- loading from the store ----------------------------------------------------------------------------
+
+    def begin_load(self, lsn: int) -> None:
+        """Start from the store's copy: every write with version <= lsn is in it (rows may be newer still)."""
+        assert self.lsn_committed == 0 and not self.maps and self.inflight is None, "load only a fresh state"
+        self.lsn_committed = self.lsn_assigned = self.loaded_lsn = lsn
+
+    def load_rows(self, rows: Iterable[tuple[str, str, bytes, int]]) -> int:
+        """Add (map, key, value, version) rows read from the store, as clean entries, up to each map's bound (the
+        rest stays in the store, read through on demand); returns how many were added."""
+        count = 0
+        now_s = self.clock()
+        for map_name, key, value, version in rows:
+            tracker = self.eviction.get(map_name)
+            if tracker is not None:
+                if tracker.full():
+                    tracker.complete = False
+                    continue
+                tracker.written_at(key, len(key) + len(value), now_s)
+            self.maps.setdefault(map_name, {})[key] = (value, version)
+            count += 1
+        return count
+
+    def load_key(self, map_name: str, key: str, row: tuple[bytes, int] | None) -> None:
+        """Read-through: the store's copy of a key that was not in memory (None: the store has none either)."""
+        if (map_name, key) in self.overlay or key in self.maps.get(map_name, {}):
+            return  # written or loaded since the read began: memory is newer
+        tracker = self.eviction[map_name]
+        if row is None:
+            tracker.remember_absent(key)
+            return
+        value, version = row
+        assert version <= self.lsn_committed, "the store never holds a write its owner has not committed"
+        self.maps.setdefault(map_name, {})[key] = (value, version)
+        tracker.written_at(key, len(key) + len(value), self.clock())
 
     # ---- replay -------------------------------------------------------------------------------------------
 
@@ -107,7 +181,13 @@ class PartitionState:
         assert kind == LOG_WRITES, f"unknown log record kind {kind!r}"
         for op_id, result, records in message[2]:
             for map_name, key, version, value, deleted in records:
-                assert version > self.lsn_committed, "versions only grow"
+                if version <= self.lsn_committed:
+                    assert version <= self.loaded_lsn, "versions only grow"
+                    continue  # the store already held it when this state was loaded
+                if version != self.lsn_committed + 1:
+                    raise LogGap(f"partition {self.partition}: the log continues at version {version} after "
+                                 f"{self.lsn_committed}; the records between were trimmed after a newer store copy "
+                                 "was written (reload from the store), or the store lost them (restore it)")
                 self._commit_write(map_name, key, (DELETED if deleted else bytes(value), version))
                 self.lsn_committed = version
             self._remember(op_id, result)
@@ -120,7 +200,10 @@ class PartitionState:
         its latest applied value, as its writes were acknowledged once applied."""
         if map_name in self.async_maps:
             return self._lookup(map_name, key)
-        return self.maps.get(map_name, {}).get(key)
+        entry = self.maps.get(map_name, {}).get(key)
+        if map_name in self.eviction:
+            self._track_read(map_name, key, entry is not None)
+        return entry
 
     def get(self, map_name: str, key: str) -> tuple[Any, int] | None:
         """The last committed value (a fresh copy) and version, or None."""
@@ -170,11 +253,12 @@ class PartitionState:
     def _write(self, op_id: str, map_name: str, key: str, body: Callable[[_Context], Any]) -> Outcome:
         if not isinstance(op_id, str) or not op_id:
             return Outcome(None, self.lsn_assigned, RequestError("a write needs an operation id"))
+        durable = map_name in self.write_through_maps  # a retry waits for the store like the first attempt
         pending = self.pending_by_op.get(op_id)
         if pending is not None:
-            return Outcome(pending.result, pending.lsn_last)
+            return Outcome(pending.result, pending.lsn_last, durable=durable)
         if op_id in self.dedup:
-            return Outcome(self.dedup[op_id], self.lsn_assigned)
+            return Outcome(self.dedup[op_id], self.lsn_assigned, durable=durable)
         ctx = _Context(self, map_name)
         try:
             ctx.check(map_name, key)
@@ -183,11 +267,12 @@ class PartitionState:
                 self._stage(op_id, result, ctx.staged)
                 if all(staged_map in self.async_maps for staged_map, _ in ctx.staged):
                     return Outcome(result, self.lsn_committed)  # async: acknowledged once applied here
-            else:
-                codec.encode_bounded(result, self.limits.write_bytes_max, "result")
+                durable = durable or any(staged_map in self.write_through_maps for staged_map, _ in ctx.staged)
+                return Outcome(result, self.lsn_assigned, durable=durable)
+            codec.encode_bounded(result, self.limits.write_bytes_max, "result")
         except SpacegridError as exc:
             return Outcome(None, self.lsn_assigned, exc)
-        return Outcome(result, self.lsn_assigned)
+        return Outcome(result, self.lsn_assigned, durable=durable)
 
     def _stage(self, op_id: str, result: Any, staged: dict[tuple[str, str], Any]) -> None:
         """Give the staged writes their versions, encode the operation's log entry, and apply it to the overlay."""
@@ -261,6 +346,84 @@ class PartitionState:
     def entry_count(self) -> int:
         return sum(len(entries) for entries in self.maps.values())
 
+    # ---- write-behind --------------------------------------------------------------------------------------
+
+    def dirty_entries(self) -> list[DirtyEntry]:
+        """A consistent snapshot, at lsn_committed, of every committed write the store does not hold yet."""
+        snapshot = []
+        for (map_name, key), version in self.dirty.items():
+            entry = self.maps.get(map_name, {}).get(key)
+            if entry is None:
+                snapshot.append(DirtyEntry(map_name, key, None, version))
+            else:
+                assert entry[VERSION] == version, "a dirty key's entry has the version it was marked at"
+                snapshot.append(DirtyEntry(map_name, key, entry[VALUE], version))
+        return snapshot
+
+    def on_persisted(self, lsn: int) -> None:
+        """The store holds every write with version <= lsn: those keys are clean (unless written again since)."""
+        self.dirty = {item: version for item, version in self.dirty.items() if version > lsn}
+
+    def versions(self, map_name: str, after_key: str | None, limit: int, pending_max: int) -> dict[str, Any]:
+        """Reconciliation: the committed (key, version) pairs of a map that the store should hold, sorted by key
+        (a page after after_key; limit 0: only their count and digest), and the writes it may not hold yet."""
+        self.space.map_def(map_name)
+        entries = self.maps.get(map_name, {})
+        pending = sorted((key, version) for (name, key), version in self.dirty.items() if name == map_name)
+        pending_keys = {key for key, _ in pending}
+        clean = sorted((key, entry[VERSION]) for key, entry in entries.items() if key not in pending_keys)
+        tracker = self.eviction.get(map_name)
+        result: dict[str, Any] = {"lsn": self.lsn_committed, "complete": tracker is None or tracker.complete,
+                                  "pending": [list(pair) for pair in pending[:pending_max]],
+                                  "pending_count": len(pending)}
+        if limit == 0:
+            result.update(count=len(clean), digest=digest_of(clean))
+        else:
+            result["entries"] = [list(pair) for pair in clean if after_key is None or pair[0] > after_key][:limit]
+        return result
+
+    # ---- eviction and expiry -------------------------------------------------------------------------------
+
+    def evict(self, scan_max: int) -> int:
+        """Drop persisted entries from memory where a map is over its bounds or idle entries; returns how many."""
+        now_s = self.clock()
+        evicted = 0
+        for map_name, tracker in self.eviction.items():
+            if not tracker.config.evicts:
+                continue
+            entries = self.maps.get(map_name, {})
+            dirty = self.dirty
+            overlay = self.overlay
+            for key in tracker.evictable(now_s, lambda k: (map_name, k) in dirty or (map_name, k) in overlay, scan_max):
+                del entries[key]
+                tracker.removed(key)
+                tracker.complete = False
+                evicted += 1
+            self.cache[map_name][2] += evicted
+        return evicted
+
+    def expired(self, limit: int) -> list[tuple[str, str, int]]:
+        """(map, key, version) of entries past their map's ttl_s, for the owner to delete through the log."""
+        now_s = self.clock()
+        found = []
+        for map_name, tracker in self.eviction.items():
+            entries = self.maps.get(map_name, {})
+            for key in tracker.expired(now_s, limit):
+                entry = entries.get(key)
+                if entry is not None and (map_name, key) not in self.overlay:
+                    found.append((map_name, key, entry[VERSION]))
+        return found
+
+    def _track_read(self, map_name: str, key: str, found: bool) -> None:
+        """Count a read of an eviction-tracked map; a miss that may be in the store raises NotLoaded."""
+        tracker = self.eviction[map_name]
+        if found:
+            tracker.touched(key, self.clock())
+            self.cache[map_name][0] += 1
+        elif not tracker.complete and key not in tracker.absent:
+            self.cache[map_name][1] += 1
+            raise NotLoaded(f"{map_name}[{key!r}] is not in memory", map_name, key)
+
     # ---- internals -----------------------------------------------------------------------------------------
 
     def _commit_write(self, map_name: str, key: str, entry: Entry) -> None:
@@ -269,6 +432,14 @@ class PartitionState:
             entries.pop(key, None)
         else:
             entries[key] = entry
+        if map_name in self.persisted_maps:
+            self.dirty[(map_name, key)] = entry[VERSION]
+        tracker = self.eviction.get(map_name)
+        if tracker is not None:
+            if entry[VALUE] is DELETED:
+                tracker.removed(key)
+            else:
+                tracker.written_at(key, len(key) + len(entry[VALUE]), self.clock())
 
     def _remember(self, op_id: str, result: Any) -> None:
         self.dedup[op_id] = result
@@ -279,6 +450,8 @@ class PartitionState:
         entry = None if committed_only else self.overlay.get((map_name, key))
         if entry is None:
             entry = self.maps.get(map_name, {}).get(key)
+            if map_name in self.eviction:
+                self._track_read(map_name, key, entry is not None)
         return None if entry is None or entry[VALUE] is DELETED else entry
 
 

@@ -11,6 +11,7 @@ from typing import Any, Callable
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
+from nats.errors import Error as NatsError
 from nats.js.errors import BadRequestError, NotFoundError
 
 from spacegrid import codec
@@ -116,6 +117,13 @@ class Changelog:
             return 0
         return int(message.seq or 0)
 
+    async def trim(self, partition: int, keep_from_seq: int) -> None:
+        """Delete the partition's messages before stream sequence keep_from_seq; that one and later ones stay."""
+        try:
+            await self.js.purge_stream(self.names.stream, seq=keep_from_seq, subject=self.names.log_subject(partition))
+        except NatsError as exc:
+            raise GridUnavailable(f"trimming partition {partition}'s log failed: {exc}") from exc
+
     async def replay(
         self,
         partition: int,
@@ -156,10 +164,11 @@ class Changelog:
 
 
     async def follow(self, partition: int, after_seq: int, apply: Callable[[int, Any, int], None],
-                     size_max_bytes: int) -> Any:
+                     size_max_bytes: int, on_broken: Callable[[], None]) -> Any:
         """Feed every message after after_seq, then every new one as it is appended, to apply(seq, message,
         pending) where pending counts the messages the server still has to deliver; returns the subscription
-        (unsubscribe to stop). A message that fails to decode or apply stops the feed (logged)."""
+        (unsubscribe to stop). A message that fails to decode or apply stops the feed (logged) and calls
+        on_broken()."""
         state = {"last": after_seq, "broken": False}
 
         async def on_message(msg: Msg) -> None:
@@ -172,6 +181,7 @@ class Changelog:
             except Exception:
                 state["broken"] = True
                 log.exception("following partition %d stopped at seq %d", partition, seq)
+                on_broken()
                 return
             state["last"] = seq
 

@@ -18,6 +18,20 @@ COUNTERS = {
     "rejoins": "Times this PU found itself declared dead and joined again",
     "acquired": "Partitions acquired",
     "released": "Partitions released",
+    "store_rows": "Rows persisted to the store by the write-behind pump",
+    "store_flushes": "Store transactions of the write-behind pump that committed",
+    "store_errors": "Write-behind attempts that failed because the store was unavailable (retried)",
+    "dead_letters": "Entries the store rejected for good, sent to the dead-letter table",
+    "log_trims": "Log trims behind the store",
+    "loaded_rows": "Rows loaded from the store by recovering partitions",
+}
+GAUGES = {
+    "write_behind_lag_records": "Committed writes the store does not hold yet (keys, coalesced)",
+    "write_behind_lag_s": "Age of the oldest committed write the store does not hold yet",
+    "write_through_waiting": "Write-through replies waiting for the store",
+    "store_available": "1 while the write-behind pump reaches the store, 0 while it retries",
+    "append_backlog_records": "Writes applied but not yet appended (async maps, or waiting for an append)",
+    "backups_catching_up": "Backups catching up with their partition's log (migration in progress)",
 }
 
 
@@ -37,11 +51,11 @@ class PuCollector(Collector):
         owned = GaugeMetricFamily("spacegrid_partitions_active", "Partitions this PU serves", labels=["member"])
         owned.add_metric([member], float(len(stats.get("active", ()))))
         yield owned
-        backlog = GaugeMetricFamily("spacegrid_append_backlog_records",
-                                    "Writes applied but not yet appended (async maps, or waiting for an append)",
-                                    labels=["member"])
-        backlog.add_metric([member], float(stats.get("append_backlog_records", 0)))
-        yield backlog
+        for name, help_text in GAUGES.items():
+            if name in stats:
+                gauge = GaugeMetricFamily(f"spacegrid_{name}", help_text, labels=["member"])
+                gauge.add_metric([member], float(stats[name]))
+                yield gauge
         lag_records = GaugeMetricFamily("spacegrid_replication_lag_records",
                                         "Records a hot backup is behind its partition's log",
                                         labels=["member", "partition"])

@@ -138,11 +138,18 @@ def _v1_space_tables(tables: TableNames, dialect: Dialect) -> list[str]:
     ]
 
 
+def _v2_claimed_lsn(tables: TableNames, dialect: Dialect) -> list[str]:
+    """The fence also covers a snapshot's first batches: every persist claims its snapshot's lsn, so a deposed
+    pump's older snapshot is refused as soon as its successor wrote one batch (not only once it advanced)."""
+    return [f"ALTER TABLE {quoted(tables.progress)} ADD COLUMN claimed BIGINT NOT NULL DEFAULT 0"]
+
+
 #: The layout's history: step n takes a space's tables from layout n-1 to n (0: none). open() applies the steps past
 #: the version recorded in sg_schema, in order, then creates missing map tables, all in one transaction that
 #: concurrent openers take one at a time. Append steps; never edit one that shipped.
 MIGRATIONS: Final[tuple[Callable[[TableNames, Dialect], list[str]], ...]] = (
     _v1_space_tables,
+    _v2_claimed_lsn,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

@@ -118,7 +118,7 @@ class PostgresStore(Store):
     async def persist(self, partition: int, rows: Sequence[Row], lsn: int, seq: int, advance: bool) -> None:
         assert lsn >= 0 and seq >= 0
         progress = quoted(self.tables.progress)
-        lock = f"SELECT lsn FROM {progress} WHERE partition = $1 FOR UPDATE"
+        lock = f"SELECT greatest(lsn, claimed) FROM {progress} WHERE partition = $1 FOR UPDATE"
 
         async def persist(db: asyncpg.Connection) -> None:
             async with db.transaction():
@@ -128,7 +128,9 @@ class PostgresStore(Store):
                                      "VALUES ($1, 0, 0, now()) ON CONFLICT (partition) DO NOTHING", partition)
                     stored = await db.fetchval(lock, partition)
                 if stored > lsn:
-                    raise StaleWrite(f"partition {partition}: the store holds lsn {stored}, past this snapshot's {lsn}")
+                    raise StaleWrite(f"partition {partition}: the store holds or was claimed up to lsn {stored}, "
+                                     f"past this snapshot's {lsn}")
+                await db.execute(f"UPDATE {progress} SET claimed = $2 WHERE partition = $1", partition, lsn)
                 await self._write(db, partition, rows, guarded=True)
                 if advance:
                     status = await db.execute(f"UPDATE {progress} SET lsn = $2, seq = $3, updated_at = now() "

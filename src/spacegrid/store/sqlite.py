@@ -111,10 +111,14 @@ class SqliteStore(Store):
         def persist(db: sqlite3.Connection) -> None:
             now_s = time.time()
             with _immediate(db):  # the file's write lock covers the progress row
-                found = db.execute(f"SELECT lsn FROM {progress} WHERE partition = ?", (partition,)).fetchone()
+                found = db.execute(f"SELECT max(lsn, claimed) FROM {progress} WHERE partition = ?",
+                                   (partition,)).fetchone()
                 if found is not None and int(found[0]) > lsn:
-                    raise StaleWrite(f"partition {partition}: the store holds lsn {found[0]}, past this "
-                                     f"snapshot's {lsn}")
+                    raise StaleWrite(f"partition {partition}: the store holds or was claimed up to lsn {found[0]}, "
+                                     f"past this snapshot's {lsn}")
+                db.execute(f"INSERT INTO {progress} (partition, lsn, seq, updated_at, claimed) VALUES (?, 0, 0, ?, ?) "
+                           "ON CONFLICT (partition) DO UPDATE SET claimed = excluded.claimed",
+                           (partition, now_s, lsn))
                 self._write(db, partition, rows, now_s, guarded=True)
                 if advance:
                     changed = db.execute(

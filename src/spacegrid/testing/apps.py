@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
-from spacegrid import EntryContext, PartitionView, Space
+from spacegrid import EntryContext, Eviction, PartitionView, Space
 
 space = Space("testapp", partitions=16)
 space.map("kv")
 space.map("counters")
 space.map("cache", replication="async")
+space.map("ledger", persistence="write-through")
+space.map("bounded", eviction=Eviction(max_entries=64))  # at most 4 entries per partition in memory
+space.map("sessions", persistence="none", eviction=Eviction(ttl_s=1.0))
 
 APP = "spacegrid.testing.apps:space"
+DEAD_LETTERS_ENV = "SPACEGRID_TEST_DEAD_LETTERS"
+
+
+@space.on_dead_letter
+def record_dead_letter(map_name: str, key: str, value: Any, version: int, error: str) -> None:
+    """Compensation hook of the tests: append the rejected entry, as a JSON line, to the file the env names."""
+    path = os.environ.get(DEAD_LETTERS_ENV)
+    if path:
+        with open(path, "a") as out:
+            out.write(json.dumps({"map": map_name, "key": key, "value": value, "version": version,
+                                  "error": error}) + "\n")
 
 
 @space.handler("counters")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from spacegrid.engine.server import NatsServerProcess, NatsServerSpec
-from spacegrid.launcher import DEFAULT_APP, LocalGrid
+from spacegrid.launcher import DEFAULT_APP, EMBEDDED_STORE, LocalGrid
 
 
 @pytest.fixture
@@ -33,11 +36,14 @@ TEST_PU_ARGS = ["--handler-time-limit-s", "0.5"]
 
 @pytest.fixture
 def grid_factory(tmp_path: Path) -> Iterator[Callable[..., LocalGrid]]:
-    """start(app=..., pus=N) -> a ready LocalGrid (real nats-server, real PU processes); all stopped after the test."""
+    """start(app=..., pus=N, store=URL) -> a ready LocalGrid (real nats-server, real PU processes, by default a
+    SQLite store under its data dir); all stopped after the test."""
     grids: list[LocalGrid] = []
 
-    def start(app: str = DEFAULT_APP, pus: int = 2, pu_args: list[str] | None = None, ready_timeout_s: float = 60.0) -> LocalGrid:
-        grid = LocalGrid(tmp_path / f"grid{len(grids)}", app, pu_args=list(TEST_PU_ARGS if pu_args is None else pu_args))
+    def start(app: str = DEFAULT_APP, pus: int = 2, pu_args: list[str] | None = None, ready_timeout_s: float = 60.0,
+              store: str = EMBEDDED_STORE) -> LocalGrid:
+        grid = LocalGrid(tmp_path / f"grid{len(grids)}", app, pu_args=list(TEST_PU_ARGS if pu_args is None else pu_args),
+                         store=store)
         grids.append(grid)
         grid.start(pus)
         grid.wait_ready(ready_timeout_s, members=pus)
@@ -48,3 +54,31 @@ def grid_factory(tmp_path: Path) -> Iterator[Callable[..., LocalGrid]]:
     finally:
         for grid in grids:
             grid.stop()
+
+
+PG_DSN = os.environ.get("SPACEGRID_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _pg_execute(sql: str) -> None:
+    import asyncpg
+
+    async def run() -> None:
+        connection = await asyncpg.connect(PG_DSN, timeout=10)
+        try:
+            await connection.execute(sql)
+        finally:
+            await connection.close()
+
+    asyncio.run(run())
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A store URL for the local PostgreSQL, in a fresh schema of its own (dropped afterwards)."""
+    schema = f"sgtest_{secrets.token_hex(4)}"
+    _pg_execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield f"{PG_DSN}?search_path={schema}"
+    finally:
+        _pg_execute(f"DROP SCHEMA {schema} CASCADE")
+

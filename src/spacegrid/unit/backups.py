@@ -12,7 +12,9 @@ from typing import Any, Callable
 
 from spacegrid.core.partition import PartitionState
 from spacegrid.engine.changelog import Changelog
+from spacegrid.unit.pump import load_from_store
 from spacegrid.limits import Limits
+from spacegrid.store.base import Store
 from spacegrid.space import Space
 
 log = logging.getLogger("spacegrid.backups")
@@ -52,8 +54,9 @@ class Backups:
     wait in order. Ownership moves only to a ready backup, so this also paces live migration."""
 
     def __init__(self, changelog: Changelog, space: Space, limits: Limits,
-                 time_limit: Callable[[], AbstractContextManager[Any]]) -> None:
+                 time_limit: Callable[[], AbstractContextManager[Any]], store: Store | None = None) -> None:
         self.changelog = changelog
+        self.store = store  # with a store, a backup starts from the store's copy and follows the log's tail
         self.space = space
         self.limits = limits
         self.time_limit = time_limit
@@ -66,7 +69,8 @@ class Backups:
             if partition not in wanted:
                 self._stop(self.held.pop(partition))
         for partition in sorted(wanted - self.held.keys()):
-            self.held[partition] = Backup(partition, PartitionState(self.space, partition, self.limits, self.time_limit))
+            state = PartitionState(self.space, partition, self.limits, self.time_limit, track_dirty=self.store is not None)
+            self.held[partition] = Backup(partition, state)
             self.waiting.append(partition)
         self._start_waiting()
 
@@ -107,6 +111,9 @@ class Backups:
 
     async def _start(self, backup: Backup) -> None:
         try:
+            if self.store is not None:
+                progress = await self.store.progress(backup.partition)
+                await load_from_store(self.store, backup.state, progress.lsn, self.limits.store_load_batch_rows)
             backup.target_seq = await self.changelog.last_sequence(backup.partition)
             backup.behind_since_s = time.monotonic() if backup.target_seq else None
 
@@ -124,7 +131,8 @@ class Backups:
                 elif backup.behind_since_s is None:
                     backup.behind_since_s = time.monotonic()
 
-            backup.sub = await self.changelog.follow(backup.partition, 0, apply, 2 * self.limits.append_bytes_max)
+            backup.sub = await self.changelog.follow(backup.partition, 0, apply, 2 * self.limits.append_bytes_max,
+                                                     on_broken=lambda: self._restart(backup))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -132,6 +140,12 @@ class Backups:
             if self.held.get(backup.partition) is backup:
                 del self.held[backup.partition]
         self._start_waiting()  # ready at once (an empty log), or failed: either way it holds no slot any more
+
+    def _restart(self, backup: Backup) -> None:
+        """Following broke (the log was trimmed past this replica): drop it; the next sync starts it afresh."""
+        if self.held.get(backup.partition) is backup:
+            del self.held[backup.partition]
+            self._stop(backup)
 
     def _stop(self, backup: Backup) -> None:
         if backup.task is not None and not backup.task.done():

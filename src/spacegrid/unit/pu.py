@@ -28,17 +28,22 @@ from spacegrid.engine.coordination import Coordination
 from spacegrid.engine.subjects import Names
 from spacegrid.errors import (
     CommitUnknown,
+    ConfigError,
     Fenced,
     GridUnavailable,
+    NotLoaded,
     NotOwner,
     PartitionUnavailable,
     RequestError,
     SpacegridError,
+    StoreUnavailable,
 )
 from spacegrid.limits import DEFAULT_LIMITS, Limits
 from spacegrid.partitioning import PartitionTable
 from spacegrid.space import Space
+from spacegrid.store.base import Store
 from spacegrid.unit.backups import Backups
+from spacegrid.unit.pump import PersistState, Pump, load_from_store
 
 log = logging.getLogger("spacegrid.pu")
 
@@ -63,6 +68,9 @@ class Slot:
     task: asyncio.Task[None] | None = None
     sub: Any = None
     start_seq: int = 0  # replay starts after this (a promoted backup has applied the log so far)
+    promoted: bool = False  # the state is a backup's replica, already loaded and following
+    loading: dict[tuple[str, str], list[tuple[Any, str]]] = field(default_factory=dict)  # read-through: waiting requests
+    persist: PersistState = field(default_factory=PersistState)
 
 
 def new_member_id() -> str:
@@ -80,8 +88,17 @@ class ProcessingUnit:
         replicas: int = 1,
         member_id: str | None = None,
         time_limit: Callable[[], AbstractContextManager[Any]] = nullcontext,
+        store: Store | None = None,
     ) -> None:
+        through = [m.name for m in space.maps.values() if m.persistence == "write-through"]
+        if through and store is None:
+            raise ConfigError(f"maps {through} are write-through: run the PU with a store (--store URL)")
+        evicting = [m.name for m in space.maps.values() if m.eviction is not None and m.eviction.evicts]
+        if evicting and store is None:
+            raise ConfigError(f"maps {evicting} evict entries to the store: run the PU with a store (--store URL)")
         self.space = space
+        self.store = store
+        self.pump: Pump | None = None
         self.nats_url = nats_url
         self.limits = limits
         self.replicas = replicas
@@ -102,7 +119,7 @@ class ProcessingUnit:
         self.slots: dict[int, Slot] = {}
         self.started_s = time.time()
         self.counters = {"requests": 0, "messages": 0, "appends": 0, "records": 0, "fenced": 0, "acquired": 0, "released": 0,
-                         "rejoins": 0, "failovers": 0, "promoted": 0}
+                         "rejoins": 0, "failovers": 0, "promoted": 0, "loaded_rows": 0}
         self._out: dict[str, list[bytes]] = {}
         self._flush_scheduled = False
         self._coordinating = asyncio.Lock()
@@ -118,9 +135,17 @@ class ProcessingUnit:
         self.js = self.nc.jetstream(timeout=self.limits.jetstream_api_timeout_s)
         self.changelog = Changelog(self.nc, self.js, self.names, self.limits.append_timeout_s)
         await self.changelog.start()
-        self.backups = Backups(self.changelog, self.space, self.limits, self.time_limit)
+        if self.store is not None:
+            await self._open_store(self.store)
+            self.pump = Pump(self.store, self.changelog, self.space, self.limits, self._on_persisted)
+        self.backups = Backups(self.changelog, self.space, self.limits, self.time_limit, self.store)
         self._request_sub = await self.nc.subscribe(self.names.pu_subject(self.member_id), cb=self._on_message)
         await self._bootstrap()  # ends with the first heartbeat: the member is announced once it listens
+        if self.pump is not None:
+            self._tasks.append(asyncio.create_task(self.pump.run(self._active_slots), name="pump"))
+            self._tasks.append(asyncio.create_task(self._prune_backups_loop(), name="prune-backups"))
+        if any(m.eviction is not None for m in self.space.maps.values()):
+            self._tasks.append(asyncio.create_task(self._eviction_loop(), name="eviction"))
         self._tasks.append(await self.coord.watch(self.coord.members, ">", self._on_member))
         self._tasks.append(await self.coord.watch(self.coord.table, self.names.table_key, self._on_table))
         self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name="heartbeat"))
@@ -141,6 +166,51 @@ class ProcessingUnit:
                     raise GridUnavailable(f"JetStream did not answer within {timeout_s}s: {exc}") from exc
                 log.info("JetStream not ready yet (%s); retrying", exc)
                 await asyncio.sleep(0.25)
+
+    async def _open_store(self, store: Store, timeout_s: float = 60.0) -> None:
+        """Connect to the store and create or migrate its tables, retrying while it is unreachable."""
+        deadline_s = time.monotonic() + timeout_s
+        while True:
+            try:
+                await store.open()
+                return
+            except StoreUnavailable as exc:
+                if time.monotonic() > deadline_s:
+                    raise
+                log.warning("store %s unavailable (%s); retrying", store.url, exc)
+                await asyncio.sleep(1.0)
+
+    def _active_slots(self) -> list[Slot]:
+        return [slot for slot in self.slots.values() if slot.status == ACTIVE]
+
+    async def _prune_backups_loop(self) -> None:
+        """Backups learn from the store what their owner persisted, so their unpersisted-writes set stays small."""
+        assert self.store is not None
+        while True:
+            await asyncio.sleep(self.limits.backup_prune_interval_s)
+            try:
+                for partition, backup in list(self.backups.held.items()):
+                    if backup.sub is not None:
+                        backup.state.on_persisted((await self.store.progress(partition)).lsn)
+            except StoreUnavailable:
+                pass  # the next round prunes
+
+    async def _eviction_loop(self) -> None:
+        """Expire entries past their TTL (a delete through the log, so backups and the store follow) and drop
+        persisted entries from memory where a map is over its bounds or idle (on backups too)."""
+        expiries = 0
+        while True:
+            await asyncio.sleep(self.limits.eviction_interval_s)
+            for slot in self._active_slots():
+                for map_name, key, version in slot.state.expired(self.limits.eviction_scan_max):
+                    expiries += 1
+                    outcome = slot.state.delete(f"expire:{self.member_id}:{expiries}", map_name, key, version)
+                    if outcome.error is None:
+                        slot.state.cache[map_name][3] += 1
+                self._schedule_append(slot)
+                slot.state.evict(self.limits.eviction_scan_max)
+            for backup in list(self.backups.held.values()):
+                backup.state.evict(self.limits.eviction_scan_max)
 
     async def leave(self) -> None:
         """Graceful shutdown: ask the coordinator to move everything this PU owns or backs up to others (live
@@ -171,13 +241,29 @@ class ProcessingUnit:
         except Exception as exc:  # best effort: the heartbeat timeout covers a failed goodbye
             log.warning("could not remove member record: %s", exc)
         self.backups.stop_all()
-        for partition in list(self.slots):
-            self._release(partition, "PU stopping")
         if self._appending:
             await asyncio.wait(list(self._appending), timeout=self.limits.append_timeout_s)
+        await self._flush_store()
+        for partition in list(self.slots):
+            self._release(partition, "PU stopping")
         await self._flush_replies()
         await self.changelog.stop()
         await self.nc.drain()
+        if self.store is not None:
+            await self.store.close()
+
+    async def _flush_store(self) -> None:
+        """Graceful stop: persist every unpersisted write of the partitions this PU still owns (bounded)."""
+        if self.pump is None:
+            return
+        deadline_s = time.monotonic() + self.limits.store_flush_on_stop_s
+        while time.monotonic() < deadline_s:
+            if await self.pump.flush_all(self._active_slots(), retry_now=True):
+                return
+            await asyncio.sleep(min(1.0, max(0.0, deadline_s - time.monotonic())))
+        lagging = sum(len(slot.state.dirty) for slot in self._active_slots())
+        log.error("stopping with %d writes the store does not hold yet (it was unavailable for %.0fs); they are in "
+                  "the log, and the next owner persists them", lagging, self.limits.store_flush_on_stop_s)
 
     def statistics(self) -> dict[str, Any]:
         return {
@@ -191,8 +277,38 @@ class ProcessingUnit:
             "backups_waiting": len(self.backups.waiting),
             "leaving": self.leaving,
             "append_backlog_records": sum(len(op.writes) for s in self.slots.values() for op in s.state.unsent),
+            "maps": self._map_statistics(),
+            **self._store_statistics(),
             "table_version": self.table.version,
             **self.counters,
+        }
+
+    def _map_statistics(self) -> dict[str, dict[str, int]]:
+        """Per map: entries in memory on this PU's owned partitions; for bounded maps, hits, misses (read through
+        from the store), evictions and expirations."""
+        maps: dict[str, dict[str, int]] = {name: {"entries": 0} for name in self.space.maps}
+        for slot in self.slots.values():
+            for name, entries in slot.state.maps.items():
+                maps[name]["entries"] += len(entries)
+            for name, (hits, misses, evictions, expirations) in slot.state.cache.items():
+                totals = maps[name]
+                for field_name, value in (("hits", hits), ("misses", misses), ("evictions", evictions),
+                                          ("expirations", expirations)):
+                    totals[field_name] = totals.get(field_name, 0) + value
+        return maps
+
+    def _store_statistics(self) -> dict[str, Any]:
+        if self.pump is None:
+            return {}
+        now_s = time.monotonic()
+        active = self._active_slots()
+        return {
+            "store": self.store.url if self.store is not None else None,
+            "store_available": self.pump.available,
+            "write_behind_lag_records": sum(len(slot.state.dirty) for slot in active),
+            "write_behind_lag_s": round(max((slot.persist.lag_s(now_s) for slot in active), default=0.0), 3),
+            "write_through_waiting": sum(len(slot.persist.waiters) for slot in active),
+            **self.pump.counters,
         }
 
     # ---- membership, table and coordination ----------------------------------------------------------------
@@ -352,10 +468,11 @@ class ProcessingUnit:
     def _acquire(self, partition: int, epoch: int) -> None:
         backup = self.backups.take(partition)
         if backup is not None:
-            slot = Slot(partition, epoch, backup.state, start_seq=backup.applied_seq)
+            slot = Slot(partition, epoch, backup.state, start_seq=backup.applied_seq, promoted=True)
             self.counters["promoted"] += 1
         else:
-            slot = Slot(partition, epoch, PartitionState(self.space, partition, self.limits, self.time_limit))
+            slot = Slot(partition, epoch, PartitionState(self.space, partition, self.limits, self.time_limit,
+                                                         track_dirty=self.store is not None))
         self.slots[partition] = slot
         slot.task = asyncio.create_task(self._recover(slot), name=f"recover:{partition}")
 
@@ -364,6 +481,8 @@ class ProcessingUnit:
         partition = slot.partition
         try:
             await self._wait_for_handoff(partition)
+            if self.store is not None:
+                await self._catch_up_with_store(slot)
             seq = await self.changelog.last_sequence(partition)
             seq = await self._replay(slot, slot.start_seq, seq)
             marker = encode_owner_marker(slot.epoch, self.member_id)
@@ -382,9 +501,23 @@ class ProcessingUnit:
                 del self.slots[partition]
             return
         slot.state.set_owner_epoch(slot.epoch)
+        if slot.state.dirty:
+            slot.persist.unpersisted_since_s = time.monotonic()
         slot.status = ACTIVE
         slot.sub = await self.nc.subscribe(self.names.partition_subject(partition), cb=self._on_message)
         self.counters["acquired"] += 1
+
+    async def _catch_up_with_store(self, slot: Slot) -> None:
+        """A new owner learns what the store holds: a promoted backup forgets the writes persisted since it
+        loaded; a fresh state is loaded from the store (the log holds only what the store may lack)."""
+        assert self.store is not None
+        progress = await self.store.progress(slot.partition)
+        slot.persist.lsn = progress.lsn
+        if slot.promoted:
+            slot.state.on_persisted(progress.lsn)
+        else:
+            loaded = await load_from_store(self.store, slot.state, progress.lsn, self.limits.store_load_batch_rows)
+            self.counters["loaded_rows"] += loaded  # not `+= await`: that reads the counter before awaiting
 
     async def _wait_for_handoff(self, partition: int) -> None:
         """A partition taken from a live PU is served only once that PU runs the table that moved it (so it no
@@ -418,6 +551,11 @@ class ProcessingUnit:
             asyncio.ensure_future(slot.sub.unsubscribe())
         if not slot.appending:
             self._fail_waiters(slot, NotOwner(f"partition {partition} moved: {reason}"))
+        unpersisted = CommitUnknown(f"partition {partition} moved before the store confirmed the write ({reason}); "
+                                    "it is committed in the log: retry with the same operation id")
+        for _, reply_to, req_id, _ in slot.persist.waiters:
+            self._reply(reply_to, protocol.error_reply(req_id, unpersisted))
+        slot.persist.waiters.clear()
 
     # ---- serving requests ----------------------------------------------------------------------------------
 
@@ -460,16 +598,24 @@ class ProcessingUnit:
                     f"PU {self.member_id} does not serve partition {partition} (table v{self.table.version})"
                 )
             state = slot.state
-            if not reads_ok and (op in (protocol.OP_GET, protocol.OP_QUERY)
+            if not reads_ok and (op in (protocol.OP_GET, protocol.OP_QUERY, protocol.OP_VERSIONS)
                                  or (op == protocol.OP_EXECUTE and self.space.handler_def(name).read_only)):
                 raise PartitionUnavailable(f"PU {self.member_id}'s read lease has expired: it can't vouch that it "
                                            "still owns the partition")
             if op == protocol.OP_GET:
                 self._check_route(name, key, partition)
-                self._reply(reply_to, protocol.entry_reply(req_id, state.get_encoded(name, key)))
+                try:
+                    self._reply(reply_to, protocol.entry_reply(req_id, state.get_encoded(name, key)))
+                except NotLoaded as missing:
+                    self._read_through(slot, missing, request, reply_to)
                 return None
             if op == protocol.OP_QUERY:
                 self._reply(reply_to, protocol.ok_reply(req_id, state.query(name, arg1)))
+                return None
+            if op == protocol.OP_VERSIONS:
+                page = state.versions(name, arg1, min(int(arg2), self.limits.versions_page_max),
+                                      self.limits.versions_page_max)
+                self._reply(reply_to, protocol.ok_reply(req_id, {**page, "persisted_lsn": slot.persist.lsn}))
                 return None
             if op == protocol.OP_PUT:
                 if arg1 is None:
@@ -487,11 +633,47 @@ class ProcessingUnit:
         except (ValueError, TypeError, KeyError, IndexError) as exc:
             self._reply(reply_to, protocol.error_reply(req_id, RequestError(f"malformed request: {exc}")))
             return None
+        if isinstance(outcome.error, NotLoaded):
+            self._read_through(slot, outcome.error, request, reply_to)
+            return None
         if outcome.wait_lsn <= state.lsn_committed:
-            self._reply_outcome(reply_to, req_id, outcome)
+            self._answer(slot, reply_to, req_id, outcome)
             return slot if state.unsent else None  # an async write still needs its append
         slot.waiters.append((outcome.wait_lsn, reply_to, req_id, outcome))
         return slot
+
+    def _read_through(self, slot: Slot, missing: NotLoaded, request: Any, reply_to: str) -> None:
+        """The request needs a key evicted from memory: read it from the store, then serve the request again
+        (requests for a key being read wait behind the first, in order)."""
+        item = (missing.map_name, missing.key)
+        waiting = slot.loading.get(item)
+        if waiting is not None:
+            waiting.append((request, reply_to))
+            return
+        slot.loading[item] = [(request, reply_to)]
+        asyncio.get_running_loop().create_task(self._load_key(slot, item))
+
+    async def _load_key(self, slot: Slot, item: tuple[str, str]) -> None:
+        assert self.store is not None, "only maps with a store evict"
+        map_name, key = item
+        failure: SpacegridError | None = None
+        try:
+            row = await self.store.load_key(map_name, key)
+            slot.state.load_key(map_name, key, None if row is None or row.value is None else (row.value, row.version))
+        except StoreUnavailable as exc:
+            failure = PartitionUnavailable(f"{map_name}[{key!r}] is not in memory and the store is unavailable: {exc}")
+        waiting = slot.loading.pop(item, [])
+        touched: set[Slot] = set()
+        reads_ok = time.monotonic() < self.lease_until_s
+        for request, reply_to in waiting:
+            if failure is not None:
+                self._reply(reply_to, protocol.error_reply(request[0], failure))
+                continue
+            served = self._serve(request, reply_to, reads_ok)
+            if served is not None:
+                touched.add(served)
+        for served in touched:
+            self._schedule_append(served)
 
     def _serve_backup_read(self, reply_to: str, req_id: int, partition: int, map_name: str, key: str) -> None:
         backup = self.backups.held.get(partition)
@@ -499,8 +681,11 @@ class ProcessingUnit:
             raise NotOwner(f"PU {self.member_id} holds no backup of partition {partition} (table v{self.table.version})")
         self._check_route(map_name, key, partition)
         lag_records, lag_s = backup.lag(time.monotonic())
-        self._reply(reply_to, protocol.backup_entry_reply(req_id, backup.state.get_encoded(map_name, key),
-                                                          lag_records, round(lag_s, 6)))
+        try:
+            entry = backup.state.get_encoded(map_name, key)
+        except NotLoaded:
+            raise PartitionUnavailable(f"{map_name}[{key!r}] was evicted from the backup's memory: read the owner")
+        self._reply(reply_to, protocol.backup_entry_reply(req_id, entry, lag_records, round(lag_s, 6)))
 
     def _check_route(self, map_name: str, key: str, partition: int) -> None:
         if self.space.partition_of(map_name, key) != partition:
@@ -547,6 +732,8 @@ class ProcessingUnit:
         self.counters["appends"] += 1
         self.counters["records"] += batch.record_count
         self._release_waiters(slot, slot.state.on_append_committed())
+        if slot.state.dirty and slot.persist.unpersisted_since_s is None:
+            slot.persist.unpersisted_since_s = time.monotonic()
         if slot.status == ACTIVE:
             self._schedule_append(slot)
         else:
@@ -569,7 +756,25 @@ class ProcessingUnit:
         waiters = slot.waiters
         while waiters and waiters[0][0] <= committed_lsn:
             _, reply_to, req_id, outcome = waiters.popleft()
+            self._answer(slot, reply_to, req_id, outcome)
+
+    def _answer(self, slot: Slot, reply_to: str, req_id: int, outcome: Outcome) -> None:
+        """Reply to a committed operation; a write-through one only once the store holds it too."""
+        if not outcome.durable or outcome.error is not None or outcome.wait_lsn <= slot.persist.lsn:
             self._reply_outcome(reply_to, req_id, outcome)
+            return
+        assert self.pump is not None, "write-through outcomes exist only with a store"
+        slot.persist.waiters.append((outcome.wait_lsn, reply_to, req_id, outcome))
+        self.pump.kick.set()
+
+    def _on_persisted(self, slot: Slot) -> None:
+        """The pump advanced the partition's store position: answer the write-through writes it covers."""
+        lsn = slot.persist.lsn
+        waiting = slot.persist.waiters
+        slot.persist.waiters = [waiter for waiter in waiting if waiter[0] > lsn]
+        for wait_lsn, reply_to, req_id, outcome in waiting:
+            if wait_lsn <= lsn:
+                self._reply_outcome(reply_to, req_id, outcome)
 
     def _fail_waiters(self, slot: Slot, error: SpacegridError) -> None:
         while slot.waiters:

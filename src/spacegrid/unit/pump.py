@@ -1,0 +1,201 @@
+"""The data pump (write-behind): persists the committed writes of a PU's partitions to the store in batches,
+coalesced by key, sends what the store rejects for good to the dead-letter table, and trims the log behind it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from spacegrid import codec
+from spacegrid.core.partition import Outcome, PartitionState
+from spacegrid.engine.changelog import Changelog
+from spacegrid.errors import SpacegridError, StaleWrite, StoreError, StoreRejected
+from spacegrid.limits import Limits
+from spacegrid.space import Space
+from spacegrid.store.base import Row, Store
+
+log = logging.getLogger("spacegrid.pump")
+
+
+class Pumped(Protocol):
+    """What the pump needs of a partition the PU owns (unit.pu.Slot)."""
+
+    partition: int
+    state: PartitionState
+    last_seq: int
+    persist: PersistState
+
+
+@dataclass(eq=False)
+class PersistState:
+    """One owned partition's write-behind position: what the store holds, when the log was trimmed, retries."""
+
+    lsn: int = 0  # the store holds every write with version <= lsn
+    seq: int = 0  # the log message holding lsn: the log is trimmed up to (not including) it
+    trimmed_seq: int = 0
+    trimmed_at_s: float = 0.0
+    unpersisted_since_s: float | None = None  # when the oldest write the store lacks was committed
+    retry_at_s: float = 0.0
+    backoff_s: float = 0.0
+    deposed: bool = False  # the store holds a newer snapshot: another PU owns the partition now
+    waiters: list[tuple[int, str, int, Outcome]] = field(default_factory=list)  # write-through: (lsn, reply to, id, outcome)
+
+    def lag_s(self, now_s: float) -> float:
+        return 0.0 if self.unpersisted_since_s is None else now_s - self.unpersisted_since_s
+
+
+class Pump:
+    """The write-behind loop of one PU: every `write_behind_delay_s` (or at once when a write-through write waits),
+    each owned partition with unpersisted writes is persisted under the store's progress fence."""
+
+    def __init__(self, store: Store, changelog: Changelog, space: Space, limits: Limits,
+                 on_advance: Callable[[Any], None]) -> None:
+        self.store = store
+        self.on_advance = on_advance  # called with the slot whose store position advanced
+        self.changelog = changelog
+        self.space = space
+        self.limits = limits
+        self.kick = asyncio.Event()
+        self.counters = {"store_rows": 0, "store_flushes": 0, "store_errors": 0, "dead_letters": 0, "log_trims": 0}
+        self.available = True  # False while the store fails: the lag grows, the grid keeps serving
+        self._concurrency = asyncio.Semaphore(store.concurrency)
+
+    async def run(self, owned: Callable[[], Iterable[Pumped]]) -> None:
+        """Flush forever; started as a task by the PU and cancelled when it stops."""
+        while True:
+            try:
+                await asyncio.wait_for(self.kick.wait(), self.limits.write_behind_delay_s)
+            except asyncio.TimeoutError:
+                pass
+            self.kick.clear()
+            try:
+                await self.flush_all(owned())
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the loop must outlive any one round (e.g. a dead-letter table that refuses rows)
+                log.exception("write-behind round failed; the next round retries")
+                self.counters["store_errors"] += 1
+
+    async def flush_all(self, slots: Iterable[Pumped], retry_now: bool = False) -> bool:
+        """Persist every partition with unpersisted writes; True if all of them are clean afterwards."""
+        now_s = time.monotonic()
+        slots = list(slots)
+        due = [slot for slot in slots if slot.state.dirty and not slot.persist.deposed
+               and (retry_now or now_s >= slot.persist.retry_at_s)]
+        results = await asyncio.gather(*(self._flush_limited(slot) for slot in due))
+        for slot in slots:  # a partition that went quiet still gets its last trim
+            if not slot.state.dirty:
+                await self._maybe_trim(slot)
+        return all(results) and all(not slot.state.dirty for slot in slots if not slot.persist.deposed)
+
+    async def _flush_limited(self, slot: Pumped) -> bool:
+        async with self._concurrency:
+            return await self.flush(slot)
+
+    async def flush(self, slot: Pumped) -> bool:
+        """Persist a snapshot of the partition's unpersisted writes; True on success."""
+        state, persist = slot.state, slot.persist
+        lsn, seq = state.lsn_committed, slot.last_seq
+        snapshot_s = time.monotonic()
+        rows = [Row(entry.map, entry.key, entry.value, entry.version) for entry in state.dirty_entries()]
+        if not rows:
+            return True
+        batch_rows = self.limits.write_behind_batch_rows
+        try:
+            for start in range(0, len(rows), batch_rows):
+                batch = rows[start:start + batch_rows]
+                last = start + batch_rows >= len(rows)
+                try:
+                    await self.store.persist(slot.partition, batch, lsn, seq, advance=last)
+                except StoreRejected:
+                    await self._isolate(slot.partition, batch, lsn, seq)
+                    if last:
+                        await self.store.persist(slot.partition, (), lsn, seq, advance=True)
+        except StaleWrite as exc:
+            log.warning("partition %d: %s; this PU no longer owns it, its pump stops", slot.partition, exc)
+            persist.deposed = True
+            return False
+        except StoreError as exc:  # unavailable, or (from the dead-letter table itself) rejected: retried
+            self.counters["store_errors"] += 1
+            persist.backoff_s = min(self.limits.store_retry_backoff_s_max,
+                                    max(2 * persist.backoff_s, self.limits.write_behind_delay_s))
+            persist.retry_at_s = time.monotonic() + persist.backoff_s
+            if self.available:
+                log.warning("store unavailable (%s): write-behind retries with backoff; the grid keeps serving",
+                            exc)
+            self.available = False
+            return False
+        if not self.available:
+            log.info("store available again")
+        self.available = True
+        persist.backoff_s = 0.0
+        self.counters["store_rows"] += len(rows)
+        self.counters["store_flushes"] += 1
+        self._advance(slot, lsn, seq, snapshot_s)
+        await self._maybe_trim(slot)
+        return True
+
+    def _advance(self, slot: Pumped, lsn: int, seq: int, snapshot_s: float) -> None:
+        persist = slot.persist
+        assert lsn >= persist.lsn, "the store's position only advances"
+        persist.lsn, persist.seq = lsn, max(seq, persist.seq)
+        slot.state.on_persisted(lsn)
+        persist.unpersisted_since_s = snapshot_s if slot.state.dirty else None
+        self.on_advance(slot)
+
+    async def _isolate(self, partition: int, rows: Sequence[Row], lsn: int, seq: int) -> None:
+        """Persist a rejected batch by halves until each rejected row stands alone: those go to the dead-letter
+        table (and to the compensation hooks); the rest is persisted."""
+        try:
+            await self.store.persist(partition, rows, lsn, seq, advance=False)
+            return
+        except StoreRejected as exc:
+            if len(rows) > 1:
+                middle = len(rows) // 2
+                await self._isolate(partition, rows[:middle], lsn, seq)
+                await self._isolate(partition, rows[middle:], lsn, seq)
+                return
+            error = str(exc)
+        await self.store.dead_letter(partition, rows, error)
+        self.counters["dead_letters"] += 1
+        row = rows[0]
+        log.error("partition %d: the store rejected %s[%r] at version %d for good (%s): sent to the dead-letter "
+                  "table", partition, row.map, row.key, row.version, error)
+        self._compensate(row, error)
+
+    def _compensate(self, row: Row, error: str) -> None:
+        value: Any = None if row.value is None else codec.decode(row.value, self.limits.write_bytes_max)
+        for hook in self.space.dead_letter_hooks:
+            try:
+                hook(row.map, row.key, value, row.version, error)
+            except Exception:  # a failing hook must not stop the pump
+                log.exception("dead-letter hook %r failed for %s[%r]", hook, row.map, row.key)
+
+    async def _maybe_trim(self, slot: Pumped) -> None:
+        """Drop the log messages the store holds, keeping the last persisted one (the fence needs the subject's
+        last message), at most every log_trim_interval_s per partition."""
+        persist = slot.persist
+        now_s = time.monotonic()
+        if persist.seq <= persist.trimmed_seq or now_s - persist.trimmed_at_s < self.limits.log_trim_interval_s:
+            return
+        try:
+            await self.changelog.trim(slot.partition, persist.seq)
+        except (SpacegridError, asyncio.TimeoutError) as exc:
+            log.info("partition %d: log trim failed (%s); retried after the next flush", slot.partition, exc)
+            return
+        persist.trimmed_seq, persist.trimmed_at_s = persist.seq, now_s
+        self.counters["log_trims"] += 1
+
+
+async def load_from_store(store: Store, state: PartitionState, lsn: int, batch_rows: int) -> int:
+    """Fill a fresh partition state from the store, whose progress position is `lsn`; returns the rows loaded.
+    Read the position first: rows written by a concurrent pump may be newer, and the log's tail covers them."""
+    state.begin_load(lsn)
+    loaded = 0
+    async for rows in store.load_partition(state.partition, batch_rows):
+        loaded += state.load_rows((row.map, row.key, row.value, row.version) for row in rows if row.value is not None)
+    return loaded
