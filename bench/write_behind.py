@@ -13,7 +13,11 @@ Targets:
                  default): the client is acknowledged once the log has the write; the pump persists in batches
 
 For grid-wb the script also samples the PUs' write-behind lag (records and seconds, max over the run) and measures
-how long after the last acknowledgement the store held every write ("drain"). Each target writes into its own
+how long after the last acknowledgement the store held every write ("drain"). A third run, grid-catch-up, cuts the
+link to PostgreSQL (a loopback proxy) before the load and restores it after: the time the pump then takes to persist
+the whole backlog (including the retry backoff, up to 5 s, still running when the link returns). pump-path measures
+the pump's own store path without the grid: Store.persist of 500-row batches (the pump's batch size) from 4
+partitions at once (the pool size), i.e. what write-behind can persist per PU. Each target writes into its own
 fresh schema of the local PostgreSQL (dropped afterwards). Loopback only; bounded in writes and in time; only the
 processes this script started are stopped, by PID.
 """
@@ -37,6 +41,7 @@ from spacegrid import Client
 from spacegrid.inspect import read_status
 from spacegrid.launcher import LocalGrid
 from spacegrid.testing.apps import APP, space
+from spacegrid.testing.tcpproxy import TcpProxy
 
 PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 CONCURRENCY = 64
@@ -95,6 +100,34 @@ async def run_postgres_rows(writes: int, keys: int, seed: int) -> dict[str, Any]
             "writes_per_s": round(writes / elapsed_s), "rows": rows}
 
 
+async def run_pump_path(rows_total: int) -> dict[str, Any]:
+    from spacegrid.codec import encode
+    from spacegrid.store import Row, open_store
+
+    schema = f"bench_wb_pump_{secrets.token_hex(3)}"
+    await pg_schema("CREATE", schema)
+    store = open_store(f"{PG_DSN}?search_path={schema}", space.name, list(space.maps))
+    await store.open()
+    batch_rows, partitions = 500, 4
+    try:
+        async def one_partition(partition: int) -> None:
+            lsn = 0
+            for start in range(0, rows_total // partitions, batch_rows):
+                rows = [Row(MAP, f"p{partition}-{start + i}", encode(value_of(start + i)), lsn + i + 1)
+                        for i in range(batch_rows)]
+                lsn += batch_rows
+                await store.persist(partition, rows, lsn, lsn, advance=True)
+
+        started_s = time.monotonic()
+        await asyncio.gather(*(one_partition(p) for p in range(partitions)))
+        elapsed_s = time.monotonic() - started_s
+    finally:
+        await store.close()
+        await pg_schema("DROP", schema)
+    return {"target": "pump-path", "rows": rows_total, "seconds": round(elapsed_s, 3),
+            "rows_per_s": round(rows_total / elapsed_s), "batch_rows": batch_rows, "partitions": partitions}
+
+
 async def lag_sampler(grid: LocalGrid, stop: asyncio.Event, peaks: dict[str, float]) -> None:
     while not stop.is_set():
         status = await read_status(grid.url, space.name, space.partitions)
@@ -120,23 +153,30 @@ async def drained(grid: LocalGrid, since_s: float, timeout_s: float) -> float:
     raise TimeoutError(f"the store did not catch up within {timeout_s}s")
 
 
-def run_grid(writes: int, keys: int, seed: int) -> dict[str, Any]:
+def run_grid(writes: int, keys: int, seed: int, outage: bool) -> dict[str, Any]:
     schema = f"bench_wb_grid_{secrets.token_hex(3)}"
     asyncio.run(pg_schema("CREATE", schema))
     try:
-        with tempfile.TemporaryDirectory(prefix="sg-wb-") as tmp:
-            grid = LocalGrid(Path(tmp), APP, store=f"{PG_DSN}?search_path={schema}")
+        with tempfile.TemporaryDirectory(prefix="sg-wb-") as tmp, TcpProxy("127.0.0.1", 5432) as proxy:
+            dsn = PG_DSN.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}") if outage else PG_DSN
+            grid = LocalGrid(Path(tmp), APP, store=f"{dsn}?search_path={schema}")
             try:
                 grid.start(2)
                 grid.wait_ready(60, members=2)
-                return asyncio.run(_grid_load(grid, writes, keys, seed))
+                if not outage:
+                    return asyncio.run(_grid_load(grid, writes, keys, seed))
+                proxy.cut()
+                result = asyncio.run(_grid_load(grid, writes, keys, seed, before_drain=proxy.restore))
+                result["target"] = "grid-catch-up"
+                return result
             finally:
                 grid.stop()
     finally:
         asyncio.run(pg_schema("DROP", schema))
 
 
-async def _grid_load(grid: LocalGrid, writes: int, keys: int, seed: int) -> dict[str, Any]:
+async def _grid_load(grid: LocalGrid, writes: int, keys: int, seed: int,
+                     before_drain: Any = lambda: None) -> dict[str, Any]:
     peaks = {"records": 0.0, "seconds": 0.0}
     stop = asyncio.Event()
     async with await Client.connect(grid.space, grid.url) as client:
@@ -146,6 +186,7 @@ async def _grid_load(grid: LocalGrid, writes: int, keys: int, seed: int) -> dict
             await client.put(MAP, key, value)
 
         elapsed_s = await drive(write, writes, keys, seed)
+        before_drain()
         acked_at_s = time.time()
         drain_s = await drained(grid, acked_at_s, 120.0)
         stop.set()
@@ -170,17 +211,26 @@ def main() -> None:
     print(f"{args.writes:,} writes over {args.keys:,} keys, {CONCURRENCY} concurrent writers", file=sys.stderr)
     rows = asyncio.run(run_postgres_rows(args.writes, args.keys, args.seed))
     print(f"  postgres-rows: {rows['writes_per_s']:,} writes/s", file=sys.stderr)
-    grid = run_grid(args.writes, args.keys, args.seed)
+    grid = run_grid(args.writes, args.keys, args.seed, outage=False)
+    catch_up = run_grid(args.writes, args.keys, args.seed, outage=True)
+    pump = asyncio.run(run_pump_path(args.writes))
     print(f"  grid-wb:       {grid['writes_per_s']:,} writes/s acknowledged; store drained {grid['drain_s']} s "
           f"after the last ack; {grid['persisted_rows']:,} rows in {grid['store_transactions']:,} transactions "
           f"({grid['coalesced']:.0%} coalesced); lag max {grid['lag_records_max']:,} records, "
           f"{grid['lag_s_max']} s", file=sys.stderr)
+    print(f"  grid-catch-up: store cut during the load ({catch_up['writes_per_s']:,} writes/s acknowledged, lag max "
+          f"{catch_up['lag_records_max']:,} records, {catch_up['lag_s_max']} s); once restored, the pump persisted "
+          f"{catch_up['persisted_rows']:,} rows (coalesced from {args.writes:,} writes) within {catch_up['drain_s']} s, "
+          "retry backoff included", file=sys.stderr)
+    print(f"  pump-path:     {pump['rows_per_s']:,} rows/s persisted ({pump['rows_per_s'] / rows['writes_per_s']:.1f}x "
+          "postgres-rows)", file=sys.stderr)
     ratio = grid["writes_per_s"] / rows["writes_per_s"]
     effective = args.writes / (grid["seconds"] + grid["drain_s"])
     print(f"grid-wb / postgres-rows: {ratio:.2f}x acknowledged; {effective / rows['writes_per_s']:.2f}x counting "
           "the drain", file=sys.stderr)
     result = {"config": vars(args) | {"json": None, "concurrency": CONCURRENCY}, "postgres_rows": rows,
-              "grid_wb": grid, "ratio_acknowledged": round(ratio, 2),
+              "grid_wb": grid, "grid_catch_up": catch_up, "pump_path": pump, "ratio_acknowledged": round(ratio, 2),
+              "ratio_pump_path": round(pump["rows_per_s"] / rows["writes_per_s"], 2),
               "ratio_with_drain": round(effective / rows["writes_per_s"], 2)}
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

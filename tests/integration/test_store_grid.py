@@ -20,7 +20,7 @@ from spacegrid.launcher import LocalGrid
 from spacegrid.store import open_store
 from spacegrid.testing.apps import APP, DEAD_LETTERS_ENV, space
 from spacegrid.testing.eventually import eventually_sync
-from tests.integration.tcpproxy import TcpProxy
+from spacegrid.testing.tcpproxy import TcpProxy
 from tests.integration.workload import COUNTERS, FaultAt, History, check_history, write_load
 
 

@@ -1,4 +1,4 @@
-"""A loopback TCP proxy for tests: put it between PUs and a database, then cut() and restore() the link."""
+"""A loopback TCP proxy for tests and benchmarks: put it between PUs and a database, then cut() and restore() the link."""
 
 from __future__ import annotations
 
