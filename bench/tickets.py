@@ -52,7 +52,7 @@ from spacegrid.engine.subjects import Names
 from spacegrid.examples.tickets import seat_key
 from spacegrid.examples.tickets import space as tickets_space
 from spacegrid.inspect import read_status
-from spacegrid.launcher import LocalGrid
+from spacegrid.launcher import NO_STORE, LocalGrid
 from spacegrid.limits import DEFAULT_LIMITS
 from spacegrid.partitioning import PartitionTable
 
@@ -882,9 +882,9 @@ def summarize_profile(path: Path, top: int = 25) -> str:
 
 def run_grid(pus: int, events: int, warmup_s: float, measure_s: float, seed: int, keep: bool,
              profile_dir: Path | None = None, gc_dir: Path | None = None,
-             availability_by_get: bool = False) -> dict[str, Any]:
+             availability_by_get: bool = False, store: str = NO_STORE) -> dict[str, Any]:
     data_dir = Path(tempfile.mkdtemp(prefix=f"spacegrid-bench-{pus}pu-"))
-    grid = LocalGrid(data_dir)
+    grid = LocalGrid(data_dir, store=store)
     saved_env = dict(os.environ)
     try:
         if gc_dir is not None:  # the PUs inherit this: bench/gcprobe/sitecustomize.py meters their collector
@@ -1193,6 +1193,9 @@ def main() -> None:
     parser.add_argument("--gc-probe", type=Path, default=None, metavar="DIR",
                         help="meter the cyclic GC in the client and the PUs (bench/gcprobe) during the measured window")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--store", default=NO_STORE,
+                        help="the grid targets' store: none (default: memory and log, as published), embedded "
+                             "(SQLite write-behind, spacegrid up's default) or a URL")
     parser.add_argument("--keep", action="store_true", help="keep the grids' data dirs (for inspection)")
     args = parser.parse_args()
 
@@ -1218,7 +1221,8 @@ def main() -> None:
             pus = int(name[4])
             by_get = name.endswith("-read")
             return f"grid-{pus}pu" + ("-read" if by_get else ""), run_grid(
-                pus, events, warmup_s, measure_s, args.seed, args.keep, args.profile, args.gc_probe, by_get)
+                pus, events, warmup_s, measure_s, args.seed, args.keep, args.profile, args.gc_probe, by_get,
+                args.store)
         if name == "postgres":
             return "postgres", run_pg(events, warmup_s, measure_s, args.seed, args.pg_pool, args.pg_pool_impl,
                                       args.profile)
