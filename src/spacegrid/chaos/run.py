@@ -23,15 +23,19 @@ from spacegrid.chaos.worker import (
 )
 from spacegrid.client.client import Client
 from spacegrid.errors import ConfigError, SpacegridError
+from spacegrid.codec import decode
+from spacegrid.inspect import read_status
 from spacegrid.launcher import LocalGrid
+from spacegrid.store import open_store
 from spacegrid.testing.apps import APP
-from spacegrid.testing.checker import check_all
+from spacegrid.testing.checker import CheckResult, check_all
 from spacegrid.testing.history import load_history
 
 KEY_CONCURRENCY_MAX = 12  # in-flight ops per key over all workers: the checker's search grows fast beyond ~16
 WORKER_GRACE_S = 15.0  # past the call deadline, before an overrunning worker is SIGKILLed
 FINAL_READ_DEADLINE_S = 60.0
 STARTUP_RETRIES = 3
+STORE_VALUE_BYTES_MAX = 1 << 20  # a chaos value read back from the store
 
 Progress = Callable[[str, float, float], None]  # (phase, done, total)
 
@@ -106,6 +110,9 @@ def run_chaos(config: ChaosConfig, on_progress: Progress | None = None) -> Chaos
         report.faults = injector.records
         report.recovery = [fault_recovery(record, ops) for record in injector.records]
         report.results = check_all(ops, finals, counters, config.check_time_limit_s)
+        if grid.store_url is not None:
+            progress("checking the store", config.duration_s, config.duration_s)
+            report.results += asyncio.run(_check_store(grid, finals, counters, config.ready_timeout_s))
     except (SpacegridError, OSError) as exc:
         report.error = f"{type(exc).__name__}: {exc}"
         report.faults = injector.records
@@ -181,6 +188,38 @@ def _wait_workers(workers: list[subprocess.Popen[bytes]], deadline: float) -> No
         except subprocess.TimeoutExpired:
             worker.kill()
             worker.wait(10)
+
+
+async def _check_store(grid: LocalGrid, registers: dict[str, Any], counters: dict[str, int],
+                       timeout_s: float) -> list[CheckResult]:
+    """Once write-behind has caught up (every PU reports no lag in a heartbeat sent after this check began), the
+    store holds exactly the grid's final value of every key: nothing acknowledged lost on the way, nothing twice."""
+    assert grid.store_url is not None
+    since_s = time.time()
+    deadline_s = time.monotonic() + timeout_s
+    while True:
+        members = (await read_status(grid.url, grid.space.name, grid.space.partitions)).members.values()
+        if members and all(float(info.get("beat", 0)) > since_s and info.get("write_behind_lag_records") == 0
+                           for info in members):
+            break
+        if time.monotonic() > deadline_s:
+            return [CheckResult(None, "store", None, f"write-behind did not catch up within {timeout_s}s")]
+        await asyncio.sleep(0.1)
+    store = open_store(grid.store_url, grid.space.name, list(grid.space.maps))
+    await store.open()
+    try:
+        results = []
+        finals = [(REGISTER_MAP, key, value) for key, value in registers.items()] + [
+            (COUNTER_MAP, key, value or None) for key, value in counters.items()]  # a counter never written: absent
+        for map_name, key, final in sorted(finals, key=lambda item: item[1]):
+            row = await store.load_key(map_name, key)
+            stored = None if row is None or row.value is None else decode(row.value, STORE_VALUE_BYTES_MAX)
+            ok = stored == final
+            results.append(CheckResult(ok, "store", key, "the store holds the grid's final value" if ok else
+                                       f"the store holds {stored!r}, the grid {final!r}"))
+        return results
+    finally:
+        await store.close()
 
 
 async def _final_values(grid: LocalGrid, config: ChaosConfig) -> tuple[dict[str, Any], dict[str, int]]:
