@@ -55,6 +55,7 @@ class PuProcess:
     index: int
     popen: subprocess.Popen[bytes]
     log_path: Path
+    wrapper: tuple[str, ...] = ()  # the command it runs under, e.g. `ip netns exec NAME` (its replacement too)
 
     @property
     def pid(self) -> int:
@@ -91,6 +92,7 @@ class LocalGrid:
     pu_args: list[str] = field(default_factory=list)
     nats_cluster: int = 0  # 0: one embedded node; 3: a local 3-node cluster, streams and KV with 3 replicas
     store: str = EMBEDDED_STORE  # a store URL, "embedded" (SQLite under data_dir) or "none"
+    nats_host: str = "127.0.0.1"  # the address the embedded nats-server(s) listen on
     nats_nodes: list[NatsServerProcess] = field(default_factory=list)
     pus: list[PuProcess] = field(default_factory=list)
 
@@ -120,9 +122,10 @@ class LocalGrid:
     def start(self, pus: int) -> None:
         if self.nats_url is None:
             if self.nats_cluster >= 3:
-                self.nats_nodes = start_cluster(self.data_dir / "nats", self.nats_cluster)
+                self.nats_nodes = start_cluster(self.data_dir / "nats", self.nats_cluster, host=self.nats_host)
             else:
-                node = NatsServerProcess(NatsServerSpec(store_dir=self.data_dir / "nats", port=self.nats_port))
+                node = NatsServerProcess(NatsServerSpec(store_dir=self.data_dir / "nats", port=self.nats_port,
+                                                        host=self.nats_host))
                 node.start()
                 self.nats_nodes = [node]
             self.nats_url = ",".join(node.url for node in self.nats_nodes)
@@ -130,18 +133,19 @@ class LocalGrid:
             self.add_pu()
         self.write_grid_file()
 
-    def add_pu(self) -> PuProcess:
+    def add_pu(self, wrapper: tuple[str, ...] = ()) -> PuProcess:
+        """Start one more PU; `wrapper` prefixes its command (it must exec the PU, so that the PID is the PU's)."""
         index = self._next_index
         self._next_index += 1
         log_dir = self.data_dir / "logs"
         log_dir.mkdir(exist_ok=True)
         log_path = log_dir / f"pu-{index}.log"
-        command = [sys.executable, "-m", "spacegrid.cli.main", "pu", "--app", self.app, "--nats", self.url,
+        command = [*wrapper, sys.executable, "-m", "spacegrid.cli.main", "pu", "--app", self.app, "--nats", self.url,
                    "--replicas", str(self.replicas), "--metrics-port", "0", *self.store_args, *self.pu_args]
         with open(log_path, "ab") as log_file:
             popen = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True)
-        pu = PuProcess(index, popen, log_path)
+        pu = PuProcess(index, popen, log_path, wrapper)
         self.pus.append(pu)
         return pu
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from spacegrid.chaos.faults import FAULT_KINDS, HOLD_S, PU_KINDS, available_kinds, plan
+from spacegrid.chaos.faults import FAULT_KINDS, HOLD_S, NATS_KINDS, NET_KINDS, PU_KINDS, available_kinds, plan
+from spacegrid.chaos.netns import NetNamespace, netns_usable
 from spacegrid.chaos.report import ChaosReport, all_keys_ok_after, first_ok_after
 from spacegrid.chaos.run import ChaosConfig, run_chaos
 from spacegrid.chaos.worker import outcome_of
@@ -42,6 +43,22 @@ def test_nats_node_kill_on_a_cluster(tmp_path: Path) -> None:
 
 
 @pytest.mark.chaos
+@pytest.mark.skipif(netns_usable() is not None, reason=str(netns_usable()))
+def test_network_cut_between_a_pu_and_nats(tmp_path: Path) -> None:
+    """One PU lives in a network namespace; its link to NATS is cut for 1-5 s at a time (shorter or longer than the
+    heartbeat timeout): it can acknowledge nothing while cut, histories stay linearizable, the store equals the grid,
+    and the namespace and its veth pair are gone afterwards."""
+    kinds = ("pu-netcut",)
+    report = run_chaos(ChaosConfig(pus=3, workers=4, duration_s=30, seed=5, faults=kinds, data_dir=tmp_path))
+    assert_clean(report, kinds, ok_min=600)
+    assert len(report.faults) >= 2
+    assert all(recovery["first_ok_after_heal_s"] is not None for recovery in report.recovery), report.recovery
+    assert any(result.kind == "store" for result in report.results)
+    leftover = NetNamespace.for_this_process()
+    assert not leftover.exists(), f"{leftover.name} was not deleted"
+
+
+@pytest.mark.chaos
 @pytest.mark.long
 @pytest.mark.timeout(1500)
 def test_long_run_with_every_fault_kind(tmp_path: Path) -> None:
@@ -66,8 +83,9 @@ def test_a_seed_gives_one_schedule_of_faults_one_at_a_time_healed_before_the_tai
 
 
 def test_nats_faults_need_a_cluster() -> None:
-    assert available_kinds(0) == PU_KINDS and available_kinds(3) == FAULT_KINDS
-    assert ChaosConfig(nats_cluster=3).kinds() == FAULT_KINDS
+    net = NET_KINDS if netns_usable() is None else ()
+    assert available_kinds(0) == PU_KINDS + net and available_kinds(3) == PU_KINDS + NATS_KINDS + net
+    assert ChaosConfig(nats_cluster=3).kinds() == available_kinds(3)
     with pytest.raises(ConfigError, match="3-node"):
         ChaosConfig(faults=("nats-kill",)).kinds()
     with pytest.raises(ConfigError, match="fault kinds are"):

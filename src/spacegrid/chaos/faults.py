@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 import signal
 import time
@@ -9,15 +10,19 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from spacegrid.chaos.netns import NetNamespace, netns_usable
 from spacegrid.errors import ConfigError
 from spacegrid.launcher import LocalGrid, PuProcess
 
 PU_KINDS = ("pu-kill", "pu-pause")
 NATS_KINDS = ("nats-kill", "nats-pause")
-FAULT_KINDS = PU_KINDS + NATS_KINDS
-# how long a fault lasts before it is healed (s): the delay before a replacement PU, a pause, a NATS node's downtime
+NET_KINDS = ("pu-netcut",)  # one PU lives in a network namespace; the fault cuts its link to NATS
+FAULT_KINDS = PU_KINDS + NATS_KINDS + NET_KINDS
+# how long a fault lasts before it is healed (s): the delay before a replacement PU, a pause, a NATS node's
+# downtime, a cut (shorter or longer than the heartbeat timeout: declared dead or not)
 HOLD_S: dict[str, tuple[float, float]] = {
-    "pu-kill": (1.0, 4.0), "pu-pause": (1.0, 4.0), "nats-kill": (2.0, 5.0), "nats-pause": (1.0, 4.0)}
+    "pu-kill": (1.0, 4.0), "pu-pause": (1.0, 4.0), "nats-kill": (2.0, 5.0), "nats-pause": (1.0, 4.0),
+    "pu-netcut": (1.0, 5.0)}
 GAP_S = (2.0, 5.0)  # quiet time between one fault's heal and the next fault
 FIRST_S = (2.0, 3.0)  # quiet time before the first fault, while the workers connect
 NATS_START_TIMEOUT_S = 30.0
@@ -26,8 +31,15 @@ STEP_S = 0.1
 
 
 def available_kinds(nats_cluster: int) -> tuple[str, ...]:
-    """The fault kinds a topology supports: NATS node faults only on a cluster (a quorum survives one node)."""
-    return FAULT_KINDS if nats_cluster >= 3 else PU_KINDS
+    """The fault kinds a topology and this machine support: NATS node faults only on a cluster (a quorum survives
+    one node), network cuts only where this process can create network namespaces."""
+    kinds = PU_KINDS + (NATS_KINDS if nats_cluster >= 3 else ())
+    return kinds + (NET_KINDS if _netns_problem() is None else ())
+
+
+@functools.cache
+def _netns_problem() -> str | None:
+    return netns_usable()
 
 
 def check_kinds(kinds: tuple[str, ...], nats_cluster: int) -> None:
@@ -35,6 +47,8 @@ def check_kinds(kinds: tuple[str, ...], nats_cluster: int) -> None:
     unknown = [kind for kind in kinds if kind not in FAULT_KINDS]
     if unknown or not kinds:
         raise ConfigError(f"fault kinds are {', '.join(FAULT_KINDS)}; got {', '.join(kinds) or 'none'}")
+    if "pu-netcut" in kinds and _netns_problem() is not None:
+        raise ConfigError(f"pu-netcut: {_netns_problem()}")
     unsupported = [kind for kind in kinds if kind not in available_kinds(nats_cluster)]
     if unsupported:
         raise ConfigError(f"fault kinds {', '.join(unsupported)} need a 3-node NATS cluster (--nats-cluster 3)")
@@ -83,8 +97,9 @@ class FaultRecord:
 class FaultInjector:
     """Injects planned faults into `grid` one at a time and heals them; `heal_all` undoes whatever is still active."""
 
-    def __init__(self, grid: LocalGrid) -> None:
+    def __init__(self, grid: LocalGrid, netns: NetNamespace | None = None) -> None:
         self.grid = grid
+        self.netns = netns  # where the PU that pu-netcut cuts off lives
         self.records: list[FaultRecord] = []
         self._active: list[tuple[FaultRecord, Callable[[], str]]] = []
 
@@ -114,10 +129,19 @@ class FaultInjector:
             record = FaultRecord(kind, f"pu-{pu.index}", pu.pid, time.monotonic(), planned=asdict(planned))
             if kind == "pu-kill":
                 pu.kill()
-                heal = self._replace_pu
+                heal = self._replace_pu(pu)
             else:
                 pu.signal(signal.SIGSTOP)
                 heal = self._resume_pu(pu)
+        elif kind in NET_KINDS:
+            netns = self.netns
+            inside = [pu for pu in self.grid.pus if pu.alive() and netns is not None and pu.wrapper == tuple(netns.wrapper)]
+            if netns is None or not inside:
+                raise ConfigError("pu-netcut needs a live PU in the run's network namespace")
+            pu = inside[0]
+            record = FaultRecord(kind, f"pu-{pu.index}", pu.pid, time.monotonic(), planned=asdict(planned))
+            netns.cut()
+            heal = self._reconnect(netns)
         else:
             nodes = [node for node in self.grid.nats_nodes if node.is_running()]
             if len(nodes) < len(self.grid.nats_nodes) or len(nodes) < 3:
@@ -146,10 +170,19 @@ class FaultInjector:
                 still.append((record, heal))
         self._active = still
 
-    def _replace_pu(self) -> str:
-        pu = self.grid.add_pu()
-        self.grid.write_grid_file()
-        return f"replaced by pu-{pu.index} (pid {pu.pid})"
+    def _replace_pu(self, dead: PuProcess) -> Callable[[], str]:
+        def heal() -> str:
+            pu = self.grid.add_pu(dead.wrapper)  # in the same network namespace, if it lived in one
+            self.grid.write_grid_file()
+            return f"replaced by pu-{pu.index} (pid {pu.pid})"
+        return heal
+
+    @staticmethod
+    def _reconnect(netns: NetNamespace) -> Callable[[], str]:
+        def heal() -> str:
+            netns.heal()
+            return "link restored"
+        return heal
 
     @staticmethod
     def _resume_pu(pu: PuProcess) -> Callable[[], str]:

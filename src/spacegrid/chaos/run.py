@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from spacegrid.chaos.faults import FaultInjector, available_kinds, check_kinds, plan
+from spacegrid.chaos.netns import NetNamespace
 from spacegrid.chaos.report import ChaosReport, fault_recovery
 from spacegrid.chaos.worker import (
     COUNTER_MAP,
@@ -83,12 +84,16 @@ def run_chaos(config: ChaosConfig, on_progress: Progress | None = None) -> Chaos
     history_dir.mkdir(parents=True, exist_ok=True)
     report = ChaosReport(config.seed, config.to_json(), data_dir=data_dir)
     schedule = plan(config.seed, kinds, config.duration_s, config.tail_s)
-    grid = LocalGrid(data_dir / "grid", config.app, pu_args=list(config.pu_args), nats_cluster=config.nats_cluster)
-    injector = FaultInjector(grid)
+    netns = NetNamespace.for_this_process() if "pu-netcut" in kinds else None
+    if netns is not None:
+        netns.create()  # NATS listens on its host side; one PU runs inside
+    grid = LocalGrid(data_dir / "grid", config.app, pu_args=list(config.pu_args), nats_cluster=config.nats_cluster,
+                     nats_host=netns.host_ip if netns is not None else "127.0.0.1")
+    injector = FaultInjector(grid, netns)
     workers: list[subprocess.Popen[bytes]] = []
     try:
         progress("starting the grid", 0, config.duration_s)
-        report.startup_crashes = _start_grid(grid, config)
+        report.startup_crashes = _start_grid(grid, config, tuple(netns.wrapper) if netns is not None else ())
         report.t0 = t0 = time.monotonic()
         workers = _start_workers(config, grid.url, history_dir, report)
         deadline = t0 + config.duration_s
@@ -129,20 +134,24 @@ def run_chaos(config: ChaosConfig, on_progress: Progress | None = None) -> Chaos
             for pu in grid.pus:  # the run is over: no graceful hand-off (it can take its whole timeout when all leave)
                 pu.kill()
             grid.stop()
+            if netns is not None:
+                netns.destroy()
     if config.data_dir is None and report.passed:
         shutil.rmtree(data_dir, ignore_errors=True)
         report.kept_data = False
     return report
 
 
-def _start_grid(grid: LocalGrid, config: ChaosConfig) -> list[str]:
-    """One PU first (it creates the stream and buckets), then the rest. A PU that crashes while starting is replaced,
-    up to STARTUP_RETRIES times, and noted: on a fresh R3 cluster the first publish can fail (no stream response)."""
+def _start_grid(grid: LocalGrid, config: ChaosConfig, cut_wrapper: tuple[str, ...]) -> list[str]:
+    """One PU first (it creates the stream and buckets), then the rest, the last of them under `cut_wrapper` (inside
+    the network namespace, when the run cuts links). A PU that crashes while starting is replaced, up to
+    STARTUP_RETRIES times, and noted: on a fresh R3 cluster the first publish can fail (no stream response)."""
     crashes: list[str] = []
     grid.start(1)
     for members in (1, config.pus):
         while len([pu for pu in grid.pus if pu.alive()]) < members:
-            grid.add_pu()
+            last = len([pu for pu in grid.pus if pu.alive()]) == members - 1 and members > 1
+            grid.add_pu(cut_wrapper if last else ())
         while True:
             try:
                 grid.wait_ready(config.ready_timeout_s, members=members)
@@ -154,7 +163,7 @@ def _start_grid(grid: LocalGrid, config: ChaosConfig) -> list[str]:
                 for pu in dead:
                     crashes.append(f"pu-{pu.index} exited with {pu.popen.returncode} at start-up; see {pu.log_path}")
                     grid.pus.remove(pu)
-                    grid.add_pu()
+                    grid.add_pu(pu.wrapper)
     grid.write_grid_file()
     return crashes
 
