@@ -99,3 +99,9 @@ def test_digest_of_is_the_canonical_sha256() -> None:
     assert digest_of([("\U0001f600", 1), ("\uffff", 1)]) == hashlib.sha256(
         "\uffff\t1\n\U0001f600\t1\n".encode()).hexdigest()  # code points, not UTF-16 units
     assert digest_of([]) == hashlib.sha256(b"").hexdigest()
+
+
+def test_names_that_could_share_a_table_are_refused() -> None:
+    for space_name, maps in (("a__b", ["c"]), ("a", ["b__c"]), ("a_", ["progress"])):
+        with pytest.raises(ConfigError, match="may not contain"):
+            open_store("postgresql://u@h/db", space_name, maps)

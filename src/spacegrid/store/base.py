@@ -77,6 +77,11 @@ class TableNames:
     double quotes make them safe identifiers."""
 
     def __init__(self, space: str, maps: Sequence[str]) -> None:
+        # "__" separates space from map: names that contain it (or a space name ending in "_") could give two
+        # spaces sharing a database the same table (space a, map b__c and space a__b, map c)
+        if "__" in space or space.endswith("_") or any("__" in name for name in maps):
+            raise ConfigError(f"with a store, space and map names may not contain '__' (nor a space name end in "
+                              f"'_'): space {space!r}, maps {list(maps)}")
         self.space = space
         self.maps = {name: f"sg_{space}__{name}" for name in maps}
         self.progress = f"sg_{space}___progress"
