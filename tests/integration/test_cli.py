@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -82,8 +83,8 @@ def test_cli_without_a_grid_says_what_to_do(tmp_path: Path) -> None:
 
 
 def test_pus_serve_prometheus_metrics_with_replication_lag(tmp_path: Path) -> None:
-    """Each PU started by a local grid serves Prometheus metrics: counters, partitions, and replication lag of its
-    hot backups per partition."""
+    """Each PU started by a local grid serves Prometheus metrics: counters, partitions, replication lag of its hot
+    backups per partition, write-behind lag and the store's availability, entries and cache counters per map."""
     import urllib.request
 
     from spacegrid.launcher import LocalGrid
@@ -102,6 +103,9 @@ def test_pus_serve_prometheus_metrics_with_replication_lag(tmp_path: Path) -> No
                 assert 'spacegrid_partitions_active{member="%s"} 8.0' % member["id"] in text
                 assert "spacegrid_replication_lag_records{" in text
                 assert "spacegrid_requests_total{" in text
+                assert "spacegrid_write_behind_lag_records{" in text and "spacegrid_store_available{" in text
+                assert re.search(r'spacegrid_map_entries\{map="kv",member="[^"]+"\}', text)
+                assert re.search(r'spacegrid_map_misses_total\{map="bounded",member="[^"]+"\}', text)
 
         eventually_sync(scraped, timeout_s=20)
     finally:

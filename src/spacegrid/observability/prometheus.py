@@ -56,6 +56,7 @@ class PuCollector(Collector):
                 gauge = GaugeMetricFamily(f"spacegrid_{name}", help_text, labels=["member"])
                 gauge.add_metric([member], float(stats[name]))
                 yield gauge
+        yield from _map_metrics(member, stats.get("maps", {}))
         lag_records = GaugeMetricFamily("spacegrid_replication_lag_records",
                                         "Records a hot backup is behind its partition's log",
                                         labels=["member", "partition"])
@@ -67,6 +68,36 @@ class PuCollector(Collector):
             lag_seconds.add_metric([member, str(partition)], float(seconds))
         yield lag_records
         yield lag_seconds
+
+
+MAP_COUNTERS = {
+    "hits": "Reads of a bounded map's key found in memory",
+    "misses": "Reads and writes of a bounded map's key that had to read it through from the store",
+    "evictions": "Entries dropped from memory (persisted first; read through on demand)",
+    "expirations": "Entries deleted on their TTL",
+}
+
+
+def _map_metrics(member: str, maps: dict[str, dict[str, int]]) -> Iterator[Any]:
+    """Per map: entries in memory; for maps with eviction, hits, misses, evictions, expirations and the hit rate."""
+    entries = GaugeMetricFamily("spacegrid_map_entries", "Entries in memory on this PU's owned partitions",
+                                labels=["member", "map"])
+    counters = {name: CounterMetricFamily(f"spacegrid_map_{name}", help_text, labels=["member", "map"])
+                for name, help_text in MAP_COUNTERS.items()}
+    hit_rate = GaugeMetricFamily("spacegrid_map_hit_rate", "hits / (hits + misses) since the PU started",
+                                 labels=["member", "map"])
+    for name, totals in sorted(maps.items()):
+        entries.add_metric([member, name], float(totals.get("entries", 0)))
+        if "hits" not in totals:
+            continue
+        for counter_name, family in counters.items():
+            family.add_metric([member, name], float(totals.get(counter_name, 0)))
+        reads = totals["hits"] + totals.get("misses", 0)
+        if reads:
+            hit_rate.add_metric([member, name], totals["hits"] / reads)
+    yield entries
+    yield from counters.values()
+    yield hit_rate
 
 
 def serve_metrics(snapshot: Callable[[], dict[str, Any]], host: str, port: int) -> int:
