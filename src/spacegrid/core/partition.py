@@ -27,7 +27,7 @@ from spacegrid.errors import (
 from spacegrid.limits import Limits
 from spacegrid.core.eviction import MapEviction
 from spacegrid.space import Space, check_key
-from spacegrid.store.base import digest_of
+from spacegrid.store.base import Row, digest_of
 
 LOG_WRITES = "w"
 LOG_OWNER = "o"
@@ -66,16 +66,6 @@ class PendingOp:
     result: Any
     encoded: bytes
     writes: list[tuple[str, str, Entry]]
-
-
-@dataclass(frozen=True, slots=True)
-class DirtyEntry:
-    """A committed write the store does not hold yet: the value (None: deleted) and the version it was written at."""
-
-    map: str
-    key: str
-    value: bytes | None
-    version: int
 
 
 @dataclass(slots=True)
@@ -348,16 +338,16 @@ class PartitionState:
 
     # ---- write-behind --------------------------------------------------------------------------------------
 
-    def dirty_entries(self) -> list[DirtyEntry]:
+    def dirty_entries(self) -> list[Row]:
         """A consistent snapshot, at lsn_committed, of every committed write the store does not hold yet."""
         snapshot = []
         for (map_name, key), version in self.dirty.items():
             entry = self.maps.get(map_name, {}).get(key)
             if entry is None:
-                snapshot.append(DirtyEntry(map_name, key, None, version))
+                snapshot.append(Row(map_name, key, None, version))
             else:
                 assert entry[VERSION] == version, "a dirty key's entry has the version it was marked at"
-                snapshot.append(DirtyEntry(map_name, key, entry[VALUE], version))
+                snapshot.append(Row(map_name, key, entry[VALUE], version))
         return snapshot
 
     def on_persisted(self, lsn: int) -> None:

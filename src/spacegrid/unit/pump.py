@@ -101,7 +101,7 @@ class Pump:
         state, persist = slot.state, slot.persist
         lsn, seq = state.lsn_committed, slot.last_seq
         snapshot_s = time.monotonic()
-        rows = [Row(entry.map, entry.key, entry.value, entry.version) for entry in state.dirty_entries()]
+        rows = state.dirty_entries()
         if not rows:
             return True
         batch_rows = self.limits.write_behind_batch_rows
