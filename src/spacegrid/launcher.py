@@ -168,7 +168,8 @@ class LocalGrid:
 
     def wait_ready(self, timeout_s: float = 60.0, on_progress: Callable[[GridStatus], None] | None = None,
                    members: int | None = None) -> GridStatus:
-        """Until every partition is active on its owner (and, if given, exactly `members` are in the table)."""
+        """Until every partition is active on an owner this launcher runs (and, if given, exactly `members` are in
+        the table)."""
         deadline = time.monotonic() + timeout_s
         last_error = "no status read yet"
         while time.monotonic() < deadline:
@@ -183,7 +184,11 @@ class LocalGrid:
                 if on_progress is not None:
                     on_progress(status)
                 owners = {owner for owner in status.table.owners if owner is not None}
-                if status.ready and (members is None or len(owners) == members):
+                live_pids = {pu.pid for pu in self.pus if pu.alive()}
+                # after a kill, the dead PUs' last records may still say "all active": only owners this launcher
+                # runs count (their pid among its live PUs', on this host)
+                ours = all(status.members.get(owner, {}).get("pid") in live_pids for owner in owners)
+                if status.ready and ours and (members is None or len(owners) == members):
                     return status
                 last_error = f"{status.active_partitions}/{status.table.partition_count} partitions active"
             time.sleep(0.1)

@@ -40,6 +40,7 @@ class Limits:
     store_load_batch_rows: int = 2000  # rows per read when a partition is loaded from the store
     store_flush_on_stop_s: float = 30.0  # a stopping PU tries this long to persist what the store lacks
     log_trim_interval_s: float = 1.0  # a partition's log is trimmed behind the store at most this often
+    log_trim_age_s: float = 30.0  # ...and only up to what was persisted this long ago (> a client's call deadline)
     backup_prune_interval_s: float = 1.0  # backups read the store's position this often
     eviction_interval_s: float = 0.25  # how often entries are expired and bounded maps evicted down to size
     eviction_scan_max: int = 10_000  # entries looked at per map and partition in one eviction round

@@ -20,7 +20,9 @@ from spacegrid.launcher import LocalGrid
 from spacegrid.store import open_store
 from spacegrid.testing.apps import APP, DEAD_LETTERS_ENV, space
 from spacegrid.testing.eventually import eventually_sync
+from spacegrid.testing.fixtures import TEST_PU_ARGS
 from spacegrid.testing.tcpproxy import TcpProxy
+from tests.integration.rawnats import collect_replies
 from tests.integration.workload import COUNTERS, FaultAt, History, check_history, write_load
 
 
@@ -172,7 +174,7 @@ def test_a_grid_restarts_over_a_trimmed_log_and_cold_starts_from_the_store(
         grid_factory: Callable[..., LocalGrid]) -> None:
     """Writes are persisted and the log trimmed behind them; a full SIGKILL and restart recovers from the store
     plus the log's tail; then a new, empty NATS over the same store (a cold start) has every entry too."""
-    grid = grid_factory(app=APP, pus=2)
+    grid = grid_factory(app=APP, pus=2, pu_args=[*TEST_PU_ARGS, "--log-trim-age-s", "0.5"])
     history = History()
 
     async def load() -> None:
@@ -397,3 +399,45 @@ def test_reconcile_finds_and_repairs_drift_both_ways(grid_factory: Callable[...,
     assert {key: value for key, (value, _) in in_grid.items()} == {"r1": "tampered", "extra": "x"}
     store_caught_up(grid)
     assert reconcile() == (0, [])
+
+
+def test_a_retry_after_every_replica_died_still_applies_once(grid_factory: Callable[..., LocalGrid]) -> None:
+    """An increment is acknowledged and persisted; every PU is SIGKILLed (owner and backup alike) and the grid
+    restarts from the store plus the log's tail; the client's retry of the same operation id is answered from the
+    rebuilt dedup window, not applied a second time (the log keeps log_trim_age_s of operation ids)."""
+    from spacegrid import protocol
+    from spacegrid.partitioning import PartitionTable
+
+    grid = grid_factory(app=APP, pus=2)
+    partition = space.partition_of("counters", "once")
+    request = codec.encode_array([protocol.request(1, protocol.OP_EXECUTE, partition, "incr", "once", 5, None,
+                                                   "client-x:1")])
+
+    def owner_subject() -> str:
+        table: PartitionTable = grid.status().table
+        owner = table.owner(partition)
+        assert owner is not None
+        return Names(space.name).pu_subject(owner)
+
+    def send() -> Any:
+        (reply,) = asyncio.run(collect_replies(grid.url, owner_subject(), request, 1, 10))
+        return reply
+
+    assert send()[1:] == [0, 5]
+
+    async def later_writes() -> None:  # so that the increment's log message is not the partition's last one
+        async with await Client.connect(grid.space, grid.url) as client:
+            for i in range(3):
+                await client.put("counters", f"later{i}@once", i)
+
+    asyncio.run(later_writes())
+    store_caught_up(grid)
+    time.sleep(1.5)  # a trim (every log_trim_interval_s) had its chance
+    for pu in grid.pus:
+        pu.kill()
+    grid.pus.clear()
+    grid.add_pu()
+    grid.add_pu()
+    grid.wait_ready(60, members=2)
+    assert send()[1:] == [0, 5], "the retry must return the first result"
+    assert asyncio.run(grid_entries(grid, "counters", ["once"]))["once"][0] == 5

@@ -166,11 +166,14 @@ def up(pus: int, data_dir: Path, app: str | None, nats_url: str | None, port: in
               help="Durable store URL: postgresql://user@host/db or sqlite:///path (default: none).")
 @click.option("--write-behind-delay-s", type=float, default=DEFAULT_LIMITS.write_behind_delay_s, show_default=True)
 @click.option("--write-behind-batch-rows", type=int, default=DEFAULT_LIMITS.write_behind_batch_rows, show_default=True)
+@click.option("--log-trim-age-s", type=float, default=DEFAULT_LIMITS.log_trim_age_s, show_default=True,
+              help="The log keeps what was persisted this long ago, for exactly-once retries after a double failure; "
+                   "keep it above clients' call deadlines.")
 @click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port (0: a free one).")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True)
 def pu(app: str | None, nats_url: str | None, data_dir: Path, replicas: int, heartbeat_interval_s: float,
        lease_s: float, heartbeat_timeout_s: float, handler_time_limit_s: float, catch_ups_max: int,
-       store_url: str | None, write_behind_delay_s: float, write_behind_batch_rows: int,
+       store_url: str | None, write_behind_delay_s: float, write_behind_batch_rows: int, log_trim_age_s: float,
        metrics_port: int | None, metrics_host: str) -> None:
     """Run one processing unit in this process."""
     from spacegrid.unit.runner import run_pu
@@ -178,7 +181,8 @@ def pu(app: str | None, nats_url: str | None, data_dir: Path, replicas: int, hea
     url, space = _resolve(data_dir, nats_url, app)
     limits = Limits(heartbeat_interval_s=heartbeat_interval_s, lease_s=lease_s, heartbeat_timeout_s=heartbeat_timeout_s,
                     handler_time_limit_s=handler_time_limit_s, catch_ups_max=catch_ups_max,
-                    write_behind_delay_s=write_behind_delay_s, write_behind_batch_rows=write_behind_batch_rows)
+                    write_behind_delay_s=write_behind_delay_s, write_behind_batch_rows=write_behind_batch_rows,
+                    log_trim_age_s=log_trim_age_s)
     install_uvloop()
     metrics = None if metrics_port is None else (metrics_host, metrics_port)
     asyncio.run(run_pu(space, url, limits, replicas, metrics, store_url))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -38,6 +39,7 @@ class PersistState:
     seq: int = 0  # the log message holding lsn: the log is trimmed up to (not including) it
     trimmed_seq: int = 0
     trimmed_at_s: float = 0.0
+    persisted_at: deque[tuple[float, int]] = field(default_factory=deque)  # (when, seq) of each advance, oldest first
     unpersisted_since_s: float | None = None  # when the oldest write the store lacks was committed
     retry_at_s: float = 0.0
     backoff_s: float = 0.0
@@ -143,6 +145,7 @@ class Pump:
         persist = slot.persist
         assert lsn >= persist.lsn, "the store's position only advances"
         persist.lsn, persist.seq = lsn, max(seq, persist.seq)
+        persist.persisted_at.append((time.monotonic(), persist.seq))
         slot.state.on_persisted(lsn)
         persist.unpersisted_since_s = snapshot_s if slot.state.dirty else None
         self.on_advance(slot)
@@ -177,17 +180,26 @@ class Pump:
 
     async def _maybe_trim(self, slot: Pumped) -> None:
         """Drop the log messages the store holds, keeping the last persisted one (the fence needs the subject's
-        last message), at most every log_trim_interval_s per partition."""
+        last message), at most every log_trim_interval_s per partition, and only what was persisted log_trim_age_s
+        ago: the log's tail keeps the operation ids of that long, so a client's retry after a failure of owner and
+        backups alike is still recognised (the dedup window is rebuilt from the tail on recovery)."""
         persist = slot.persist
         now_s = time.monotonic()
-        if persist.seq <= persist.trimmed_seq or now_s - persist.trimmed_at_s < self.limits.log_trim_interval_s:
+        if now_s - persist.trimmed_at_s < self.limits.log_trim_interval_s:
+            return
+        old_enough_s = now_s - self.limits.log_trim_age_s
+        trim_to = persist.trimmed_seq
+        while persist.persisted_at and persist.persisted_at[0][0] <= old_enough_s:
+            trim_to = max(trim_to, persist.persisted_at.popleft()[1])
+        if trim_to <= persist.trimmed_seq:
             return
         try:
-            await self.changelog.trim(slot.partition, persist.seq)
+            await self.changelog.trim(slot.partition, trim_to)
         except (SpacegridError, asyncio.TimeoutError) as exc:
             log.info("partition %d: log trim failed (%s); retried after the next flush", slot.partition, exc)
+            persist.persisted_at.appendleft((old_enough_s, trim_to))
             return
-        persist.trimmed_seq, persist.trimmed_at_s = persist.seq, now_s
+        persist.trimmed_seq, persist.trimmed_at_s = trim_to, now_s
         self.counters["log_trims"] += 1
 
 
