@@ -128,3 +128,17 @@ def test_eviction_by_size_needs_a_store() -> None:
     Space("ev3").map("m", persistence="none", eviction=Eviction(ttl_s=5))  # expiry alone is fine
     with pytest.raises(DefinitionError, match="policy"):
         Eviction(policy="fifo")
+
+
+def test_a_deleted_key_the_store_still_holds_does_not_come_back() -> None:
+    state, _ = make(Eviction(max_entries=1))
+    write(state, "a", 1)
+    write(state, "b", 2)
+    state.on_persisted(state.lsn_committed)
+    state.evict(SCAN)  # the map is now incomplete: misses read through
+    state.delete("op-del", "m", "b", None)
+    while state.take_append() is not None:
+        state.on_append_committed()
+    assert state.get_encoded("m", "b") is None  # no read-through: the delete is not persisted yet
+    state.load_key("m", "b", (codec.encode(2), 2))  # a read-through begun before the delete answers late
+    assert state.get_encoded("m", "b") is None

@@ -147,8 +147,8 @@ class PartitionState:
 
     def load_key(self, map_name: str, key: str, row: tuple[bytes, int] | None) -> None:
         """Read-through: the store's copy of a key that was not in memory (None: the store has none either)."""
-        if (map_name, key) in self.overlay or key in self.maps.get(map_name, {}):
-            return  # written or loaded since the read began: memory is newer
+        if (map_name, key) in self.overlay or key in self.maps.get(map_name, {}) or (map_name, key) in self.dirty:
+            return  # written (or deleted, not yet persisted) or loaded since the read began: memory is newer
         tracker = self.eviction[map_name]
         if row is None:
             tracker.remember_absent(key)
@@ -410,7 +410,8 @@ class PartitionState:
         if found:
             tracker.touched(key, self.clock())
             self.cache[map_name][0] += 1
-        elif not tracker.complete and key not in tracker.absent:
+        elif not tracker.complete and key not in tracker.absent and (map_name, key) not in self.dirty:
+            # (a dirty key absent from memory was deleted: the store's older row must not come back)
             self.cache[map_name][1] += 1
             raise NotLoaded(f"{map_name}[{key!r}] is not in memory", map_name, key)
 
