@@ -72,7 +72,8 @@ def reconcile(data_dir: Path, nats_url: str | None, app: str | None, store_url: 
         for column in ("partition", "map", "grid", "store", "pending", "drift", "examples"):
             table.add_column(column, justify="left" if column in ("map", "examples") else "right")
         for report in drifted or reports[:0]:
-            examples = ", ".join(f"{d.key} (grid v{d.grid_version}, store v{d.store_version})" for d in report.drift[:3])
+            examples = ", ".join(f"{d.key} (grid {_version(d.grid_version)}, store {_version(d.store_version)})"
+                                 for d in report.drift[:3])
             table.add_row(str(report.partition), report.map, str(report.grid_entries), str(report.store_rows),
                           str(report.pending), str(len(report.drift)), examples)
         out.print(table)
@@ -81,3 +82,7 @@ def reconcile(data_dir: Path, nats_url: str | None, app: str | None, store_url: 
                   f"{sum(r.pending for r in reports)} writes pending (write-behind lag, not drift)")
     if drifted and repair is None:
         sys.exit(4)
+
+
+def _version(version: int | None) -> str:
+    return "absent" if version is None else f"v{version}"
