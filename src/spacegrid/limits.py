@@ -33,7 +33,7 @@ class Limits:
     jetstream_api_timeout_s: float = 2.0  # one JetStream API call (stream info, last message, consumer create)
     handoff_timeout_s: float = 30.0  # a leaving PU waits this long at most for its partitions to move
     pending_requests_max: int = 100_000
-    catch_ups_max: int = 4  # backups of one PU catching up with the log at once (paces live migration)
+    catch_ups_max: int = 1  # backups of one PU catching up with the log at once (paces live migration; measured)
     write_behind_delay_s: float = 0.1  # the pump persists each partition's new writes at most this long after
     write_behind_batch_rows: int = 500  # rows per store transaction
     store_retry_backoff_s_max: float = 5.0  # backoff between attempts while the store is unavailable
