@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 import nats
 from nats.aio.client import Client
@@ -23,17 +24,24 @@ def install_uvloop() -> bool:
     return True
 
 
-async def connect(url: str, name: str, connect_timeout_s: float = 5.0) -> Client:
-    """A connection that reconnects forever; raises GridUnavailable if NATS can't be reached at first."""
+async def connect(url: str, name: str, connect_timeout_s: float = 5.0, *,
+                  on_disconnect: Callable[[], Awaitable[None]] | None = None,
+                  on_reconnect: Callable[[], Awaitable[None]] | None = None) -> Client:
+    """A connection that reconnects forever; raises GridUnavailable if NATS can't be reached at first.
+    `on_disconnect` / `on_reconnect` are awaited when the connection is lost / found again."""
 
     async def on_error(exc: Exception) -> None:
         log.warning("%s: NATS error: %s", name, exc)
 
-    async def on_disconnect() -> None:
+    async def disconnected() -> None:
         log.info("%s: disconnected from NATS", name)
+        if on_disconnect is not None:
+            await on_disconnect()
 
-    async def on_reconnect() -> None:
+    async def reconnected() -> None:
         log.info("%s: reconnected to NATS", name)
+        if on_reconnect is not None:
+            await on_reconnect()
 
     try:
         return await nats.connect(
@@ -44,8 +52,8 @@ async def connect(url: str, name: str, connect_timeout_s: float = 5.0) -> Client
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.25,
             error_cb=on_error,
-            disconnected_cb=on_disconnect,
-            reconnected_cb=on_reconnect,
+            disconnected_cb=disconnected,
+            reconnected_cb=reconnected,
             pending_size=64 * 1024 * 1024,
         )
     except Exception as exc:  # nats raises several unrelated types here

@@ -1,0 +1,110 @@
+"""The messaging seam: the one object through which code outside engine/ talks to NATS (publish, subscribe,
+probe, JetStream changelog and coordination)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from nats.aio.client import Client as NatsClient
+from nats.errors import NoRespondersError
+
+from spacegrid.engine.changelog import Changelog, ensure_stream
+from spacegrid.engine.connection import connect
+from spacegrid.engine.coordination import Coordination
+from spacegrid.engine.subjects import Names
+
+
+class Message(Protocol):
+    """A message as handlers receive it (nats-py's Msg has exactly these attributes)."""
+
+    subject: str
+    data: bytes
+    reply: str
+    headers: dict[str, str] | None
+
+
+class Subscription(Protocol):
+    async def unsubscribe(self) -> None: ...
+
+
+MessageHandler = Callable[[Any], Awaitable[None]]
+
+
+class Transport:
+    """A NATS connection with JetStream, behind a small typed interface. `await Transport.connect(url, name)`."""
+
+    def __init__(self, nc: NatsClient, jetstream_timeout_s: float = 2.0) -> None:
+        self._nc = nc
+        self._js = nc.jetstream(timeout=jetstream_timeout_s)
+        self._lost_at_s: float | None = None
+
+    @classmethod
+    async def connect(cls, url: str, name: str, jetstream_timeout_s: float = 2.0, **options: Any) -> Transport:
+        """Connect (bounded; raises GridUnavailable); `options` go to engine.connection.connect."""
+        transport: Transport | None = None
+
+        async def on_disconnect() -> None:
+            if transport is not None and transport._lost_at_s is None:
+                transport._lost_at_s = time.monotonic()
+
+        async def on_reconnect() -> None:
+            if transport is not None:
+                transport._lost_at_s = None
+
+        nc = await connect(url, name, on_disconnect=on_disconnect, on_reconnect=on_reconnect, **options)
+        transport = cls(nc, jetstream_timeout_s)
+        return transport
+
+    # ---- core messaging ------------------------------------------------------------------------------------
+
+    def new_inbox(self) -> str:
+        return str(self._nc.new_inbox())
+
+    async def publish(self, subject: str, data: bytes, reply: str = "", headers: dict[str, str] | None = None) -> None:
+        await self._nc.publish(subject, data, reply=reply, headers=headers)
+
+    async def subscribe(self, subject: str, handler: MessageHandler) -> Subscription:
+        return await self._nc.subscribe(subject, cb=handler)  # type: ignore[no-any-return]
+
+    async def probe(self, subject: str, payload: bytes, timeout_s: float) -> bool | None:
+        """Does anyone listen on `subject`? True: answered; False: NATS says no responders; None: no answer in
+        time (says nothing)."""
+        try:
+            await self._nc.request(subject, payload, timeout=timeout_s)
+        except NoRespondersError:
+            return False
+        except Exception:  # a timeout, or a connection in trouble: unknown
+            return None
+        return True
+
+    def disconnected_for_s(self) -> float:
+        """How long the connection to NATS has been lost; 0.0 while connected."""
+        return 0.0 if self._lost_at_s is None else time.monotonic() - self._lost_at_s
+
+    @property
+    def connected_url(self) -> str:
+        url = self._nc.connected_url
+        return "" if url is None else f"{url.scheme}://{url.hostname}:{url.port}"
+
+    # ---- JetStream ------------------------------------------------------------------------------------------
+
+    async def ensure_stream(self, names: Names, replicas: int, max_msg_bytes: int) -> None:
+        await ensure_stream(self._js, names, replicas, max_msg_bytes)
+
+    def changelog(self, names: Names, append_timeout_s: float) -> Changelog:
+        return Changelog(self._nc, self._js, names, append_timeout_s)
+
+    async def coordination(self, names: Names, replicas: int = 1, create: bool = False,
+                           member_ttl_s: float = 60.0) -> Coordination:
+        return await Coordination.open(self._js, names, replicas, create=create, member_ttl_s=member_ttl_s)
+
+    # ---- closing -------------------------------------------------------------------------------------------
+
+    async def drain(self) -> None:
+        """Flush what was published, then close."""
+        await self._nc.drain()
+
+    async def close(self) -> None:
+        await self._nc.close()
