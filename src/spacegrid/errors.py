@@ -1,33 +1,129 @@
-"""The one exception hierarchy of spacegrid; whether an error is retryable is a property of its class."""
+"""The one exception hierarchy of spacegrid. Three bases say what the caller may do after an operation failed:
+
+- NotApplied: the operation was not applied; sending it again is safe (after a back-off).
+- OutcomeUnknown: it may or may not have been applied; sending it again is safe only with the same operation id
+  (the client does so: every write carries one that the owner remembers).
+- CallerError: the caller's fault; the same request fails the same way again.
+
+The client's retry policy (spacegrid.client.retry) follows from these bases alone. Errors outside them (ConfigError,
+DefinitionError, LogGap, NotLoaded, the StoreError family, ClosedError) are not outcomes of a client operation the
+grid served, or (ClosedError) say nothing about it; the client never retries them."""
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class SpacegridError(Exception):
     """Root of every error spacegrid raises on purpose."""
 
-    #: A retryable error guarantees the operation was NOT applied, so the client may send it again.
-    retryable: bool = False
-    #: Short machine-readable code carried on the wire.
+    #: Short machine-readable code carried on the wire; unique per class of this module.
     code: str = "error"
 
-
-class ConfigError(SpacegridError):
-    """A setting, a file or a binary spacegrid needs is missing or invalid; the message says what to do."""
-
-    code = "config"
-
-
-class DefinitionError(SpacegridError):
-    """The space definition (maps, handlers, queries) is invalid."""
-
-    code = "definition"
+    @property
+    def retryable(self) -> bool:
+        """Whether the client sends the operation again (NotApplied as is, OutcomeUnknown with the same operation
+        id). It does NOT say the operation was not applied: check isinstance(error, NotApplied) for that."""
+        return isinstance(self, NotApplied | OutcomeUnknown)
 
 
-class RequestError(SpacegridError):
-    """The caller sent something the grid can't accept; retrying the same request fails the same way."""
+# ---- the three bases a caller acts on ----------------------------------------------------------------------
+
+
+class NotApplied(SpacegridError):
+    """The operation was NOT applied: safe to send again (the client does, with back-off, until its deadline)."""
+
+    code = "not_applied"
+
+
+class OutcomeUnknown(SpacegridError):
+    """The operation may or may not have been applied: safe to send again only with the same operation id."""
+
+    code = "outcome_unknown"
+
+
+class CallerError(SpacegridError):
+    """The caller's fault: retrying the same request fails the same way."""
+
+    code = "caller"
+
+
+# ---- not applied -------------------------------------------------------------------------------------------
+
+
+class RoutingError(NotApplied):
+    """The request reached no PU able to serve it; it was not applied."""
+
+    code = "routing"
+
+
+class NotOwner(RoutingError):
+    """The PU does not own the partition (any more, or not yet); retry with a newer table."""
+
+    code = "not_owner"
+
+
+class PartitionUnavailable(RoutingError):
+    """The partition has no owner able to serve it now (none yet, recovering, handing off, its key not loadable);
+    retry shortly."""
+
+    code = "unavailable"
+
+
+class Fenced(RoutingError):
+    """The owner's append was rejected by the log fence: it was deposed; nothing was applied."""
+
+    code = "fenced"
+
+
+class Overloaded(NotApplied):
+    """A queue on the way (a PU's, or the client's own in-flight limit) is full; nothing was applied: back off
+    before sending again."""
+
+    code = "overloaded"
+
+
+class GridUnavailable(NotApplied):
+    """The grid (NATS, JetStream, or the space's metadata) can't be reached or isn't set up. Raised before an
+    operation is sent (connecting, opening the space), or where the engine knows nothing was taken (an append
+    JetStream refused), so nothing was applied."""
+
+    code = "grid_unavailable"
+
+
+# ---- outcome unknown ---------------------------------------------------------------------------------------
+
+
+class CommitUnknown(OutcomeUnknown):
+    """The append's outcome is unknown (timeout, lost owner); retrying with the same operation id is safe."""
+
+    code = "commit_unknown"
+
+
+class GridTimeout(OutcomeUnknown):
+    """The call's deadline passed after a request had left, before the grid answered it: the operation may or may
+    not have been applied."""
+
+    code = "timeout"
+
+
+class AttemptTimeout(OutcomeUnknown):
+    """Inside the client: no reply to one attempt in time, or its PU left the table; retried with the same
+    operation id. Never sent over the wire."""
+
+    code = "attempt_timeout"
+
+
+# ---- the caller's fault ------------------------------------------------------------------------------------
+
+
+class RequestError(CallerError):
+    """The caller sent something the grid can't accept (also named BadRequest)."""
 
     code = "bad_request"
+
+
+BadRequest = RequestError
 
 
 class UnknownMap(RequestError):
@@ -64,19 +160,7 @@ class WrongPartition(RequestError):
     code = "wrong_partition"
 
 
-class HandlerError(SpacegridError):
-    """A handler or query raised; its writes were discarded."""
-
-    code = "handler"
-
-
-class HandlerTimeout(HandlerError):
-    """A handler ran past its time limit; its writes were discarded."""
-
-    code = "handler_timeout"
-
-
-class VersionConflict(SpacegridError):
+class VersionConflict(CallerError):
     """A compare-and-set saw another version than the one expected."""
 
     code = "conflict"
@@ -86,35 +170,36 @@ class VersionConflict(SpacegridError):
         self.current_version = current_version
 
 
-class RoutingError(SpacegridError):
-    """The request reached no PU able to serve it; it was not applied."""
+class HandlerError(CallerError):
+    """A user's handler or query raised; its writes were discarded. `exc_type` names the exception it raised
+    ("ValueError"; "" when the grid refused what the handler did, such as a write from a read-only handler)."""
 
-    retryable = True
-    code = "routing"
+    code = "handler"
 
-
-class NotOwner(RoutingError):
-    """The PU does not own the partition (any more, or not yet); retry with a newer table."""
-
-    code = "not_owner"
+    def __init__(self, message: str, exc_type: str = "") -> None:
+        super().__init__(message)
+        self.exc_type = exc_type
 
 
-class PartitionUnavailable(RoutingError):
-    """The owner is recovering or handing off the partition; retry shortly."""
+class HandlerTimeout(HandlerError):
+    """A handler ran past its time limit; its writes were discarded."""
 
-    code = "unavailable"
-
-
-class Fenced(RoutingError):
-    """The owner's append was rejected by the log fence: it was deposed; nothing was applied."""
-
-    code = "fenced"
+    code = "handler_timeout"
 
 
-class CommitUnknown(SpacegridError):
-    """The append's outcome is unknown (timeout, lost owner); retrying with the same operation id is safe."""
+# ---- outside the three bases -------------------------------------------------------------------------------
 
-    code = "commit_unknown"
+
+class ConfigError(SpacegridError):
+    """A setting, a file or a binary spacegrid needs is missing or invalid; the message says what to do."""
+
+    code = "config"
+
+
+class DefinitionError(SpacegridError):
+    """The space definition (maps, handlers, queries) is invalid."""
+
+    code = "definition"
 
 
 class LogGap(SpacegridError):
@@ -159,29 +244,20 @@ class StaleWrite(StoreError):
     code = "stale_write"
 
 
-class GridTimeout(SpacegridError):
-    """The call's deadline passed before the grid answered; the operation may or may not have been applied."""
-
-    code = "timeout"
-
-
-class GridUnavailable(SpacegridError):
-    """The grid (NATS, or the space's metadata) can't be reached or isn't set up."""
-
-    code = "grid_unavailable"
-
-
 class ClosedError(SpacegridError):
-    """The client or PU was closed by its own side."""
+    """The client or PU was closed by its own side (a call in flight then may or may not have been applied)."""
 
     code = "closed"
 
+
+# ---- the wire ------------------------------------------------------------------------------------------------
 
 _BY_CODE: dict[str, type[SpacegridError]] = {}
 
 
 def _register(cls: type[SpacegridError]) -> None:
-    _BY_CODE.setdefault(cls.code, cls)
+    if cls.__module__ == __name__:  # subclasses elsewhere reuse their parent's code
+        assert _BY_CODE.setdefault(cls.code, cls) is cls, f"two error classes with code {cls.code!r}"
     for sub in cls.__subclasses__():
         _register(sub)
 
@@ -189,10 +265,28 @@ def _register(cls: type[SpacegridError]) -> None:
 _register(SpacegridError)
 
 
-def error_from_code(code: str, message: str, current_version: int = 0) -> SpacegridError:
-    """Rebuild an error received over the wire (unknown codes become a plain SpacegridError)."""
+def error_to_wire(error: SpacegridError) -> list[Any]:
+    """[code, message, current_version, exc_type]: what error_from_wire needs to rebuild `error` on the other side
+    (current_version is 0 but for VersionConflict, exc_type "" but for HandlerError)."""
+    version = error.current_version if isinstance(error, VersionConflict) else 0
+    exc_type = error.exc_type if isinstance(error, HandlerError) else ""
+    return [error.code, str(error), version, exc_type]
+
+
+def error_from_wire(fields: list[Any]) -> SpacegridError:
+    """Rebuild an error from [code, message, current_version?, exc_type?] (a peer without the optional fields
+    sends fewer); an unknown code becomes a plain SpacegridError, which the client does not retry."""
+    code, message = str(fields[0]), str(fields[1])
+    version = int(fields[2]) if len(fields) > 2 and fields[2] is not None else 0
+    exc_type = str(fields[3]) if len(fields) > 3 and fields[3] is not None else ""
     cls = _BY_CODE.get(code, SpacegridError)
-    if cls is VersionConflict:
-        return VersionConflict(message, current_version)
-    err = cls(message)
-    return err
+    if issubclass(cls, VersionConflict):
+        return cls(message, version)
+    if issubclass(cls, HandlerError):
+        return cls(message, exc_type)
+    return cls(message)
+
+
+def error_from_code(code: str, message: str, current_version: int = 0) -> SpacegridError:
+    """Rebuild an error from its code, message and current_version (the older form of error_from_wire)."""
+    return error_from_wire([code, message, current_version])

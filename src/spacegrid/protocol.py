@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from spacegrid import codec
-from spacegrid.errors import SpacegridError, VersionConflict
+from spacegrid.errors import SpacegridError, error_to_wire
 
 # Request: [req_id, op, partition, map_or_name, key, arg1, arg2, op_id]
 OP_GET: Final = 1
@@ -47,8 +47,9 @@ def backup_entry_reply(req_id: int, entry: tuple[bytes, int] | None, lag_records
 
 
 def error_reply(req_id: int, error: SpacegridError) -> bytes:
-    version = error.current_version if isinstance(error, VersionConflict) else 0
-    return codec.encode([req_id, error.code, [str(error), version]])
+    """[req_id, code, [message, current_version, exc_type]]: error_from_wire([code, *payload]) rebuilds it."""
+    code, *payload = error_to_wire(error)
+    return codec.encode([req_id, code, payload])
 
 
 def chunks(items: list[bytes], bytes_max: int, count_max: int) -> list[bytes]:

@@ -15,14 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from spacegrid.client.client import Client
-from spacegrid.errors import (
-    ClosedError,
-    GridTimeout,
-    HandlerError,
-    RequestError,
-    SpacegridError,
-    VersionConflict,
-)
+from spacegrid.errors import CallerError, NotApplied, SpacegridError
 from spacegrid.launcher import load_space
 from spacegrid.limits import Limits
 from spacegrid.testing.history import HistoryWriter, Kind, Outcome
@@ -48,11 +41,7 @@ def counter_keys(count: int) -> list[str]:
 
 def outcome_of(exc: BaseException) -> Outcome:
     """fail for an error that guarantees the operation was not applied, info (maybe applied) for anything else."""
-    if isinstance(exc, GridTimeout | ClosedError):
-        return "info"
-    if isinstance(exc, SpacegridError) and (exc.retryable or isinstance(exc, RequestError | HandlerError | VersionConflict)):
-        return "fail"
-    return "info"
+    return "fail" if isinstance(exc, NotApplied | CallerError) else "info"
 
 
 @dataclass(frozen=True)
