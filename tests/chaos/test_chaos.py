@@ -72,6 +72,9 @@ def test_long_run_with_every_fault_kind(tmp_path: Path) -> None:
 
 
 def test_a_seed_gives_one_schedule_of_faults_one_at_a_time_healed_before_the_tail() -> None:
+    """A seed fixes the fault schedule (the same seed gives the same one, another seed a different one): every
+    kind appears, faults never overlap, each hold lies within its kind's bounds, and every fault is healed
+    before the fault-free tail."""
     schedule = plan(7, FAULT_KINDS, 120, tail_s=5)
     assert schedule == plan(7, FAULT_KINDS, 120, tail_s=5) != plan(8, FAULT_KINDS, 120, tail_s=5)
     assert {fault.kind for fault in schedule} == set(FAULT_KINDS)
@@ -83,6 +86,8 @@ def test_a_seed_gives_one_schedule_of_faults_one_at_a_time_healed_before_the_tai
 
 
 def test_nats_faults_need_a_cluster() -> None:
+    """NATS faults are offered only with a 3-node NATS cluster (network cuts only where namespaces can be
+    created); asking for them without one, or for an unknown kind, is a ConfigError."""
     net = NET_KINDS if netns_usable() is None else ()
     assert available_kinds(0) == PU_KINDS + net and available_kinds(3) == PU_KINDS + NATS_KINDS + net
     assert ChaosConfig(nats_cluster=3).kinds() == available_kinds(3)
@@ -93,6 +98,8 @@ def test_nats_faults_need_a_cluster() -> None:
 
 
 def test_outcomes_fail_only_when_not_applied_for_sure() -> None:
+    """A call's outcome is recorded as failed only for errors that guarantee nothing was applied (NotOwner,
+    HandlerError); a timeout or a lost connection is indeterminate (info)."""
     assert outcome_of(GridTimeout("deadline")) == "info"
     assert outcome_of(RuntimeError("connection lost")) == "info"
     assert outcome_of(NotOwner("retryable: not applied")) == "fail"
@@ -100,6 +107,8 @@ def test_outcomes_fail_only_when_not_applied_for_sure() -> None:
 
 
 def test_recovery_is_measured_to_the_first_ok_op_and_to_the_slowest_key() -> None:
+    """Recovery after a fault is measured to the first successful operation invoked after it, and to the time by
+    which every key has had one; None when no operation, or none on some key, was invoked after it."""
     ops = [
         Op("p", "a", "write", 1, 0.0, 1.0, "ok"),
         Op("p", "a", "write", 2, 10.0, 10.5, "ok"),

@@ -18,6 +18,8 @@ REGRESSIONS = [
 @pytest.mark.chaos
 @pytest.mark.parametrize("config", REGRESSIONS)
 def test_named_seed_passes(config: ChaosConfig, tmp_path: Path) -> None:
+    """Each named regression seed's chaos run passes every history check, with at least one fault injected and
+    some operations acknowledged."""
     report = run_chaos(replace(config, data_dir=tmp_path))
     assert report.passed, report.describe_failures()
     assert report.faults and report.ok_ops > 0

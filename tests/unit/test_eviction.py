@@ -37,6 +37,8 @@ def write(state: PartitionState, key: str, value: Any) -> None:
 
 
 def test_lru_evicts_the_least_recently_used_persisted_entries_only() -> None:
+    """An LRU-bounded map evicts only persisted entries, the least recently used first (a read counts as a use),
+    down to max_entries, and counts each eviction."""
     state, clock = make(Eviction(max_entries=3))
     for key in "abcd":
         clock.now_s += 1
@@ -51,6 +53,8 @@ def test_lru_evicts_the_least_recently_used_persisted_entries_only() -> None:
 
 
 def test_a_miss_after_eviction_asks_for_a_read_through_and_loading_fills_it() -> None:
+    """A get or compare-and-set of an evicted key raises NotLoaded (a read-through request); loading the key from
+    the store fills it, a key the store lacks is remembered as absent, and both misses are counted."""
     state, _ = make(Eviction(max_entries=1))
     write(state, "a", 1)
     write(state, "b", 2)
@@ -71,6 +75,8 @@ def test_a_miss_after_eviction_asks_for_a_read_through_and_loading_fills_it() ->
 
 
 def test_a_stale_read_through_never_overwrites_a_newer_write() -> None:
+    """A read-through that brings an older version than the one in memory is ignored: it never overwrites a newer
+    write."""
     state, _ = make(Eviction(max_entries=1))
     write(state, "a", "new")
     state.load_key("m", "a", (codec.encode("old"), 1))
@@ -78,6 +84,7 @@ def test_a_stale_read_through_never_overwrites_a_newer_write() -> None:
 
 
 def test_lfu_keeps_the_frequently_used() -> None:
+    """An LFU-bounded map keeps the frequently read entry and evicts a rarely used one."""
     state, clock = make(Eviction(max_entries=2, policy="lfu"))
     for key in "ab":
         write(state, key, key)
@@ -90,6 +97,7 @@ def test_lfu_keeps_the_frequently_used() -> None:
 
 
 def test_max_bytes_bounds_memory() -> None:
+    """A map bounded by max_bytes is evicted down to at most that many bytes of entries."""
     state, _ = make(Eviction(max_bytes=2000))
     for i in range(10):
         write(state, f"k{i}", "x" * 400)
@@ -100,6 +108,8 @@ def test_max_bytes_bounds_memory() -> None:
 
 
 def test_ttl_expires_after_the_last_write_and_max_idle_after_the_last_use() -> None:
+    """ttl_s expires an entry that long after its last write, even if it was read since; max_idle_s evicts one
+    that long after its last use."""
     state, clock = make(Eviction(ttl_s=10, max_idle_s=5))
     write(state, "a", 1)
     write(state, "b", 2)
@@ -114,6 +124,8 @@ def test_ttl_expires_after_the_last_write_and_max_idle_after_the_last_use() -> N
 
 
 def test_loading_stops_at_the_bound_and_marks_the_map_incomplete() -> None:
+    """Loading from the store stops at the map's max_entries and marks the map incomplete: a key left out raises
+    NotLoaded (read through) instead of reading as absent."""
     state, _ = make(Eviction(max_entries=2))
     state.begin_load(3)
     rows = [("m", key, codec.encode(i), i + 1) for i, key in enumerate("abc")]
@@ -123,6 +135,8 @@ def test_loading_stops_at_the_bound_and_marks_the_map_incomplete() -> None:
 
 
 def test_eviction_by_size_needs_a_store() -> None:
+    """A count or size bound on a map without persistence is refused at definition (evicted entries could not be
+    read back); expiry alone is allowed; an unknown policy is refused."""
     with pytest.raises(DefinitionError, match="needs a store"):
         Space("ev2").map("m", persistence="none", eviction=Eviction(max_entries=5))
     Space("ev3").map("m", persistence="none", eviction=Eviction(ttl_s=5))  # expiry alone is fine
@@ -131,6 +145,8 @@ def test_eviction_by_size_needs_a_store() -> None:
 
 
 def test_a_deleted_key_the_store_still_holds_does_not_come_back() -> None:
+    """A key deleted in an incomplete map reads as absent: it is not read through from the store that still holds
+    it, and a late read-through begun before the delete does not bring it back."""
     state, _ = make(Eviction(max_entries=1))
     write(state, "a", 1)
     write(state, "b", 2)

@@ -102,6 +102,8 @@ def test_digest_of_is_the_canonical_sha256() -> None:
 
 
 def test_names_that_could_share_a_table_are_refused() -> None:
+    """Space and map names that could give two spaces in one database the same table (containing '__', or a space
+    name ending in '_') are refused with a ConfigError."""
     for space_name, maps in (("a__b", ["c"]), ("a", ["b__c"]), ("a_", ["progress"])):
         with pytest.raises(ConfigError, match="may not contain"):
             open_store("postgresql://u@h/db", space_name, maps)

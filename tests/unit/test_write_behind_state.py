@@ -33,6 +33,8 @@ def commit_all(state: PartitionState) -> list[Any]:
 
 
 def test_committed_writes_of_persisted_maps_are_dirty_until_persisted() -> None:
+    """Only committed writes of persisted maps are dirty (not overlay writes, not maps with persistence 'none');
+    the dirty entries carry each key's latest value and version, and on_persisted clears them."""
     state = new_state()
     state.put("op1", "behind", "k@r", {"n": 1}, None)
     state.put("op2", "volatile", "k@r", {"n": 1}, None)
@@ -49,6 +51,8 @@ def test_committed_writes_of_persisted_maps_are_dirty_until_persisted() -> None:
 
 
 def test_a_delete_is_dirty_with_no_value_and_writes_after_a_snapshot_stay_dirty() -> None:
+    """A committed delete is dirty with no value, and a write committed after a snapshot was taken stays dirty
+    when that snapshot is persisted."""
     state = new_state()
     state.put("op1", "behind", "a@r", 1, None)
     state.put("op2", "behind", "b@r", 2, None)
@@ -64,6 +68,7 @@ def test_a_delete_is_dirty_with_no_value_and_writes_after_a_snapshot_stay_dirty(
 
 
 def test_without_a_store_nothing_is_tracked() -> None:
+    """A partition state without a store (track_dirty off) tracks no dirty entries."""
     state = new_state(track=False)
     state.put("op1", "behind", "k@r", 1, None)
     commit_all(state)
@@ -71,6 +76,8 @@ def test_without_a_store_nothing_is_tracked() -> None:
 
 
 def test_load_then_replay_skips_what_the_store_holds_and_marks_the_tail_dirty() -> None:
+    """After loading the store's copy at version 3, replaying the whole retained log skips what the store holds,
+    applies the rest, and marks only that tail dirty."""
     writer = new_state()
     for i in range(1, 6):
         writer.put(f"op{i}", "behind", "k@r", i, None)
@@ -85,6 +92,8 @@ def test_load_then_replay_skips_what_the_store_holds_and_marks_the_tail_dirty() 
 
 
 def test_replay_refuses_a_log_trimmed_past_the_state() -> None:
+    """Replaying a log whose retained messages begin past the version loaded from the store raises LogGap: the
+    records between were trimmed, and the partition must be loaded again."""
     writer = new_state()
     log = []
     for i in range(1, 6):
@@ -98,6 +107,9 @@ def test_replay_refuses_a_log_trimmed_past_the_state() -> None:
 
 
 def test_write_through_outcomes_wait_for_the_store() -> None:
+    """A write to a write-through map waits for the store before it is acknowledged (outcome.durable), also when a
+    retry is answered from the dedup window; write-behind writes, and writes on a state without a store, do not
+    wait."""
     state = new_state()
     assert state.put("op1", "through", "k@r", 1, None).durable
     assert not state.put("op2", "behind", "k@r", 1, None).durable
@@ -108,6 +120,7 @@ def test_write_through_outcomes_wait_for_the_store() -> None:
 
 
 def test_write_through_maps_cannot_be_async() -> None:
+    """A write-through map with async replication, or an unknown persistence mode, is refused at definition."""
     other = Space("wb2")
     with pytest.raises(DefinitionError, match="write-through"):
         other.map("m", replication="async", persistence="write-through")
