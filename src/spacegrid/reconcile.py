@@ -10,8 +10,9 @@ from typing import Any
 
 from spacegrid import codec
 from spacegrid.client.client import Client
+from spacegrid.core.rows import Row
 from spacegrid.errors import ConfigError
-from spacegrid.store.base import Row, Store
+from spacegrid.store.base import Store
 
 REPAIR_DIRECTIONS = ("store", "grid")  # "store": make the store equal the grid; "grid": the grid equal the store
 

@@ -27,7 +27,7 @@ from spacegrid.errors import (
 from spacegrid.limits import Limits
 from spacegrid.core.eviction import MapEviction
 from spacegrid.space import Space, check_key
-from spacegrid.store.base import Row, digest_of
+from spacegrid.core.rows import Row, digest_of
 
 LOG_WRITES = "w"
 LOG_OWNER = "o"

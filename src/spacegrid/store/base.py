@@ -1,29 +1,18 @@
 """What every durable store offers the grid (rows, the per-partition progress fence, dead letters, digests), its
-table layout and numbered migrations, and the choice of backend by URL."""
+table layout and numbered migrations. The choice of backend by URL is in store.factory."""
 
 from __future__ import annotations
 
-import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from spacegrid.core.rows import Row, digest_of
 from spacegrid.errors import ClosedError, ConfigError
-from spacegrid.limits import DEFAULT_LIMITS, Limits
 
 IDENTIFIER_BYTES_MAX: Final = 63  # PostgreSQL truncates longer identifiers (silently, but for a NOTICE)
 SCHEMA_TABLE: Final = "sg_schema"  # (space, version): the layout version of each space's tables
-
-
-@dataclass(frozen=True, slots=True)
-class Row:
-    """One entry as the store holds it: the msgpack-encoded value (None: deleted at `version`)."""
-
-    map: str
-    key: str
-    value: bytes | None
-    version: int  # the partition log sequence number (lsn) of the write
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,15 +35,6 @@ class DeadLetter:
     version: int
     error: str
     created_at: float  # epoch seconds
-
-
-def digest_of(pairs: Iterable[tuple[str, int]]) -> str:
-    """The canonical digest of (key, version) pairs: sha256 hex of the UTF-8 lines "key\\tversion\\n" in code-point
-    order of keys. The grid and every store compute exactly this, so equal partitions compare in one query."""
-    digest = hashlib.sha256()
-    for key, version in sorted(pairs):
-        digest.update(f"{key}\t{version}\n".encode())
-    return digest.hexdigest()
 
 
 def newest_per_key(rows: Sequence[Row]) -> dict[str, tuple[list[Row], list[Row]]]:
@@ -251,35 +231,3 @@ class Store(ABC):
 
     @abstractmethod
     async def row_count(self, map_name: str) -> int: ...
-
-
-def open_store(url: str, space: str, maps: Sequence[str], limits: Limits = DEFAULT_LIMITS) -> Store:
-    """A store for the space's maps by URL: sqlite:///absolute/path.db, sqlite:relative/path.db, or
-    postgresql://user@host:port/database (postgres:// too; query parameters such as search_path are passed on).
-    Not connected yet: call open()."""
-    if url.startswith("sqlite:"):
-        from spacegrid.store.sqlite import SqliteStore
-
-        return SqliteStore(sqlite_path(url), space, maps, busy_timeout_s=limits.store_statement_timeout_s)
-    if url.startswith(("postgresql://", "postgres://")):
-        from spacegrid.store.postgres import PostgresStore
-
-        return PostgresStore(url, space, maps, pool_size=limits.store_pool_size,
-                             statement_timeout_s=limits.store_statement_timeout_s)
-    raise ConfigError(f"unknown store URL {url!r}: use sqlite:///absolute/path.db, sqlite:relative/path.db or "
-                      "postgresql://user@host:port/database")
-
-
-def sqlite_path(url: str) -> str:
-    """The file of a sqlite: URL: sqlite:///abs (or sqlite:////abs) names /abs, sqlite:rel names rel."""
-    assert url.startswith("sqlite:")
-    path = url.removeprefix("sqlite:")
-    if path.startswith("//"):
-        path = path.removeprefix("//")
-        if not path.startswith("/"):
-            raise ConfigError(f"store URL {url!r} names a host; a SQLite file is sqlite:///absolute/path.db or "
-                              "sqlite:relative/path.db")
-        path = "/" + path.lstrip("/")
-    if not path or path.endswith("/"):
-        raise ConfigError(f"store URL {url!r} names no file: use sqlite:///absolute/path.db or sqlite:relative.db")
-    return path
