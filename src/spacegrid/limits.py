@@ -47,6 +47,9 @@ class Limits:
     versions_page_max: int = 10_000  # (key, version) pairs in one reconciliation reply
     store_pool_size: int = 4  # PostgreSQL connections per PU (= store transactions at once)
     store_statement_timeout_s: float = 10.0  # one store statement, lock waits included; connect; SQLite busy wait
+    connect_timeout_s: float = 5.0  # a first connection to NATS gives up after this (GridUnavailable: down or unreachable)
+    pu_nats_lost_exit_s: float = 30.0  # a PU that can't reach NATS this long exits non-zero
+    pu_stop_timeout_s: float = 30.0  # a PU exits this long after SIGTERM at most: hand-off, store flush and all
 
     def __post_init__(self) -> None:
         assert self.write_bytes_max < self.append_bytes_max <= self.request_payload_bytes_max
@@ -56,3 +59,16 @@ class Limits:
 
 
 DEFAULT_LIMITS: Final = Limits()
+
+# Process-level bounds (the launcher, the PU process, NATS connections): not per-space settings.
+GRID_STOP_TIMEOUT_S: Final = 15.0  # `spacegrid up` stops within this (PU hand-off, store drain, nats-server), then kills
+GRID_STOP_TIMEOUT_S_MIN: Final = 3.0
+GRID_STOP_NATS_RESERVE_S_MAX: Final = 3.0  # of the stop bound, kept for stopping nats-server after the PUs
+PU_STOP_MARGIN_S: Final = 1.0  # a PU started by the launcher is told to finish this long before the launcher kills it
+PU_STOP_KILL_GRACE_S: Final = 2.0  # a PU's own watchdog exits it this long after its stop bound, stuck or not
+PU_NATS_CHECK_INTERVAL_S: Final = 0.25  # how often a PU looks at its NATS connection (lost for how long?)
+NATS_RECONNECT_WAIT_S_MIN: Final = 0.25  # reconnect attempts back off from this...
+NATS_RECONNECT_WAIT_S_MAX: Final = 2.0  # ...doubling up to this, with jitter
+NATS_RECONNECT_JITTER: Final = 0.2  # +-20% of the wait
+NATS_LOST_LOG_INTERVAL_S: Final = 30.0  # while NATS stays unreachable, one log line this often (and on the loss)
+DATA_DIR_LOCK_READ_S: Final = 0.5  # how long a refused locker waits for the holder to write its PID into the lock file
