@@ -360,7 +360,7 @@ class GridTarget:
         return int(result["released"])
 
     def counters(self) -> dict[str, int]:
-        stats = self.client.nc.stats
+        stats = self.client.transport._nc.stats  # until engine.transport offers statistics()
         return {**self.client.counters, "nats_in_msgs": stats["in_msgs"], "nats_out_msgs": stats["out_msgs"],
                 "nats_in_bytes": stats["in_bytes"], "nats_out_bytes": stats["out_bytes"]}
 

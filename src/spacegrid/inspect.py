@@ -6,11 +6,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from nats.js.errors import NoKeysError
-
-from spacegrid.engine.connection import connect
-from spacegrid.engine.coordination import Coordination
 from spacegrid.engine.subjects import Names
+from spacegrid.engine.transport import Transport
 from spacegrid.partitioning import PartitionTable
 
 
@@ -69,20 +66,10 @@ class GridStatus:
 
 
 async def read_status(nats_url: str, space: str, partition_count: int) -> GridStatus:
-    nc = await connect(nats_url, "spacegrid-status")
+    transport = await Transport.connect(nats_url, "spacegrid-status")
     try:
-        names = Names(space)
-        coord = await Coordination.open(nc.jetstream(), names)
+        coord = await transport.coordination(Names(space))
         table, _ = await coord.read_table(partition_count)
-        members: dict[str, dict[str, Any]] = {}
-        try:
-            keys = await coord.members.keys()
-        except NoKeysError:
-            keys = []
-        for key in keys:
-            entry = await coord.members.get(key)
-            if entry.value:
-                members[key] = coord.decode_member(entry.value)
-        return GridStatus(space, table, members)
+        return GridStatus(space, table, await coord.read_members())
     finally:
-        await nc.close()
+        await transport.close()

@@ -17,6 +17,7 @@ from spacegrid.errors import (
     SpacegridError,
     VersionConflict,
     error_from_code,
+    error_from_wire,
 )
 
 
@@ -121,11 +122,11 @@ def test_request_layout():
 def test_replies_round_trip_errors():
     """An ok reply carries its payload; an error reply rebuilds the same error class, message and current_version."""
     assert codec.decode(protocol.ok_reply(3, [1, "x"]), 100) == [3, protocol.OK, [1, "x"]]
-    req_id, status, (message, version) = codec.decode(protocol.error_reply(4, VersionConflict("stale", 17)), 1000)
-    rebuilt = error_from_code(status, message, version)
+    req_id, status, payload = codec.decode(protocol.error_reply(4, VersionConflict("stale", 17)), 1000)
+    rebuilt = error_from_wire([status, *payload])
     assert (req_id, type(rebuilt), str(rebuilt), rebuilt.current_version) == (4, VersionConflict, "stale", 17)
-    req_id, status, (message, version) = codec.decode(protocol.error_reply(5, NotOwner("moved")), 1000)
-    assert (status, message, version) == ("not_owner", "moved", 0)
+    req_id, status, payload = codec.decode(protocol.error_reply(5, NotOwner("moved")), 1000)
+    assert (status, payload) == ("not_owner", ["moved", 0, ""])
 
 
 @pytest.mark.parametrize("bytes_max", [16, 40, 100, 1000, 1 << 20])
@@ -214,7 +215,10 @@ def test_request_errors_are_not_retryable(cls):
     assert cls("x").retryable is False
 
 
-def test_ambiguous_outcomes_are_not_retryable_by_class():
-    """CommitUnknown, GridTimeout, VersionConflict and HandlerError don't claim the operation was not applied."""
-    for cls in (errors.CommitUnknown, errors.GridTimeout, VersionConflict, errors.HandlerError):
+def test_unknown_outcomes_are_retryable_but_not_not_applied():
+    """CommitUnknown and GridTimeout are retried (with the same operation id) but don't claim the operation was not
+    applied; VersionConflict and HandlerError are the caller's and not retried."""
+    for cls in (errors.CommitUnknown, errors.GridTimeout):
+        assert cls("x").retryable is True and not isinstance(cls("x"), errors.NotApplied)
+    for cls in (VersionConflict, errors.HandlerError):
         assert cls("x").retryable is False

@@ -1,5 +1,5 @@
 """The asyncio client: it watches the partition table, sends every request bound for one PU in one message per
-event-loop tick, and retries what is retryable until the call's deadline."""
+event-loop tick, and retries by the one policy of client.retry until the call's deadline."""
 
 from __future__ import annotations
 
@@ -11,20 +11,20 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from nats.aio.msg import Msg
-
 from spacegrid import codec, protocol
-from spacegrid.engine.connection import connect
-from spacegrid.engine.coordination import Coordination
+from spacegrid.client.retry import CallRetries
 from spacegrid.engine.subjects import Names
+from spacegrid.engine.transport import Message, Transport
 from spacegrid.errors import (
+    AttemptTimeout,
     ClosedError,
-    CommitUnknown,
-    GridTimeout,
     NotOwner,
+    Overloaded,
+    PartitionUnavailable,
     PayloadTooLarge,
+    RequestError,
     SpacegridError,
-    error_from_code,
+    error_from_wire,
 )
 from spacegrid.limits import DEFAULT_LIMITS, Limits
 from spacegrid.partitioning import PartitionTable
@@ -42,15 +42,6 @@ class BackupRead:
     version: int | None
     lag_records: int
     lag_s: float
-
-
-class AttemptTimeout(CommitUnknown):
-    """No reply to one attempt in time; retried with the same operation id."""
-
-
-def _retryable(error: SpacegridError) -> bool:
-    # Every write carries an operation id that the owner remembers, so an unknown outcome is safe to retry.
-    return error.retryable or isinstance(error, CommitUnknown)
 
 
 class Client:
@@ -80,13 +71,13 @@ class Client:
         return client
 
     async def _start(self, nats_url: str) -> None:
-        self.nc = await connect(nats_url, f"client:{self.client_id}")
-        self.coord = await Coordination.open(self.nc.jetstream(), self.names)
+        self.transport = await Transport.connect(nats_url, f"client:{self.client_id}")
+        self.coord = await self.transport.coordination(self.names)
         table, _ = await self.coord.read_table(self.space.partitions)
         self.table = table
-        self._inbox = self.nc.new_inbox()
-        self._sub = await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_reply)
-        self._tasks.append(await self.coord.watch(self.coord.table, self.names.table_key, self._on_table))
+        self._inbox = self.transport.new_inbox()
+        self._sub = await self.transport.subscribe(f"{self._inbox}.*", self._on_reply)
+        self._tasks.append(await self.coord.watch_table(self._on_table))
 
     async def close(self) -> None:
         if self._closed:
@@ -98,7 +89,7 @@ class Client:
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(ClosedError("client closed"))
-        await self.nc.drain()
+        await self.transport.drain()
 
     async def __aenter__(self) -> Client:
         return self
@@ -106,10 +97,7 @@ class Client:
     async def __aexit__(self, *exc_info: Any) -> None:
         await self.close()
 
-    async def _on_table(self, key: str, value: bytes | None, revision: int) -> None:
-        if value is None:
-            return
-        table = self.coord.decode_table(value)
+    async def _on_table(self, table: PartitionTable) -> None:
         if table.version > self.table.version:
             self.table = table
             self._fail_batches_to_departed(set(table.owners))
@@ -148,7 +136,7 @@ class Client:
                   deadline_s: float | None = None) -> int:
         """Store `value`; with expected_version, only if the entry is at that version (0: absent). Returns the new version."""
         if value is None:
-            raise SpacegridError("None can't be stored as a value: delete the key instead")
+            raise RequestError("None can't be stored as a value: delete the key instead")
         return int(await self._call(self.space.partition_of(map, key), protocol.OP_PUT, map, key, value,
                                     expected_version, write=True, deadline_s=deadline_s))
 
@@ -184,18 +172,19 @@ class Client:
 
     async def _call(self, partition: int, op: int, name: str, key: str, arg1: Any = None, arg2: Any = None,
                     write: bool = False, deadline_s: float | None = None) -> Any:
+        """Send until answered, by the policy of client.retry: one operation id for every attempt of a write."""
         if self._closed:
             raise ClosedError("client closed")
         if key:
             check_key(key)
         op_id = f"{self.client_id}:{next(self._op_ids)}" if write else ""
-        deadline = time.monotonic() + (deadline_s if deadline_s is not None else self.limits.call_deadline_s)
-        backoff_s = self.limits.retry_backoff_s_min
-        attempt = 0
+        retries = CallRetries.start(self.limits, time.monotonic(), deadline_s, f"partition {partition}")
         while True:
             owner = self._route(partition, op)
-            remaining_s = deadline - time.monotonic()
-            if owner is not None:
+            if owner is None:
+                error: SpacegridError = PartitionUnavailable(
+                    f"partition {partition} has no member to ask in table v{self.table.version}: nothing was sent")
+            else:
                 req_id = next(self._req_ids)
                 payload = protocol.request(req_id, op, partition, name, key, arg1, arg2, op_id)
                 if len(payload) > self.limits.request_payload_bytes_max:
@@ -204,21 +193,12 @@ class Client:
                         f"({self.limits.request_payload_bytes_max})")
                 try:
                     return await self._send(self.names.pu_subject(owner), req_id, payload,
-                                            min(self.limits.attempt_timeout_s, max(remaining_s, 0.001)))
+                                            retries.attempt_timeout_s(time.monotonic()))
                 except SpacegridError as exc:
-                    if not _retryable(exc):
-                        raise
-                    last_error: SpacegridError = exc
-            else:
-                last_error = SpacegridError(f"partition {partition} has no owner yet")
-            remaining_s = deadline - time.monotonic()
-            if remaining_s <= 0:
-                raise GridTimeout(f"no answer for partition {partition} within the deadline after "
-                                  f"{attempt + 1} attempts; last: {last_error}") from last_error
-            attempt += 1
+                    error = exc
+            delay_s = retries.after_failure(error, time.monotonic())  # raises what ends the call
             self.counters["retries"] += 1
-            await asyncio.sleep(min(backoff_s, remaining_s))
-            backoff_s = min(backoff_s * 2, self.limits.retry_backoff_s_max)
+            await asyncio.sleep(delay_s)
 
     def _route(self, partition: int, op: int) -> str | None:
         """The member to ask: the owner, or for a backup read the first backup."""
@@ -231,8 +211,9 @@ class Client:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         if len(self._pending) >= self.limits.pending_requests_max:
-            future.set_exception(SpacegridError(
-                f"more than {self.limits.pending_requests_max} requests in flight (limits.pending_requests_max)"))
+            future.set_exception(Overloaded(
+                f"more than {self.limits.pending_requests_max} requests in flight (limits.pending_requests_max): "
+                "back off"))
             return future
         self._pending[req_id] = future
         self.counters["requests"] += 1
@@ -261,7 +242,7 @@ class Client:
 
     async def _publish(self, subject: str, message: bytes, reply_to: str) -> None:
         try:
-            await self.nc.publish(subject, message, reply=reply_to)
+            await self.transport.publish(subject, message, reply=reply_to)
         except Exception as exc:  # reconnecting or closed: the attempt timer retries
             log.debug("publish to %s failed: %s", subject, exc)
 
@@ -283,7 +264,7 @@ class Client:
             if future is not None and not future.done():
                 future.set_exception(error)
 
-    async def _on_reply(self, msg: Msg) -> None:
+    async def _on_reply(self, msg: Message) -> None:
         if not msg.data:
             status = (msg.headers or {}).get("Status", "")
             self._fail_batch(int(msg.subject.rpartition(".")[2]),
@@ -304,4 +285,4 @@ class Client:
             if status == protocol.OK:
                 future.set_result(payload)
             else:
-                future.set_exception(error_from_code(status, payload[0], payload[1]))
+                future.set_exception(error_from_wire([status, *payload]))

@@ -12,6 +12,7 @@ from nats.js.errors import (
     BucketNotFoundError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
+    NoKeysError,
     NotFoundError,
 )
 from nats.js.kv import KeyValue
@@ -74,6 +75,19 @@ class Coordination:
         if not entry.value:
             return None
         return self.decode_member(entry.value), int(entry.revision or 0)
+
+    async def read_members(self) -> dict[str, dict[str, Any]]:
+        """Every member's record by member id (none: an empty dict)."""
+        try:
+            keys = await self.members.keys()
+        except NoKeysError:
+            return {}
+        members: dict[str, dict[str, Any]] = {}
+        for key in keys:
+            found = await self.read_member(key)
+            if found is not None:
+                members[key] = found[0]
+        return members
 
     async def remove_member(self, member_id: str, revision: int | None = None) -> bool:
         """Delete a member's record: on graceful leave, or by the coordinator once it is dead. With a revision,
@@ -140,6 +154,15 @@ class Coordination:
                 await watcher.stop()
 
         return asyncio.create_task(pump(), name=f"watch:{key}")
+
+    async def watch_table(self, on_table: Callable[[PartitionTable], Awaitable[None]]) -> asyncio.Task[None]:
+        """Run on_table(table) for the current table, then for every table written (a deleted one is skipped)."""
+
+        async def on_entry(key: str, value: bytes | None, revision: int) -> None:
+            if value is not None:
+                await on_table(self.decode_table(value))
+
+        return await self.watch(self.table, self.names.table_key, on_entry)
 
     def decode_table(self, value: bytes) -> PartitionTable:
         return PartitionTable.from_wire(codec.decode(value, META_BYTES_MAX))
