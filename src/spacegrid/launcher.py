@@ -1,4 +1,7 @@
-"""A local grid: the embedded nats-server and N PU processes under one data dir, found again through DIR/grid.json."""
+"""A local grid: the embedded nats-server and N PU processes under one data dir, found again through DIR/grid.json.
+
+The grid holds the data dir's lock (spacegrid.datadir) from start() to stop(); its children die with it, however
+it dies (spacegrid.lifeline); stop() returns within stop_timeout_s, killing what did not stop by itself in time."""
 
 from __future__ import annotations
 
@@ -13,9 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from spacegrid.datadir import DataDirLock
 from spacegrid.engine.server import NatsServerProcess, NatsServerSpec, start_cluster, stop_all
 from spacegrid.errors import ConfigError, GridUnavailable
 from spacegrid.inspect import GridStatus, read_status
+from spacegrid.lifeline import Lifeline, spawn
+from spacegrid.limits import GRID_STOP_NATS_RESERVE_S_MAX, GRID_STOP_TIMEOUT_S, GRID_STOP_TIMEOUT_S_MIN, PU_STOP_MARGIN_S
 from spacegrid.space import Space
 
 GRID_FILE = "grid.json"
@@ -72,11 +78,15 @@ class PuProcess:
         self.signal(signal.SIGKILL)
         self.popen.wait(timeout=10)
 
-    def stop(self, timeout_s: float = 15.0) -> None:
+    def stop(self, timeout_s: float = GRID_STOP_TIMEOUT_S) -> None:
         self.signal(signal.SIGCONT)
         self.signal(signal.SIGTERM)
+        self.wait_or_kill(time.monotonic() + timeout_s)
+
+    def wait_or_kill(self, deadline_s: float) -> None:
+        """Reap it by `deadline_s` (time.monotonic()); SIGKILL it then if it still runs."""
         try:
-            self.popen.wait(timeout=timeout_s)
+            self.popen.wait(timeout=max(0.0, deadline_s - time.monotonic()))
         except subprocess.TimeoutExpired:
             self.kill()
 
@@ -93,12 +103,17 @@ class LocalGrid:
     nats_cluster: int = 0  # 0: one embedded node; 3: a local 3-node cluster, streams and KV with 3 replicas
     store: str = EMBEDDED_STORE  # a store URL, "embedded" (SQLite under data_dir) or "none"
     nats_host: str = "127.0.0.1"  # the address the embedded nats-server(s) listen on
+    stop_timeout_s: float = GRID_STOP_TIMEOUT_S  # stop() returns within this, PU hand-off and store drain included
     nats_nodes: list[NatsServerProcess] = field(default_factory=list)
     pus: list[PuProcess] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.nats_cluster not in (0, 1, 3, 5):
             raise ConfigError(f"--nats-cluster takes 3 or 5 nodes (a quorum needs an odd count), not {self.nats_cluster}")
+        if self.stop_timeout_s < GRID_STOP_TIMEOUT_S_MIN:
+            raise ConfigError(f"--stop-timeout-s must be at least {GRID_STOP_TIMEOUT_S_MIN:g}, not {self.stop_timeout_s:g}")
+        self._lock: DataDirLock | None = None
+        self._lifeline: Lifeline | None = None
         self.space = load_space(self.app)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.store == EMBEDDED_STORE:
@@ -119,7 +134,21 @@ class LocalGrid:
     def replicas(self) -> int:
         return 3 if len(self.nats_nodes) >= 3 else 1
 
+    @property
+    def nats_stop_reserve_s(self) -> float:
+        """Of the stop bound, what is kept for stopping nats-server after the PUs."""
+        return min(GRID_STOP_NATS_RESERVE_S_MAX, self.stop_timeout_s / 5)
+
+    @property
+    def pu_stop_timeout_s(self) -> float:
+        """The stop bound each PU gets: it finishes (or gives up) before the launcher would kill it."""
+        return self.stop_timeout_s - self.nats_stop_reserve_s - PU_STOP_MARGIN_S
+
     def start(self, pus: int) -> None:
+        """Lock the data dir (ConfigError naming the holder if another process has it), start NATS and `pus` PUs."""
+        if self._lock is None:
+            self._lock = DataDirLock.acquire(self.data_dir, "spacegrid up")
+            self._lifeline = Lifeline()
         if self.nats_url is None:
             if self.nats_cluster >= 3:
                 self.nats_nodes = start_cluster(self.data_dir / "nats", self.nats_cluster, host=self.nats_host)
@@ -140,11 +169,12 @@ class LocalGrid:
         log_dir = self.data_dir / "logs"
         log_dir.mkdir(exist_ok=True)
         log_path = log_dir / f"pu-{index}.log"
+        assert self._lifeline is not None, "start() first"
         command = [*wrapper, sys.executable, "-m", "spacegrid.cli.main", "pu", "--app", self.app, "--nats", self.url,
-                   "--replicas", str(self.replicas), "--metrics-port", "0", *self.store_args, *self.pu_args]
+                   "--replicas", str(self.replicas), "--metrics-port", "0", "--stop-timeout-s",
+                   f"{self.pu_stop_timeout_s:g}", *self.store_args, *self.pu_args]
         with open(log_path, "ab") as log_file:
-            popen = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
+            popen = spawn(command, stdout=log_file, lifeline=self._lifeline)
         pu = PuProcess(index, popen, log_path, wrapper)
         self.pus.append(pu)
         return pu
@@ -158,6 +188,7 @@ class LocalGrid:
         return [] if self.store_url is None else ["--store", self.store_url]
 
     def write_grid_file(self) -> None:
+        assert self._lock is not None, "only the grid holding the data dir's lock writes its grid.json"
         record = {"nats_url": self.url, "app": self.app, "space": self.space.name, "store": self.store_url,
                   "nats_pids": [node.pid for node in self.nats_nodes if node.is_running()],
                   "pus": [pu.pid for pu in self.pus if pu.alive()], "launcher_pid": os.getpid()}
@@ -195,13 +226,35 @@ class LocalGrid:
         raise GridUnavailable(f"grid not ready within {timeout_s}s: {last_error}; see logs in {self.data_dir / 'logs'}")
 
     def stop(self) -> None:
+        """Stop within stop_timeout_s: SIGTERM to every PU (each hands off and drains its store within its own
+        bound), SIGKILL to those still running when the nats-server's reserve begins, then nats-server (SIGTERM,
+        SIGKILL at the bound). Then grid.json goes and the data dir is unlocked; idempotent. A grid that never got
+        the lock (another process holds it) touches nothing there."""
+        deadline_s = time.monotonic() + self.stop_timeout_s
+        try:
+            for pu in self.pus:
+                pu.signal(signal.SIGCONT)
+                pu.signal(signal.SIGTERM)
+            for pu in self.pus:
+                pu.wait_or_kill(deadline_s - self.nats_stop_reserve_s)
+            stop_all(self.nats_nodes, max(0.1, deadline_s - time.monotonic()))
+        finally:
+            self.kill()  # whatever is left, if stopping failed half-way
+            if self._lock is not None:
+                (self.data_dir / GRID_FILE).unlink(missing_ok=True)
+                self._lock.release()
+                self._lock = None
+            if self._lifeline is not None:
+                self._lifeline.close()
+                self._lifeline = None
+
+    def kill(self) -> None:
+        """SIGKILL every process of this grid still running (by PID) and reap it; the data dir stays locked."""
         for pu in self.pus:
-            pu.signal(signal.SIGCONT)
-            pu.signal(signal.SIGTERM)
-        for pu in self.pus:
-            pu.stop()
-        stop_all(self.nats_nodes)
-        (self.data_dir / GRID_FILE).unlink(missing_ok=True)
+            if pu.alive():
+                pu.kill()
+        for node in self.nats_nodes:
+            node.kill()
 
     def __enter__(self) -> LocalGrid:
         return self

@@ -3,75 +3,31 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any
 
 import click
+from click.core import ParameterSource
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from spacegrid.client.client import Client
+from spacegrid.cli.chaos import chaos
+from spacegrid.cli.common import (app_option, connect_timeout_option, console, data_dir_option, deadline_option, fail,
+                                  lock_data_dir, nats_option, parse_json, print_json, resolve, within_connect_bound,
+                                  with_client)
+from spacegrid.cli.reconcile import reconcile
 from spacegrid.engine.connection import install_uvloop
 from spacegrid.errors import SpacegridError
 from spacegrid.inspect import GridStatus, read_status
-from spacegrid.launcher import DEFAULT_APP, EMBEDDED_STORE, LocalGrid, load_space, read_grid_file
-from spacegrid.limits import DEFAULT_LIMITS, Limits
-from spacegrid.space import Space
+from spacegrid.launcher import DEFAULT_APP, EMBEDDED_STORE, LocalGrid
+from spacegrid.limits import DEFAULT_LIMITS, GRID_STOP_TIMEOUT_S, GRID_STOP_TIMEOUT_S_MIN, Limits
 
-T = TypeVar("T")
-console = Console(stderr=True)
-DATA_DIR_DEFAULT = ".spacegrid"
-
-data_dir_option = click.option("--data-dir", type=click.Path(path_type=Path), default=DATA_DIR_DEFAULT,
-                               show_default=True, help="Where the embedded grid keeps its data and grid.json.")
-nats_option = click.option("--nats", "nats_url", default=None, help="NATS URL(s), comma-separated; default: from grid.json.")
-app_option = click.option("--app", default=None, help=f"MODULE:SPACE to serve or talk to (default: grid.json's, else {DEFAULT_APP}).")
-deadline_option = click.option("--deadline-s", type=float, default=DEFAULT_LIMITS.call_deadline_s, show_default=True)
-
-
-def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
-    sys.exit(1)
-
-
-def _resolve(data_dir: Path, nats_url: str | None, app: str | None) -> tuple[str, Space]:
-    if nats_url is None or app is None:
-        grid = read_grid_file(data_dir)
-        nats_url = nats_url or grid["nats_url"]
-        app = app or grid.get("app", DEFAULT_APP)
-    return nats_url, load_space(app or DEFAULT_APP)
-
-
-def _parse_json(text: str | None, what: str) -> Any:
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise click.BadParameter(f"{what} must be JSON ({exc}); e.g. '{{\"seats\": 100}}'") from None
-
-
-def _with_client(data_dir: Path, nats_url: str | None, app: str | None,
-                 body: Callable[[Client], Awaitable[T]]) -> T:
-    async def run() -> T:
-        url, space = _resolve(data_dir, nats_url, app)
-        client = await Client.connect(space, url)
-        try:
-            return await body(client)
-        finally:
-            await client.close()
-
-    return asyncio.run(run())
-
-
-def _print_json(value: Any) -> None:
-    click.echo(json.dumps(value, default=lambda o: o.hex() if isinstance(o, bytes) else str(o)))
+STATUS_READ_S = 10.0  # after connecting: reading every member's record
 
 
 @click.group()
@@ -93,18 +49,16 @@ def cli(log_level: str) -> None:
               help="Durable store: a postgresql://... or sqlite:///... URL, 'embedded' (SQLite under --data-dir) "
                    "or 'none'.")
 @click.option("--ready-timeout-s", type=float, default=120.0, show_default=True)
+@click.option("--stop-timeout-s", type=click.FloatRange(GRID_STOP_TIMEOUT_S_MIN, 3600), default=GRID_STOP_TIMEOUT_S,
+              show_default=True, help="Ctrl-C or SIGTERM stops the grid within this (PU hand-off and store drain "
+                                      "included); what still runs then is killed.")
 def up(pus: int, data_dir: Path, app: str | None, nats_url: str | None, port: int | None, nats_cluster: str,
-       store_url: str, ready_timeout_s: float) -> None:
-    """Run a grid here: an embedded nats-server (unless --nats), PUS processing units and the app (Ctrl-C stops it)."""
+       store_url: str, ready_timeout_s: float, stop_timeout_s: float) -> None:
+    """Run a grid here: an embedded nats-server (unless --nats), PUS processing units and the app (Ctrl-C stops it).
+    The data dir is locked while it runs; its processes die with it, even on SIGKILL."""
     grid = LocalGrid(data_dir, app or DEFAULT_APP, nats_url=nats_url, nats_port=port, nats_cluster=int(nats_cluster),
-                     store=store_url)
-    stop_requested = False
-
-    def request_stop(signum: int, frame: Any) -> None:
-        nonlocal stop_requested
-        stop_requested = True
-
-    signal.signal(signal.SIGTERM, request_stop)
+                     store=store_url, stop_timeout_s=stop_timeout_s)
+    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops the grid as Ctrl-C does, wherever the launcher is
     try:
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TimeElapsedColumn(), console=console) as progress:
@@ -130,7 +84,7 @@ def up(pus: int, data_dir: Path, app: str | None, nats_url: str | None, port: in
         console.print(f"  grid file {data_dir / 'grid.json'}   logs {data_dir / 'logs'}")
         console.print("  try       spacegrid call create_event E1 '{\"seats\": 100}'   then   spacegrid status")
         console.print("Ctrl-C stops the grid.")
-        while not stop_requested:
+        while True:
             time.sleep(0.2)
             for pu in grid.pus:
                 if not pu.alive() and pu.popen.returncode not in (0,):
@@ -142,12 +96,25 @@ def up(pus: int, data_dir: Path, app: str | None, nats_url: str | None, port: in
     except KeyboardInterrupt:
         pass
     except SpacegridError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        _stop_grid(grid)
+        fail(str(exc))
+    console.print(f"stopping the grid (at most {stop_timeout_s:g} s; Ctrl-C again kills it) ...")
+    started_s = time.monotonic()
+    _stop_grid(grid)
+    console.print(f"stopped in {time.monotonic() - started_s:.1f} s.")
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_grid(grid: LocalGrid) -> None:
+    """grid.stop() (bounded); a second Ctrl-C or SIGTERM meanwhile kills what is left at once."""
+    try:
         grid.stop()
-        sys.exit(1)
-    console.print("stopping the grid ...")
-    grid.stop()
-    console.print("stopped.")
+    except KeyboardInterrupt:
+        grid.kill()
+        grid.stop()  # nothing left to wait for: unlocks the data dir and removes grid.json
 
 
 @cli.command()
@@ -171,21 +138,36 @@ def up(pus: int, data_dir: Path, app: str | None, nats_url: str | None, port: in
                    "keep it above clients' call deadlines.")
 @click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port (0: a free one).")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True)
+@click.option("--stop-timeout-s", type=click.FloatRange(0.5, 3600), default=DEFAULT_LIMITS.pu_stop_timeout_s,
+              show_default=True, help="SIGTERM: hand off and stop within this, then exit regardless.")
+@click.option("--nats-lost-exit-s", type=click.FloatRange(0.5, 86400), default=DEFAULT_LIMITS.pu_nats_lost_exit_s,
+              show_default=True, help="Exit (non-zero) after NATS has been unreachable this long.")
+@connect_timeout_option
 def pu(app: str | None, nats_url: str | None, data_dir: Path, replicas: int, heartbeat_interval_s: float,
        lease_s: float, heartbeat_timeout_s: float, handler_time_limit_s: float, catch_ups_max: int,
        store_url: str | None, write_behind_delay_s: float, write_behind_batch_rows: int, log_trim_age_s: float,
-       metrics_port: int | None, metrics_host: str) -> None:
-    """Run one processing unit in this process."""
+       metrics_port: int | None, metrics_host: str, stop_timeout_s: float, nats_lost_exit_s: float,
+       connect_timeout_s: float) -> None:
+    """Run one processing unit in this process. With --data-dir given (or without --nats/--app, read from its
+    grid.json), the PU locks that data dir: one PU or grid per data dir."""
     from spacegrid.unit.runner import run_pu
 
-    url, space = _resolve(data_dir, nats_url, app)
+    uses_data_dir = (click.get_current_context().get_parameter_source("data_dir") is not ParameterSource.DEFAULT
+                     or nats_url is None or app is None)
+    lock = lock_data_dir(data_dir, "spacegrid pu") if uses_data_dir else None
+    url, space = resolve(data_dir, nats_url, app)
     limits = Limits(heartbeat_interval_s=heartbeat_interval_s, lease_s=lease_s, heartbeat_timeout_s=heartbeat_timeout_s,
                     handler_time_limit_s=handler_time_limit_s, catch_ups_max=catch_ups_max,
                     write_behind_delay_s=write_behind_delay_s, write_behind_batch_rows=write_behind_batch_rows,
-                    log_trim_age_s=log_trim_age_s)
+                    log_trim_age_s=log_trim_age_s, pu_stop_timeout_s=stop_timeout_s,
+                    pu_nats_lost_exit_s=nats_lost_exit_s, connect_timeout_s=connect_timeout_s)
     install_uvloop()
     metrics = None if metrics_port is None else (metrics_host, metrics_port)
-    asyncio.run(run_pu(space, url, limits, replicas, metrics, store_url))
+    try:
+        asyncio.run(run_pu(space, url, limits, replicas, metrics, store_url))
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 @cli.command()
@@ -197,13 +179,14 @@ def pu(app: str | None, nats_url: str | None, data_dir: Path, replicas: int, hea
 @nats_option
 @app_option
 @deadline_option
+@connect_timeout_option
 def put(map_name: str, key: str, value_json: str, expected_version: int | None, data_dir: Path,
-        nats_url: str | None, app: str | None, deadline_s: float) -> None:
+        nats_url: str | None, app: str | None, deadline_s: float, connect_timeout_s: float) -> None:
     """Store a JSON value; prints the new version."""
-    value = _parse_json(value_json, "the value")
-    version = _with_client(data_dir, nats_url, app,
-                           lambda c: c.put(map_name, key, value, expected_version, deadline_s))
-    _print_json({"version": version})
+    value = parse_json(value_json, "the value")
+    version = with_client(data_dir, nats_url, app, connect_timeout_s,
+                          lambda c: c.put(map_name, key, value, expected_version, deadline_s))
+    print_json({"version": version})
 
 
 @cli.command()
@@ -213,13 +196,15 @@ def put(map_name: str, key: str, value_json: str, expected_version: int | None, 
 @nats_option
 @app_option
 @deadline_option
-def get(map_name: str, key: str, data_dir: Path, nats_url: str | None, app: str | None, deadline_s: float) -> None:
+@connect_timeout_option
+def get(map_name: str, key: str, data_dir: Path, nats_url: str | None, app: str | None, deadline_s: float,
+        connect_timeout_s: float) -> None:
     """Print {"value": ..., "version": N}; exits 3 if the key does not exist."""
-    entry = _with_client(data_dir, nats_url, app, lambda c: c.get_entry(map_name, key, deadline_s))
+    entry = with_client(data_dir, nats_url, app, connect_timeout_s, lambda c: c.get_entry(map_name, key, deadline_s))
     if entry is None:
         console.print(f"{map_name}[{key!r}] does not exist")
         sys.exit(3)
-    _print_json({"value": entry[0], "version": entry[1]})
+    print_json({"value": entry[0], "version": entry[1]})
 
 
 @cli.command()
@@ -230,11 +215,13 @@ def get(map_name: str, key: str, data_dir: Path, nats_url: str | None, app: str 
 @nats_option
 @app_option
 @deadline_option
+@connect_timeout_option
 def delete(map_name: str, key: str, expected_version: int | None, data_dir: Path, nats_url: str | None,
-           app: str | None, deadline_s: float) -> None:
+           app: str | None, deadline_s: float, connect_timeout_s: float) -> None:
     """Delete a key; prints whether it existed."""
-    existed = _with_client(data_dir, nats_url, app, lambda c: c.delete(map_name, key, expected_version, deadline_s))
-    _print_json({"deleted": existed})
+    existed = with_client(data_dir, nats_url, app, connect_timeout_s,
+                          lambda c: c.delete(map_name, key, expected_version, deadline_s))
+    print_json({"deleted": existed})
 
 
 @cli.command()
@@ -245,11 +232,12 @@ def delete(map_name: str, key: str, expected_version: int | None, data_dir: Path
 @nats_option
 @app_option
 @deadline_option
+@connect_timeout_option
 def call(handler: str, key: str, args_json: str | None, data_dir: Path, nats_url: str | None, app: str | None,
-         deadline_s: float) -> None:
+         deadline_s: float, connect_timeout_s: float) -> None:
     """Run a handler on the PU that owns KEY; prints its JSON result."""
-    args = _parse_json(args_json, "the handler arguments")
-    _print_json(_with_client(data_dir, nats_url, app, lambda c: c.execute(handler, key, args, deadline_s)))
+    args = parse_json(args_json, "the handler arguments")
+    print_json(with_client(data_dir, nats_url, app, connect_timeout_s, lambda c: c.execute(handler, key, args, deadline_s)))
 
 
 @cli.command()
@@ -259,11 +247,12 @@ def call(handler: str, key: str, args_json: str | None, data_dir: Path, nats_url
 @nats_option
 @app_option
 @deadline_option
+@connect_timeout_option
 def query(name: str, args_json: str | None, data_dir: Path, nats_url: str | None, app: str | None,
-          deadline_s: float) -> None:
+          deadline_s: float, connect_timeout_s: float) -> None:
     """Run a read-only query on every partition; prints the merged JSON result."""
-    args = _parse_json(args_json, "the query arguments")
-    _print_json(_with_client(data_dir, nats_url, app, lambda c: c.query(name, args, deadline_s)))
+    args = parse_json(args_json, "the query arguments")
+    print_json(with_client(data_dir, nats_url, app, connect_timeout_s, lambda c: c.query(name, args, deadline_s)))
 
 
 @cli.command()
@@ -271,12 +260,14 @@ def query(name: str, args_json: str | None, data_dir: Path, nats_url: str | None
 @nats_option
 @app_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(data_dir: Path, nats_url: str | None, app: str | None, as_json: bool) -> None:
+@connect_timeout_option
+def status(data_dir: Path, nats_url: str | None, app: str | None, as_json: bool, connect_timeout_s: float) -> None:
     """Members and partitions of the grid."""
-    url, space = _resolve(data_dir, nats_url, app)
-    grid = asyncio.run(read_status(url, space.name, space.partitions))
+    url, space = resolve(data_dir, nats_url, app)
+    grid = asyncio.run(within_connect_bound(read_status(url, space.name, space.partitions), url, connect_timeout_s,
+                                            STATUS_READ_S))
     if as_json:
-        _print_json(grid.to_json())
+        print_json(grid.to_json())
         return
     out = Console()
     members = Table(title=f"space {space.name}: table v{grid.table.version}, "
@@ -322,8 +313,6 @@ def status(data_dir: Path, nats_url: str | None, app: str | None, as_json: bool)
     out.print(partitions)
 
 
-from spacegrid.cli.chaos import chaos
-from spacegrid.cli.reconcile import reconcile
 cli.add_command(chaos)
 cli.add_command(reconcile)
 
@@ -332,7 +321,7 @@ def main() -> None:
     try:
         cli()
     except SpacegridError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 if __name__ == "__main__":

@@ -12,15 +12,16 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from spacegrid.cli.common import (app_option, connect_timeout_option, data_dir_option, nats_option, open_client,
+                                  read_running_grid_file, resolve)
 from spacegrid.errors import ConfigError
-from spacegrid.launcher import read_grid_file
 from spacegrid.reconcile import REPAIR_DIRECTIONS, PartitionReport, Reconciler, reconcile as run_reconcile
 
 
 @click.command()
-@click.option("--data-dir", type=click.Path(path_type=Path), default=".spacegrid", show_default=True)
-@click.option("--nats", "nats_url", default=None, help="NATS URL(s); default: from grid.json.")
-@click.option("--app", default=None, help="MODULE:SPACE; default: from grid.json.")
+@data_dir_option
+@nats_option
+@app_option
 @click.option("--store", "store_url", default=None, help="Store URL; default: from grid.json.")
 @click.option("--map", "map_names", multiple=True, help="Only this map (repeatable); default: every persisted map.")
 @click.option("--partition", "partitions", type=int, multiple=True, help="Only this partition (repeatable).")
@@ -28,16 +29,16 @@ from spacegrid.reconcile import REPAIR_DIRECTIONS, PartitionReport, Reconciler, 
               help="Repair the drift: 'store' makes the store equal the grid, 'grid' the grid equal the store. "
                    "Without it, a dry run that only reports.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@connect_timeout_option
 def reconcile(data_dir: Path, nats_url: str | None, app: str | None, store_url: str | None,
-              map_names: tuple[str, ...], partitions: tuple[int, ...], repair: str | None, as_json: bool) -> None:
+              map_names: tuple[str, ...], partitions: tuple[int, ...], repair: str | None, as_json: bool,
+              connect_timeout_s: float) -> None:
     """Compare grid and store (per-partition digests, then key by key where they differ); exits 4 on drift left."""
-    from spacegrid.cli.main import _resolve
-    from spacegrid.client.client import Client
     from spacegrid.store import open_store
 
-    url, space = _resolve(data_dir, nats_url, app)
+    url, space = resolve(data_dir, nats_url, app)
     if store_url is None:
-        store_url = read_grid_file(data_dir).get("store")
+        store_url = read_running_grid_file(data_dir).get("store")
     if not store_url:
         raise ConfigError("no store to reconcile with: pass --store URL (the grid.json of this grid names none)")
     maps = list(map_names) or [m.name for m in space.maps.values() if m.persistence != "none"]
@@ -49,7 +50,7 @@ def reconcile(data_dir: Path, nats_url: str | None, app: str | None, store_url: 
     async def run() -> list[PartitionReport]:
         store = open_store(store_url, space.name, list(space.maps))
         await store.open()
-        client = await Client.connect(space, url)
+        client = await open_client(space, url, connect_timeout_s)
         try:
             with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                           TimeElapsedColumn(), console=err, disable=as_json) as progress:

