@@ -32,7 +32,12 @@ class Limits:
     replay_timeout_s: float = 60.0
     jetstream_api_timeout_s: float = 2.0  # one JetStream API call (stream info, last message, consumer create)
     handoff_timeout_s: float = 30.0  # a leaving PU waits this long at most for its partitions to move
-    pending_requests_max: int = 100_000
+    pending_requests_max: int = 100_000  # a client's requests in flight
+    waiters_max: int = 100_000  # a PU's requests waiting for a commit, the store or a read-through: past it, Overloaded
+    replies_pending_max: int = 100_000  # a PU's replies queued and not yet handed to the connection: past it, Overloaded
+    partition_backlog_ops_max: int = 50_000  # a partition's writes applied and not yet appended: past it, Overloaded
+    bootstrap_timeout_s: float = 60.0  # a starting PU waits this long at most for JetStream and for its store
+    bootstrap_retry_s: float = 0.25  # between attempts while it waits
     catch_ups_max: int = 1  # backups of one PU catching up with the log at once (paces live migration; measured)
     write_behind_delay_s: float = 0.1  # the pump persists each partition's new writes at most this long after
     write_behind_batch_rows: int = 500  # rows per store transaction

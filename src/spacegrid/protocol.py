@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Final
 
 from spacegrid import codec
-from spacegrid.errors import SpacegridError, error_to_wire
+from spacegrid.errors import RequestError, SpacegridError, error_to_wire
 
 # Request: [req_id, op, partition, map_or_name, key, arg1, arg2, op_id]
 OP_GET: Final = 1
@@ -19,6 +20,134 @@ OP_VERSIONS: Final = 7  # reconciliation: a map's (key, version) pairs in a part
 # Reply: [req_id, status, payload]; status OK or an error code, payload [message, current_version] on error.
 OK: Final = 0
 MALFORMED_REQ_ID: Final = -1
+
+
+# ---- requests, decoded and validated on the PU -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Get:
+    req_id: int
+    partition: int
+    map: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class GetBackup:
+    """A get answered by a hot backup of the partition, with the backup's lag."""
+
+    req_id: int
+    partition: int
+    map: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    req_id: int
+    partition: int
+    map: str
+    key: str
+    value: Any
+    expected_version: int | None
+    op_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    req_id: int
+    partition: int
+    map: str
+    key: str
+    expected_version: int | None
+    op_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Execute:
+    """Run a handler on the key's partition (op_id empty for a read-only handler)."""
+
+    req_id: int
+    partition: int
+    handler: str
+    key: str
+    args: Any
+    op_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    req_id: int
+    partition: int
+    query: str
+    args: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Versions:
+    """Reconciliation: a page of a map's (key, version) pairs after `after_key` (limit 0: count and digest)."""
+
+    req_id: int
+    partition: int
+    map: str
+    after_key: str | None
+    limit: int
+
+
+Request = Get | GetBackup | Put | Delete | Execute | Query | Versions
+READS: Final = (Get, Query, Versions)  # served only within the read lease (a read-only Execute too)
+REQUEST_FIELDS: Final = 8
+
+
+def request_id_of(raw: Any) -> int:
+    """The request id of an undecodable request, if it has one, to address the error reply."""
+    if isinstance(raw, list) and raw and type(raw[0]) is int:
+        return int(raw[0])
+    return MALFORMED_REQ_ID
+
+
+def decode_request(raw: Any, partition_count: int) -> Request:
+    """Validate one wire request [req_id, op, partition, name, key, arg1, arg2, op_id] and type it; a request
+    that does not fit raises RequestError (the caller's fault) naming what is wrong."""
+    if not isinstance(raw, list) or len(raw) != REQUEST_FIELDS:
+        raise RequestError(f"a request is a list of {REQUEST_FIELDS} fields [req_id, op, partition, name, key, arg1, "
+                           f"arg2, op_id], not {type(raw).__name__} of {len(raw) if isinstance(raw, list) else 1}")
+    req_id, op, partition, name, key, arg1, arg2, op_id = raw
+    if type(req_id) is not int or type(op) is not int:
+        raise RequestError("req_id and op are integers")
+    if type(partition) is not int or not 0 <= partition < partition_count:
+        raise RequestError(f"partition must be an integer in 0..{partition_count - 1}, not {partition!r}")
+    if type(name) is not str or type(key) is not str or type(op_id) is not str:
+        raise RequestError("name, key and op_id are strings")
+    if op == OP_GET:
+        return Get(req_id, partition, name, key)
+    if op == OP_PUT:
+        if arg1 is None:
+            raise RequestError("None can't be stored as a value: delete the key instead")
+        return Put(req_id, partition, name, key, arg1, _version(arg2), op_id)
+    if op == OP_DELETE:
+        return Delete(req_id, partition, name, key, _version(arg2), op_id)
+    if op == OP_EXECUTE:
+        return Execute(req_id, partition, name, key, arg1, op_id)
+    if op == OP_QUERY:
+        return Query(req_id, partition, name, arg1)
+    if op == OP_GET_BACKUP:
+        return GetBackup(req_id, partition, name, key)
+    if op == OP_VERSIONS:
+        if arg1 is not None and type(arg1) is not str or type(arg2) is not int or arg2 < 0:
+            raise RequestError("a versions request takes after_key (str or None) and limit (an integer >= 0)")
+        return Versions(req_id, partition, name, arg1, arg2)
+    raise RequestError(f"unknown operation {op!r}")
+
+
+def _version(value: Any) -> int | None:
+    if value is None or type(value) is int and value >= 0:
+        return value
+    raise RequestError(f"expected_version is an integer >= 0 (0: the key must be absent) or None, not {value!r}")
+
+
+# ---- encoding ------------------------------------------------------------------------------------------------
 
 
 def request(req_id: int, op: int, partition: int, name: str, key: str = "", arg1: Any = None,

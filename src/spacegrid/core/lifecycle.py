@@ -56,12 +56,13 @@ class Event:
 class Assigned(Event):
     """The table gives this PU the partition at `epoch`. `handoff_from`: a live previous owner that must first
     adopt the table; `with_store`: catch up with the store before replaying; `promoted`: the state is a hot
-    backup's replica, already loaded and following the log."""
+    backup's replica, already loaded and following the log up to `start_seq`."""
 
     epoch: int
     handoff_from: str | None = None
     with_store: bool = False
     promoted: bool = False
+    start_seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,7 +276,8 @@ class Lifecycle:
         assert event.attempt <= self._attempts, "attempts come from next_attempt()"
         self.epochs[event.partition] = event.epoch
         self.records[event.partition] = new = PartitionRecord(event.partition, event.attempt, event.epoch,
-                                                              State.AWAITING_HANDOFF, event.with_store, event.promoted)
+                                                              State.AWAITING_HANDOFF, event.with_store, event.promoted,
+                                                              seq=event.start_seq)
         if event.handoff_from is not None:
             return [WaitForHandoff(event.partition, event.attempt, event.stimulus_id, event.handoff_from)]
         return self._after_handoff(new, event.stimulus_id)

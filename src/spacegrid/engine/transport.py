@@ -9,11 +9,17 @@ from typing import Any, Protocol
 
 from nats.aio.client import Client as NatsClient
 from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from spacegrid.engine.changelog import Changelog, ensure_stream
 from spacegrid.engine.connection import connect
 from spacegrid.engine.coordination import Coordination
 from spacegrid.engine.subjects import Names
+from spacegrid.errors import GridUnavailable
+
+NOT_READY: tuple[type[Exception], ...] = (NatsTimeoutError, NoRespondersError, ServiceUnavailableError,
+                                          NoStreamResponseError)  # JetStream electing leaders, or not up yet
 
 
 class Message(Protocol):
@@ -91,14 +97,22 @@ class Transport:
     # ---- JetStream ------------------------------------------------------------------------------------------
 
     async def ensure_stream(self, names: Names, replicas: int, max_msg_bytes: int) -> None:
-        await ensure_stream(self._js, names, replicas, max_msg_bytes)
+        """Create or check the space's log stream; GridUnavailable while JetStream does not answer."""
+        try:
+            await ensure_stream(self._js, names, replicas, max_msg_bytes)
+        except NOT_READY as exc:
+            raise GridUnavailable(f"JetStream did not answer: {exc!r}") from exc
 
     def changelog(self, names: Names, append_timeout_s: float) -> Changelog:
         return Changelog(self._nc, self._js, names, append_timeout_s)
 
     async def coordination(self, names: Names, replicas: int = 1, create: bool = False,
                            member_ttl_s: float = 60.0) -> Coordination:
-        return await Coordination.open(self._js, names, replicas, create=create, member_ttl_s=member_ttl_s)
+        """The space's KV buckets (created if `create`); GridUnavailable while JetStream does not answer."""
+        try:
+            return await Coordination.open(self._js, names, replicas, create=create, member_ttl_s=member_ttl_s)
+        except NOT_READY as exc:
+            raise GridUnavailable(f"JetStream did not answer: {exc!r}") from exc
 
     # ---- closing -------------------------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ log = logging.getLogger("spacegrid.pump")
 
 
 class Pumped(Protocol):
-    """What the pump needs of a partition the PU owns (unit.pu.Slot)."""
+    """What the pump needs of a partition the PU owns (unit.slot.Slot)."""
 
     partition: int
     state: PartitionState

@@ -1,0 +1,238 @@
+"""The lifecycle driver of one PU: turns table changes and I/O results into core.lifecycle events, and performs the
+instructions that come out (hand-off waits, store loads, replays, fence markers, subscriptions, replies)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+from spacegrid.core import lifecycle as lc
+from spacegrid.core.ownership import plan
+from spacegrid.core.partition import PartitionState, encode_owner_marker
+from spacegrid.engine.changelog import Changelog
+from spacegrid.engine.subjects import Names
+from spacegrid.engine.transport import MessageHandler, Subscription, Transport
+from spacegrid.errors import CommitUnknown, Fenced, SpacegridError
+from spacegrid.limits import Limits
+from spacegrid.space import Space
+from spacegrid.store.base import Store
+from spacegrid.unit.appender import Appender
+from spacegrid.unit.backups import Backups
+from spacegrid.unit.membership import MembershipAgent
+from spacegrid.unit.pump import load_from_store
+from spacegrid.unit.slot import Slot
+
+log = logging.getLogger("spacegrid.driver")
+
+
+class Driver:
+    """`reconcile()` after the table changed; `deposed(slot, error)` / `settled(slot)` from the appender.
+    `slots` holds the current attempt of every partition the lifecycle knows."""
+
+    def __init__(self, space: Space, limits: Limits, names: Names, member_id: str,
+                 time_limit: Callable[[], AbstractContextManager[Any]], transport: Transport, changelog: Changelog,
+                 store: Store | None, backups: Backups, appender: Appender, membership: MembershipAgent,
+                 on_request: MessageHandler) -> None:
+        self.space = space
+        self.limits = limits
+        self.names = names
+        self.member_id = member_id
+        self.time_limit = time_limit
+        self.transport = transport
+        self.changelog = changelog
+        self.store = store
+        self.backups = backups
+        self.appender = appender
+        self.membership = membership
+        self.on_request = on_request
+        self.lifecycle = lc.Lifecycle()
+        self.slots: dict[int, Slot] = {}
+        self.stopping = False
+        self.counters = {"acquired": 0, "released": 0, "promoted": 0, "fenced": 0, "loaded_rows": 0}
+        self._subs: dict[tuple[int, int], Subscription] = {}
+        self._recovering: dict[tuple[int, int], asyncio.Task[None]] = {}
+        self._stimuli = itertools.count(1)
+
+    # ---- queries -------------------------------------------------------------------------------------------
+
+    def slot_of(self, partition: int) -> Slot | None:
+        return self.slots.get(partition)
+
+    def serving(self, slot: Slot) -> bool:
+        record = self.lifecycle.records.get(slot.partition)
+        return record is not None and record.attempt == slot.attempt and record.state is lc.State.ACTIVE
+
+    def active_slots(self) -> list[Slot]:
+        return [slot for slot in self.slots.values() if self.serving(slot)]
+
+    def partitions_in(self, *states: lc.State) -> list[int]:
+        return self.lifecycle.in_state(*states)
+
+    # ---- stimuli -------------------------------------------------------------------------------------------
+
+    def _stimulus(self, what: str) -> str:
+        return f"{what}-{next(self._stimuli)}"
+
+    def reconcile(self) -> None:
+        """Acquire what the table gives this PU, release what it took away, follow the partitions it backs up."""
+        if self.stopping:
+            return
+        table = self.membership.table
+        held = {p: record.epoch for p, record in self.lifecycle.records.items()}
+        decided = plan(table, self.member_id, held)
+        stimulus_id = self._stimulus(f"table-v{table.version}")
+        for partition in decided.release:
+            self.release(partition, f"table v{table.version} gives it to {table.owner(partition)}", stimulus_id)
+        for partition, epoch in decided.acquire:
+            record = self.lifecycle.records.get(partition)
+            if record is not None and record.state is lc.State.RELEASING:
+                continue  # acquired again once its last append settled (the next round)
+            if record is not None:
+                self.release(partition, f"re-acquiring at epoch {epoch}", stimulus_id)
+            self._acquire(partition, epoch, stimulus_id)
+        self.backups.sync(set(table.backed_up_by(self.member_id)) - self.slots.keys())
+
+    def release(self, partition: int, reason: str, stimulus_id: str) -> None:
+        slot = self.slots.get(partition)
+        if slot is None:
+            return
+        log.info("releasing partition %d: %s", partition, reason)
+        self._handle(lc.Unassigned(partition, slot.attempt, stimulus_id, reason, slot.appending))
+
+    def release_all(self, reason: str) -> None:
+        stimulus_id = self._stimulus("release-all")
+        for partition in list(self.slots):
+            self.release(partition, reason, stimulus_id)
+
+    def append_settled(self, slot: Slot, error: SpacegridError | None) -> None:
+        """From the appender: an append of a partition no longer served settled, or an append failed."""
+        if error is None:
+            self._handle(lc.AppendSettled(slot.partition, slot.attempt, self._stimulus("append-settled")))
+            return
+        if isinstance(error, Fenced):
+            self.counters["fenced"] += 1
+            log.warning("partition %d: deposed (%s); dropping it and its uncommitted writes", slot.partition, error)
+        else:
+            log.warning("partition %d: append outcome unknown (%s); rebuilding it from the log", slot.partition, error)
+            error = CommitUnknown(str(error))
+        self._handle(lc.Deposed(slot.partition, slot.attempt, self._stimulus("append-failed"), error))
+        self.reconcile()
+
+    def _acquire(self, partition: int, epoch: int, stimulus_id: str) -> None:
+        attempt = self.lifecycle.next_attempt()
+        backup = self.backups.take(partition)
+        if backup is not None:
+            slot = Slot(partition, attempt, epoch, backup.state, start_seq=backup.applied_seq, promoted=True)
+            self.counters["promoted"] += 1
+        else:
+            state = PartitionState(self.space, partition, self.limits, self.time_limit,
+                                   track_dirty=self.store is not None)
+            slot = Slot(partition, attempt, epoch, state)
+        slot.handoff = self.membership.previous_owner(partition)
+        self.slots[partition] = slot
+        self._handle(lc.Assigned(partition, attempt, stimulus_id, epoch,
+                                 handoff_from=None if slot.handoff is None else slot.handoff[0],
+                                 with_store=self.store is not None, promoted=slot.promoted,
+                                 start_seq=slot.start_seq))
+
+    def _handle(self, event: lc.Event) -> None:
+        for instruction in self.lifecycle.handle(event):
+            self._perform(instruction)
+
+    # ---- instructions --------------------------------------------------------------------------------------
+
+    def _perform(self, ins: lc.Instruction) -> None:
+        key = (ins.partition, ins.attempt)
+        slot = self.slots.get(ins.partition)
+        if isinstance(ins, lc.Unsubscribe):
+            sub = self._subs.pop(key, None)
+            assert sub is not None, f"partition {ins.partition} attempt {ins.attempt}: no subscription to close"
+            asyncio.ensure_future(sub.unsubscribe())
+            return
+        if isinstance(ins, lc.CancelRecovery):
+            task = self._recovering.pop(key, None)
+            if task is not None:
+                task.cancel()
+            return
+        assert slot is not None and slot.attempt == ins.attempt, f"instruction {ins} for a slot that is gone"
+        if isinstance(ins, lc.StartServing):
+            slot.state.set_owner_epoch(ins.epoch)
+            slot.last_seq = ins.last_seq
+            slot.mark_unpersisted()
+            self.counters["acquired"] += 1
+        elif isinstance(ins, lc.FailWaiters):
+            unpersisted = CommitUnknown(f"partition {ins.partition} moved before the store confirmed the write; it "
+                                        "is committed in the log: retry with the same operation id")
+            self.appender.fail_waiters(slot, ins.error, unpersisted)
+        elif isinstance(ins, lc.Forget):
+            del self.slots[ins.partition]
+            self.counters["released"] += 1
+            if ins.retry:
+                log.info("partition %d: recovery abandoned; retried on the next round", ins.partition)
+        elif isinstance(ins, lc.Subscribe):
+            asyncio.ensure_future(self._subscribe(slot))  # never cancelled: its result always comes back
+        else:
+            self._recovering[key] = asyncio.create_task(self._recover_step(slot, ins),
+                                                        name=f"recover:{ins.partition}")
+
+    async def _subscribe(self, slot: Slot) -> None:
+        try:
+            sub = await self.transport.subscribe(self.names.partition_subject(slot.partition), self.on_request)
+        except Exception as exc:  # the connection is closing or lost: nothing was opened
+            self._handle(lc.RecoveryFailed(slot.partition, slot.attempt, self._stimulus("subscribe-failed"), str(exc)))
+            return
+        self._subs[(slot.partition, slot.attempt)] = sub
+        self._handle(lc.SubscriptionReady(slot.partition, slot.attempt, self._stimulus("subscribed")))
+
+    async def _recover_step(self, slot: Slot, ins: lc.Instruction) -> None:
+        """Run one I/O step of a recovery and report its result as the next event."""
+        p, a = slot.partition, slot.attempt
+        try:
+            event = await self._io(slot, ins)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("recovery of partition %d failed (%s); will retry", p, exc)
+            event = lc.RecoveryFailed(p, a, self._stimulus("recovery-failed"), str(exc))
+        finally:
+            if self._recovering.get((p, a)) is asyncio.current_task():
+                del self._recovering[(p, a)]
+        self._handle(event)
+
+    async def _io(self, slot: Slot, ins: lc.Instruction) -> lc.Event:
+        p, a = slot.partition, slot.attempt
+        if isinstance(ins, lc.WaitForHandoff):
+            assert slot.handoff is not None
+            await self.membership.wait_adopted(*slot.handoff)
+            return lc.HandoffConfirmed(p, a, self._stimulus("handoff"))
+        if isinstance(ins, lc.LoadFromStore):
+            await self._catch_up_with_store(slot, ins.promoted)
+            return lc.StoreLoaded(p, a, self._stimulus("loaded"))
+        if isinstance(ins, lc.ReplayLog):
+            seq = await self.changelog.replay(
+                p, ins.after_seq, await self.changelog.last_sequence(p), lambda _, message: slot.state.replay(message),
+                2 * self.limits.append_bytes_max, self.limits.replay_timeout_s)
+            return lc.ReplayReached(p, a, self._stimulus("replayed"), seq, slot.state.log_epoch)
+        if isinstance(ins, lc.AppendOwnerMarker):
+            try:
+                seq = await self.changelog.append(p, encode_owner_marker(ins.epoch, self.member_id), ins.after_seq)
+            except Fenced:
+                return lc.FenceRejected(p, a, self._stimulus("fence-rejected"))
+            return lc.FenceAppended(p, a, self._stimulus("fenced"), seq)
+        raise AssertionError(f"not an I/O instruction: {ins}")
+
+    async def _catch_up_with_store(self, slot: Slot, promoted: bool) -> None:
+        """A new owner learns what the store holds: a promoted backup forgets the writes persisted since it
+        loaded; a fresh state is loaded from the store (the log holds only what the store may lack)."""
+        assert self.store is not None
+        progress = await self.store.progress(slot.partition)
+        slot.persist.lsn = progress.lsn
+        if promoted:
+            slot.state.on_persisted(progress.lsn)
+        else:
+            loaded = await load_from_store(self.store, slot.state, progress.lsn, self.limits.store_load_batch_rows)
+            self.counters["loaded_rows"] += loaded  # not `+= await`: that reads the counter before awaiting

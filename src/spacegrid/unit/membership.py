@@ -1,0 +1,216 @@
+"""Membership of one PU: its heartbeat and read lease, the members and the partition table it watches, and, when
+it is the coordinator, removing dead members and writing a fair table, both by compare-and-set."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+from spacegrid.core.ownership import Membership, coordinator, next_table
+from spacegrid.engine.coordination import Coordination
+from spacegrid.engine.subjects import Names
+from spacegrid.engine.transport import Transport
+from spacegrid.limits import Limits
+from spacegrid.partitioning import PartitionTable
+from spacegrid.unit.serving import PING
+
+log = logging.getLogger("spacegrid.membership")
+
+
+class MembershipAgent:
+    """Heartbeats every `limits.heartbeat_interval_s` (or at once after a table change), renewing the read lease.
+    `on_table()` runs after every newer table is adopted and after every heartbeat round (to retry what failed);
+    `on_declared_dead()` when a renewal finds the record removed (this PU was paused or cut off)."""
+
+    def __init__(self, transport: Transport, coord: Coordination, names: Names, member_id: str, limits: Limits,
+                 partitions: int, backup_count: int, info: Callable[[], dict[str, Any]],
+                 on_table: Callable[[], None], on_declared_dead: Callable[[], None]) -> None:
+        self.transport = transport
+        self.coord = coord
+        self.names = names
+        self.member_id = member_id
+        self.limits = limits
+        self.backup_count = backup_count
+        self.info = info
+        self.on_table = on_table
+        self.on_declared_dead = on_declared_dead
+        self.table = PartitionTable.empty(partitions)
+        self.table_revision = 0
+        self.membership = Membership(limits.heartbeat_timeout_s, limits.lease_s)
+        self.lease_until_s = 0.0
+        self.incarnation = secrets.token_hex(4)  # renewed when this PU rejoins after being declared dead
+        self.handed_from: dict[int, tuple[str, int]] = {}  # partition -> (previous owner, table version that moved it)
+        self.leaving = False
+        self.stopping = False
+        self.counters = {"rejoins": 0, "failovers": 0}
+        self._revision = 0
+        self._beat_now = asyncio.Event()
+        self._coordinating = asyncio.Lock()
+
+    def lease_valid(self) -> bool:
+        return time.monotonic() < self.lease_until_s
+
+    def beat_now(self) -> None:
+        self._beat_now.set()
+
+    async def heartbeat(self) -> None:
+        """Renew the member record by compare-and-set, and with it the read lease. A failed renewal means the
+        coordinator declared this PU dead: drop every partition, then join again as a fresh member."""
+        sent_at_s = time.monotonic()
+        if self._revision == 0:
+            self._revision = await self.coord.register(self.member_id, self.info())
+        else:
+            revision = await self.coord.renew(self.member_id, self.info(), self._revision)
+            if revision is None:
+                current = await self.coord.read_member(self.member_id)
+                if current is not None and current[0].get("incarnation") == self.incarnation:
+                    # An earlier renewal whose acknowledgement was lost did land: nobody removed us. Adopt its
+                    # revision; the lease is renewed by the next heartbeat, not by this one.
+                    self._revision = current[1]
+                    return
+                self._declared_dead()
+                return
+            self._revision = revision
+        lease_until_s = sent_at_s + self.limits.lease_s
+        assert lease_until_s >= self.lease_until_s or self.lease_until_s == 0.0, "leases only grow"
+        self.lease_until_s = lease_until_s
+
+    def _declared_dead(self) -> None:
+        log.warning("PU %s was declared dead while it lived (paused or cut off): dropping its partitions "
+                    "and joining again", self.member_id)
+        self.counters["rejoins"] += 1
+        self.lease_until_s = 0.0
+        self._revision = 0
+        self.incarnation = secrets.token_hex(4)
+        self.on_declared_dead()
+
+    async def run(self) -> None:
+        """The heartbeat loop (a task of the PU until it stops)."""
+        while True:
+            try:
+                await asyncio.wait_for(self._beat_now.wait(), self.limits.heartbeat_interval_s)
+            except asyncio.TimeoutError:
+                pass
+            self._beat_now.clear()
+            try:
+                await self.heartbeat()
+                await self.coordinate()
+                self.on_table()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("heartbeat round failed: %s", exc)
+
+    async def goodbye(self) -> None:
+        """Remove this member's record (best effort: the heartbeat timeout covers a failed goodbye)."""
+        try:
+            await self.coord.remove_member(self.member_id, self._revision or None)
+        except Exception as exc:
+            log.warning("could not remove member record: %s", exc)
+
+    # ---- watches -------------------------------------------------------------------------------------------
+
+    async def on_member(self, member_id: str, value: bytes | None, revision: int) -> None:
+        if value is None:
+            changed = self.membership.remove(member_id)
+        else:
+            changed = self.membership.observe(member_id, self.coord.decode_member(value), time.monotonic(), revision)
+        if changed and not self.stopping:
+            await self.coordinate()
+
+    async def on_table_entry(self, key: str, value: bytes | None, revision: int) -> None:
+        if value is not None:
+            self.adopt(self.coord.decode_table(value), revision)
+
+    def adopt(self, table: PartitionTable, revision: int) -> None:
+        if table.version <= self.table.version:
+            if table.version < self.table.version:
+                log.info("ignored table v%d older than v%d", table.version, self.table.version)
+            return
+        for partition, (old, new) in enumerate(zip(self.table.owners, table.owners)):
+            if new == self.member_id and old not in (None, self.member_id):
+                self.handed_from[partition] = (old, table.version)
+        self.table, self.table_revision = table, revision
+        self.on_table()
+        self._beat_now.set()  # tell the new owners at once that this PU runs the new table
+
+    def others_live(self) -> list[str]:
+        """Live members other than this one that are not leaving."""
+        return [m for m in self.membership.live(time.monotonic())
+                if m != self.member_id and not self.membership.info[m].get("leaving")]
+
+    def previous_owner(self, partition: int) -> tuple[str, int] | None:
+        """The live PU this partition was taken from, and the table version that moved it (consumed)."""
+        previous = self.handed_from.pop(partition, None)
+        if previous is None or previous[0] not in self.membership.info:
+            return None
+        return previous
+
+    async def wait_adopted(self, member_id: str, table_version: int) -> None:
+        """Until `member_id` runs `table_version` (so it no longer answers reads for what it moved) or is gone;
+        bounded, because a PU that stays silent is declared dead."""
+        deadline_s = time.monotonic() + 2 * self.limits.heartbeat_timeout_s
+        while member_id in self.membership.info and not self.membership.has_adopted(member_id, table_version):
+            if time.monotonic() > deadline_s:
+                log.warning("%s has not confirmed table v%d; going ahead (the fence guards writes)", member_id,
+                            table_version)
+                return
+            await asyncio.sleep(self.limits.heartbeat_interval_s / 4)
+
+    # ---- the coordinator -----------------------------------------------------------------------------------
+
+    async def coordinate(self) -> None:
+        """If this PU is the coordinator, remove dead members by compare-and-set and write a fair table."""
+        async with self._coordinating:
+            if self.stopping:
+                return
+            current = coordinator(self.membership.live(time.monotonic()))
+            if current != self.member_id:
+                if current is not None:  # every member watches the coordinator, so a crashed one is replaced fast
+                    await self._probe_members([current])
+                if coordinator(self.membership.live(time.monotonic())) != self.member_id:
+                    return
+            await self._probe_members([m for m in self.membership.info if m != self.member_id])
+            if not await self._remove_dead():
+                return
+            live = self.membership.live(time.monotonic())
+            info = self.membership.info
+            proposal = next_table(
+                self.table, live, backup_count=self.backup_count,
+                leaving=frozenset(m for m in live if info.get(m, {}).get("leaving")),
+                ready={m: frozenset(info.get(m, {}).get("ready_backups", ())) for m in live},
+                hosts={m: str(info.get(m, {}).get("host", "")) for m in live},
+            )
+            if proposal is None:
+                return
+            revision = await self.coord.write_table(proposal, self.table_revision)
+            if revision is None:
+                table, revision = await self.coord.read_table(self.table.partition_count)
+                self.adopt(table, revision)
+            else:
+                log.info("wrote table v%d for %d live members", proposal.version, len(live))
+                self.adopt(proposal, revision)
+
+    async def _remove_dead(self) -> bool:
+        """Remove every dead member's record; False if one heartbeated meanwhile (no table this round)."""
+        for dead in self.membership.dead(time.monotonic()):
+            if not await self.coord.remove_member(dead, self.membership.revisions.get(dead)):
+                log.info("member %s renewed before it could be removed", dead)
+                return False
+            log.warning("member %s is dead (silent, or gone from NATS past its lease): removed it", dead)
+            self.counters["failovers"] += 1
+            self.membership.remove(dead)
+        return True
+
+    async def _probe_members(self, members: list[str]) -> None:
+        """Ask NATS whether anyone listens on each member's subject: a crashed PU's subscription is gone at
+        once, long before its heartbeats are missed."""
+        results = await asyncio.gather(*(self.transport.probe(self.names.pu_subject(m), PING,
+                                                              self.limits.heartbeat_interval_s) for m in members))
+        for member_id, reachable in zip(members, results):
+            if reachable is False:
+                self.membership.mark_unreachable(member_id)

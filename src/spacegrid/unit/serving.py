@@ -1,0 +1,219 @@
+"""Serving requests on one PU: decode and validate each message, answer reads from committed state, stage writes
+for group commit, read evicted keys through from the store, and refuse work past the PU's bounds."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from spacegrid import codec, protocol
+from spacegrid.core.partition import Outcome
+from spacegrid.engine.transport import Message, Transport
+from spacegrid.errors import (
+    NotLoaded,
+    NotOwner,
+    Overloaded,
+    PartitionUnavailable,
+    RequestError,
+    SpacegridError,
+    StoreUnavailable,
+)
+from spacegrid.limits import Limits
+from spacegrid.space import Space
+from spacegrid.store.base import Store
+from spacegrid.unit.appender import Appender
+from spacegrid.unit.backups import Backups
+from spacegrid.unit.replies import Replies
+from spacegrid.unit.slot import Slot
+
+log = logging.getLogger("spacegrid.serving")
+
+PING = b"\x90"  # an empty batch: the PU answers at once; NATS answers "no responders" for a PU that is gone
+
+
+class Server:
+    """The request path: `on_message` is the callback of the PU's subject and of its partitions' subjects."""
+
+    def __init__(self, space: Space, limits: Limits, member_id: str, transport: Transport, replies: Replies,
+                 appender: Appender, backups: Backups, store: Store | None,
+                 slot_of: Callable[[int], Slot | None], serving: Callable[[Slot], bool],
+                 lease_valid: Callable[[], bool], table_version: Callable[[], int]) -> None:
+        self.space = space
+        self.limits = limits
+        self.member_id = member_id
+        self.transport = transport
+        self.replies = replies
+        self.appender = appender
+        self.backups = backups
+        self.store = store
+        self.slot_of = slot_of
+        self.serving = serving
+        self.lease_valid = lease_valid
+        self.table_version = table_version
+        self.loading = 0  # requests waiting for a read-through, on every slot together
+        self.counters = {"requests": 0, "messages": 0, "overloaded": 0, "bad_requests": 0}
+
+    async def on_message(self, msg: Message) -> None:
+        self.counters["messages"] += 1
+        reply_to = msg.reply
+        try:
+            requests = codec.decode(msg.data, self.limits.request_payload_bytes_max)
+            if not isinstance(requests, list) or len(requests) > self.limits.requests_per_message_max:
+                raise RequestError(f"a request message is a list of at most {self.limits.requests_per_message_max} "
+                                   "requests")
+        except SpacegridError as exc:
+            log.warning("refused a message on %s: %s", msg.subject, exc)
+            self.counters["bad_requests"] += 1
+            self.replies.error(reply_to, protocol.MALFORMED_REQ_ID, exc)
+            return
+        if not requests:
+            if reply_to:
+                await self.transport.publish(reply_to, PING)
+            return
+        reads_ok = self.lease_valid()
+        touched: set[Slot] = set()
+        for raw in requests:
+            slot = self.serve(raw, reply_to, reads_ok)
+            if slot is not None:
+                touched.add(slot)
+        for slot in touched:
+            self.appender.schedule(slot)
+
+    def serve(self, raw: Any, reply_to: str, reads_ok: bool) -> Slot | None:
+        """Serve one request; returns the slot if it staged writes that need an append."""
+        self.counters["requests"] += 1
+        try:
+            request = protocol.decode_request(raw, self.space.partitions)
+        except RequestError as exc:
+            self.counters["bad_requests"] += 1
+            self.replies.error(reply_to, protocol.request_id_of(raw), exc)
+            return None
+        try:
+            return self._dispatch(request, raw, reply_to, reads_ok)
+        except SpacegridError as exc:
+            if isinstance(exc, Overloaded):
+                self.counters["overloaded"] += 1
+            self.replies.error(reply_to, request.req_id, exc)
+            return None
+
+    def _dispatch(self, request: protocol.Request, raw: Any, reply_to: str, reads_ok: bool) -> Slot | None:
+        if isinstance(request, protocol.GetBackup):
+            self._serve_backup_read(reply_to, request)
+            return None
+        slot = self._owned(request.partition)
+        if not reads_ok and (isinstance(request, protocol.READS) or isinstance(request, protocol.Execute)
+                             and self.space.handler_def(request.handler).read_only):
+            raise PartitionUnavailable(f"PU {self.member_id}'s read lease has expired: it can't vouch that it "
+                                       "still owns the partition")
+        state = slot.state
+        if isinstance(request, protocol.Get):
+            self._check_route(request.map, request.key, request.partition)
+            try:
+                self.replies.send(reply_to, protocol.entry_reply(request.req_id,
+                                                                 state.get_encoded(request.map, request.key)))
+            except NotLoaded as missing:
+                self._read_through(slot, missing, raw, reply_to)
+            return None
+        if isinstance(request, protocol.Query):
+            self.replies.send(reply_to, protocol.ok_reply(request.req_id, state.query(request.query, request.args)))
+            return None
+        if isinstance(request, protocol.Versions):
+            page = state.versions(request.map, request.after_key, min(request.limit, self.limits.versions_page_max),
+                                  self.limits.versions_page_max)
+            self.replies.send(reply_to, protocol.ok_reply(request.req_id, {**page, "persisted_lsn": slot.persist.lsn}))
+            return None
+        self._check_capacity(slot)
+        if isinstance(request, protocol.Put):
+            outcome = state.put(request.op_id, request.map, request.key, request.value, request.expected_version)
+        elif isinstance(request, protocol.Delete):
+            outcome = state.delete(request.op_id, request.map, request.key, request.expected_version)
+        else:
+            outcome = state.execute(request.op_id, request.handler, request.key, request.args)
+        return self._settle(slot, outcome, raw, reply_to, request.req_id)
+
+    def _settle(self, slot: Slot, outcome: Outcome, raw: Any, reply_to: str, req_id: int) -> Slot | None:
+        if isinstance(outcome.error, NotLoaded):
+            self._read_through(slot, outcome.error, raw, reply_to)
+            return None
+        if outcome.wait_lsn <= slot.state.lsn_committed:
+            self.appender.answer(slot, reply_to, req_id, outcome)
+            return slot if slot.state.unsent else None  # an async write still needs its append
+        self.appender.wait(slot, outcome.wait_lsn, reply_to, req_id, outcome)
+        return slot
+
+    def _owned(self, partition: int) -> Slot:
+        slot = self.slot_of(partition)
+        if slot is None or not self.serving(slot):
+            raise (NotOwner if slot is None else PartitionUnavailable)(
+                f"PU {self.member_id} does not serve partition {partition} (table v{self.table_version()})")
+        return slot
+
+    def _check_capacity(self, slot: Slot) -> None:
+        """Refuse a write before applying it when this PU's queues are full: nothing was applied, the client
+        backs off and retries."""
+        if self.appender.full or self.replies.full or len(slot.state.unsent) >= self.limits.partition_backlog_ops_max:
+            raise Overloaded(f"PU {self.member_id} is at its bounds ({self.appender.waiting} replies waiting for "
+                             f"commits, {self.replies.pending} unsent, {len(slot.state.unsent)} writes not appended "
+                             f"on partition {slot.partition}): back off and retry")
+
+    def _read_through(self, slot: Slot, missing: NotLoaded, raw: Any, reply_to: str) -> None:
+        """The request needs a key evicted from memory: read it from the store, then serve the request again
+        (requests for a key being read wait behind the first, in order)."""
+        if self.loading >= self.limits.waiters_max:
+            self.counters["overloaded"] += 1
+            self.replies.error(reply_to, protocol.request_id_of(raw),
+                               Overloaded(f"PU {self.member_id} has {self.loading} reads from the store in flight: "
+                                          "back off and retry"))
+            return
+        self.loading += 1
+        item = (missing.map_name, missing.key)
+        waiting = slot.loading.get(item)
+        if waiting is not None:
+            waiting.append((raw, reply_to))
+            return
+        slot.loading[item] = [(raw, reply_to)]
+        asyncio.get_running_loop().create_task(self._load_key(slot, item))
+
+    async def _load_key(self, slot: Slot, item: tuple[str, str]) -> None:
+        assert self.store is not None, "only maps with a store evict"
+        map_name, key = item
+        failure: SpacegridError | None = None
+        try:
+            row = await self.store.load_key(map_name, key)
+            slot.state.load_key(map_name, key, None if row is None or row.value is None else (row.value, row.version))
+        except StoreUnavailable as exc:
+            failure = PartitionUnavailable(f"{map_name}[{key!r}] is not in memory and the store is unavailable: {exc}")
+        waiting = slot.loading.pop(item, [])
+        self.loading -= len(waiting)
+        touched: set[Slot] = set()
+        reads_ok = self.lease_valid()
+        for raw, reply_to in waiting:
+            if failure is not None:
+                self.replies.error(reply_to, protocol.request_id_of(raw), failure)
+                continue
+            served = self.serve(raw, reply_to, reads_ok)
+            if served is not None:
+                touched.add(served)
+        for served in touched:
+            self.appender.schedule(served)
+
+    def _serve_backup_read(self, reply_to: str, request: protocol.GetBackup) -> None:
+        backup = self.backups.held.get(request.partition)
+        if backup is None or backup.sub is None:
+            raise NotOwner(f"PU {self.member_id} holds no backup of partition {request.partition} "
+                           f"(table v{self.table_version()})")
+        self._check_route(request.map, request.key, request.partition)
+        lag_records, lag_s = backup.lag(time.monotonic())
+        try:
+            entry = backup.state.get_encoded(request.map, request.key)
+        except NotLoaded:
+            raise PartitionUnavailable(f"{request.map}[{request.key!r}] was evicted from the backup's memory: "
+                                       "read the owner") from None
+        self.replies.send(reply_to, protocol.backup_entry_reply(request.req_id, entry, lag_records, round(lag_s, 6)))
+
+    def _check_route(self, map_name: str, key: str, partition: int) -> None:
+        if self.space.partition_of(map_name, key) != partition:
+            raise RequestError(f"key {key!r} of {map_name!r} does not belong to partition {partition}")

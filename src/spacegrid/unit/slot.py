@@ -1,0 +1,38 @@
+"""A partition this PU owns or is acquiring: its state, its fence position and the requests waiting on it."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from spacegrid.core.partition import Outcome, PartitionState
+from spacegrid.unit.pump import PersistState
+
+Waiter = tuple[int, str, int, Outcome]  # (log position it waits for, reply subject, request id, outcome)
+
+
+@dataclass(eq=False)
+class Slot:
+    """One attempt at holding a partition (see core.lifecycle): the state the lifecycle says is served only
+    once Active, the last sequence appended (the fence), replies waiting for commits, read-through waiters."""
+
+    partition: int
+    attempt: int
+    epoch: int
+    state: PartitionState
+    last_seq: int = 0
+    start_seq: int = 0  # a promoted backup has applied the log so far: replay starts after it
+    promoted: bool = False
+    handoff: tuple[str, int] | None = None  # (previous owner, table version that moved it) to wait for
+    waiters: deque[Waiter] = field(default_factory=deque)
+    appending: bool = False
+    queued: bool = False
+    loading: dict[tuple[str, str], list[tuple[Any, str]]] = field(default_factory=dict)  # read-through waiters
+    persist: PersistState = field(default_factory=PersistState)
+
+    def mark_unpersisted(self) -> None:
+        """Committed writes the store lacks exist from now (if none did before)."""
+        if self.state.dirty and self.persist.unpersisted_since_s is None:
+            self.persist.unpersisted_since_s = time.monotonic()
