@@ -11,42 +11,27 @@ import time
 from collections import OrderedDict, deque
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 from spacegrid import codec
 from spacegrid.errors import (
     HandlerError,
     LogGap,
     NotLoaded,
-    NotOwner,
     RequestError,
     SpacegridError,
-    VersionConflict,
-    WrongPartition,
 )
 from spacegrid.limits import Limits
 from spacegrid.core.eviction import MapEviction
-from spacegrid.space import Space, check_key
+from spacegrid.space import Space
+from spacegrid.core.context import HandlerContext, QueryView
+from spacegrid.core.entries import DELETED, VALUE, VERSION, Entry
 from spacegrid.core.rows import Row, digest_of
 
 LOG_WRITES = "w"
 LOG_OWNER = "o"
 
 
-class _Deleted:
-    __repr__ = lambda self: "<deleted>"  # noqa: E731
-
-
-DELETED: Any = _Deleted()
-
-
-# An entry is a plain tuple (value, version): the value msgpack-encoded (or DELETED in the overlay), so that no
-# reader can mutate it in place; the version is the partition log sequence number of the write (it only grows).
-# Plain tuples of bytes and ints are not tracked by the cyclic garbage collector, which keeps full collections
-# of a PU holding millions of entries short.
-Entry = tuple[Any, int]
-VALUE = 0
-VERSION = 1
 
 
 @dataclass(slots=True)
@@ -204,11 +189,11 @@ class PartitionState:
         definition = self.space.query_def(name)
         with self.time_limit():
             try:
-                return definition.fn(_View(self), args)
+                return definition.fn(QueryView(self), args)
             except SpacegridError:
                 raise
             except Exception as exc:
-                raise HandlerError(f"query {name!r} raised {type(exc).__name__}: {exc}") from exc
+                raise HandlerError(f"query {name!r} raised {type(exc).__name__}: {exc}", type(exc).__name__) from exc
 
     # ---- writes --------------------------------------------------------------------------------------------
 
@@ -222,17 +207,18 @@ class PartitionState:
         """Run a handler; a read-only one on committed entries, answered at once (no op id needed)."""
         definition = self.space.handler_def(handler_name)
 
-        def run(ctx: _Context) -> Any:
+        def run(ctx: HandlerContext) -> Any:
             with self.time_limit():
                 try:
                     return definition.fn(ctx, key, args)
                 except SpacegridError:
                     raise
                 except Exception as exc:
-                    raise HandlerError(f"handler {handler_name!r} raised {type(exc).__name__}: {exc}") from exc
+                    raise HandlerError(f"handler {handler_name!r} raised {type(exc).__name__}: {exc}",
+                                       type(exc).__name__) from exc
 
         if definition.read_only:
-            ctx = _Context(self, definition.map, committed_only=True)
+            ctx = HandlerContext(self, definition.map, committed_only=True)
             try:
                 ctx.check(definition.map, key)
                 return Outcome(run(ctx), self.lsn_committed)
@@ -240,7 +226,7 @@ class PartitionState:
                 return Outcome(None, self.lsn_committed, exc)
         return self._write(op_id, definition.map, key, run)
 
-    def _write(self, op_id: str, map_name: str, key: str, body: Callable[[_Context], Any]) -> Outcome:
+    def _write(self, op_id: str, map_name: str, key: str, body: Callable[[HandlerContext], Any]) -> Outcome:
         if not isinstance(op_id, str) or not op_id:
             return Outcome(None, self.lsn_assigned, RequestError("a write needs an operation id"))
         durable = map_name in self.write_through_maps  # a retry waits for the store like the first attempt
@@ -249,7 +235,7 @@ class PartitionState:
             return Outcome(pending.result, pending.lsn_last, durable=durable)
         if op_id in self.dedup:
             return Outcome(self.dedup[op_id], self.lsn_assigned, durable=durable)
-        ctx = _Context(self, map_name)
+        ctx = HandlerContext(self, map_name)
         try:
             ctx.check(map_name, key)
             result = body(ctx)
@@ -319,13 +305,6 @@ class PartitionState:
         self.lsn_committed = batch.lsn_last
         self.inflight = None
         return self.lsn_committed
-
-    def check_claim(self, epoch: int) -> None:
-        """Before appending an ownership marker for `epoch`: refuse if the log already holds a newer epoch (the
-        claimant's table is stale; appending would depose the rightful owner and break the epoch order)."""
-        if self.log_epoch > epoch:
-            raise NotOwner(f"partition {self.partition}'s log is at epoch {self.log_epoch}, newer than {epoch}: "
-                           "another PU owns it under a newer table")
 
     def set_owner_epoch(self, epoch: int) -> None:
         """This PU's ownership marker for `epoch` is in the log: later appends carry it."""
@@ -444,116 +423,3 @@ class PartitionState:
             if map_name in self.eviction:
                 self._track_read(map_name, key, entry is not None)
         return None if entry is None or entry[VALUE] is DELETED else entry
-
-
-class _Context:
-    """A handler's view: read-your-writes over the overlay, writes staged until the handler returns."""
-
-    __slots__ = ("state", "map_name", "staged", "partition", "committed_only", "checked")
-
-    def __init__(self, state: PartitionState, map_name: str, committed_only: bool = False) -> None:
-        self.state = state
-        self.map_name = map_name
-        self.partition = state.partition
-        self.committed_only = committed_only
-        self.staged: dict[tuple[str, str], Any] = {}
-        self.checked: set[tuple[str, str]] = set()
-
-    def check(self, map_name: str, key: str) -> None:
-        """The key is valid and lives in this partition (checked once per key per operation)."""
-        if (map_name, key) in self.checked:
-            return
-        check_key(key)
-        if self.state.space.partition_of(map_name, key) != self.partition:
-            raise WrongPartition(
-                f"key {key!r} of map {map_name!r} lives in partition {self.state.space.partition_of(map_name, key)}, "
-                f"not {self.partition}: give related keys the same routing key (key@routing)"
-            )
-        self.checked.add((map_name, key))
-
-    def get_entry(self, key: str, map: str | None = None) -> tuple[Any, int] | None:
-        """A fresh copy of the value (mutating it changes nothing until put) and its version."""
-        map_name = map or self.map_name
-        self.check(map_name, key)
-        staged = self.staged.get((map_name, key))
-        if staged is not None:
-            if staged is DELETED:
-                return None
-            return codec.decode(staged, self.state.limits.write_bytes_max), self._staged_version(map_name, key)
-        entry = self.state._lookup(map_name, key, self.committed_only)
-        return None if entry is None else (codec.decode(entry[VALUE], self.state.limits.write_bytes_max), entry[VERSION])
-
-    def _staged_version(self, map_name: str, key: str) -> int:
-        """The version a staged key will get: _stage numbers staged keys in insertion order."""
-        return self.state.lsn_assigned + 1 + list(self.staged).index((map_name, key))
-
-    def get(self, key: str, map: str | None = None) -> Any:
-        found = self.get_entry(key, map)
-        return None if found is None else found[0]
-
-    def put(self, key: str, value: Any, map: str | None = None) -> None:
-        map_name = map or self.map_name
-        self.check(map_name, key)
-        if self.committed_only:
-            raise HandlerError("a read-only handler can't write: register it without read_only=True")
-        if value is None:
-            raise HandlerError("None can't be stored as a value: use ctx.delete(key)")
-        self.staged[(map_name, key)] = codec.encode_bounded(value, self.state.limits.write_bytes_max, "a value")
-
-    def delete(self, key: str, map: str | None = None) -> bool:
-        map_name = map or self.map_name
-        existed = self.version_of(map_name, key) != 0
-        if self.committed_only:
-            raise HandlerError("a read-only handler can't write: register it without read_only=True")
-        if existed:
-            self.staged[(map_name, key)] = DELETED
-        return existed
-
-    def version_of(self, map_name: str, key: str) -> int:
-        """The version the key has as this handler sees it, 0 if absent."""
-        self.check(map_name, key)
-        staged = self.staged.get((map_name, key))
-        if staged is not None:
-            return 0 if staged is DELETED else self._staged_version(map_name, key)
-        entry = self.state._lookup(map_name, key, self.committed_only)
-        return 0 if entry is None else entry[VERSION]
-
-    def cas_put(self, key: str, value: Any, expected_version: int | None) -> int:
-        self._expect(key, expected_version)
-        self.put(key, value)
-        return self._staged_version(self.map_name, key)
-
-    def cas_delete(self, key: str, expected_version: int | None) -> bool:
-        self._expect(key, expected_version)
-        return self.delete(key)
-
-    def _expect(self, key: str, expected_version: int | None) -> None:
-        if expected_version is None:
-            return
-        current = self.version_of(self.map_name, key)
-        if current != expected_version:
-            raise VersionConflict(
-                f"{self.map_name}[{key!r}] is at version {current}, not the expected {expected_version}", current
-            )
-
-
-class _View:
-    """A query's read-only view of the committed entries of one partition."""
-
-    __slots__ = ("state", "partition")
-
-    def __init__(self, state: PartitionState) -> None:
-        self.state = state
-        self.partition = state.partition
-
-    def get(self, map: str, key: str) -> Any:
-        found = self.state.get(self.state.space.map_def(map).name, key)
-        return None if found is None else found[0]
-
-    def items(self, map: str) -> Iterator[tuple[str, Any]]:
-        entries = self.state.maps.get(self.state.space.map_def(map).name, {})
-        size_max = self.state.limits.write_bytes_max
-        return ((key, codec.decode(entry[VALUE], size_max)) for key, entry in entries.items())
-
-    def count(self, map: str) -> int:
-        return len(self.state.maps.get(self.state.space.map_def(map).name, {}))

@@ -24,6 +24,8 @@ COUNTERS = {
     "dead_letters": "Entries the store rejected for good, sent to the dead-letter table",
     "log_trims": "Log trims behind the store",
     "loaded_rows": "Rows loaded from the store by recovering partitions",
+    "overloaded": "Requests refused with Overloaded because a queue of this PU was at its bound (limits.py)",
+    "bad_requests": "Requests refused as malformed (the caller's fault)",
 }
 GAUGES = {
     "write_behind_lag_records": "Committed writes the store does not hold yet (keys, coalesced)",
@@ -32,6 +34,8 @@ GAUGES = {
     "store_available": "1 while the write-behind pump reaches the store, 0 while it retries",
     "append_backlog_records": "Writes applied but not yet appended (async maps, or waiting for an append)",
     "backups_catching_up": "Backups catching up with their partition's log (migration in progress)",
+    "waiting_replies": "Requests waiting for a commit or the store (bounded by limits.waiters_max)",
+    "unsent_replies": "Replies queued and not yet handed to NATS (bounded by limits.replies_pending_max)",
 }
 
 
