@@ -39,7 +39,7 @@ connect_timeout_option = click.option(
 
 
 def fail(message: str) -> NoReturn:
-    console.print(f"[red]error:[/red] {escape(message)}", highlight=False)
+    console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)  # one line: greppable
     sys.exit(1)
 
 

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nats.aio.client import Client, Server
+from nats.errors import StaleConnectionError, UnexpectedEOF
 
 from spacegrid.errors import GridUnavailable
 from spacegrid.limits import (DEFAULT_LIMITS, NATS_LOST_LOG_INTERVAL_S, NATS_RECONNECT_JITTER,
@@ -73,6 +74,10 @@ def grid_down_or_unreachable(url: str, refused: bool, timeout_s: float, cause: B
                            f"check the network, the host and --nats, or raise --connect-timeout-s")
 
 
+def _breaks_connection(exc: Exception) -> bool:
+    return isinstance(exc, (OSError, UnexpectedEOF, StaleConnectionError))
+
+
 class _Outage:
     """One connection's loss, for backoff and for logging it once and then rarely."""
 
@@ -82,18 +87,24 @@ class _Outage:
         self.lost_at_s: float | None = None
         self.logged_at_s = 0.0
         self.suppressed = 0
+        self.cause: Exception | None = None  # the error that broke the connection, told with the loss
 
     def lost(self) -> None:
         if self.lost_at_s is None:
             self.lost_at_s = self.logged_at_s = time.monotonic()
             self.attempts = 0
             self.suppressed = 0
-            log.warning("%s: lost the connection to NATS; reconnecting with backoff", self.name)
+            cause, self.cause = self.cause, None
+            log.warning("%s: lost the connection to NATS%s; reconnecting with backoff", self.name,
+                        f" ({cause})" if cause is not None else "")
 
     def failed(self, exc: Exception) -> None:
         now = time.monotonic()
-        if self.lost_at_s is None:  # an error on a live connection (slow consumer, permissions...): always worth a line
-            log.warning("%s: NATS error: %s", self.name, exc)
+        if self.lost_at_s is None:
+            if _breaks_connection(exc):  # the disconnect follows at once: said with it
+                self.cause = exc
+            else:  # an error on a live connection (slow consumer, permissions...): always worth a line
+                log.warning("%s: NATS error: %s", self.name, exc)
             return
         if now - self.logged_at_s >= NATS_LOST_LOG_INTERVAL_S:
             log.warning("%s: NATS still unreachable after %.0f s (%d attempts, last: %s)", self.name,
