@@ -269,3 +269,37 @@ def test_a_pu_exits_non_zero_once_nats_has_been_gone_longer_than_its_bound(tmp_p
     assert "could not reach NATS" in log and "for 2 s" in log, log
     assert 2 <= exited_in_s <= 2 + 3 + EXIT_SLACK_S, f"exited {exited_in_s:.1f} s after the loss:\n{log}"
     assert log.count("Connection refused") <= 1 and log.count("lost the connection to NATS") == 1, log
+
+
+def test_a_child_under_ip_netns_exec_dies_with_its_launcher(tmp_path: Path) -> None:
+    """A process started through `ip netns exec` (how chaos runs its cut-off PU) still dies when the process that
+    spawned it is SIGKILLed: the wrapper execs, and the parent-death signal survives the exec."""
+    from spacegrid.chaos.netns import NetNamespace, netns_usable
+
+    reason = netns_usable()
+    if reason is not None:
+        pytest.skip(reason)
+    netns = NetNamespace.for_this_process(index=7)
+    netns.create()
+    launcher = subprocess.Popen([sys.executable, "-c", (
+        "import sys; from spacegrid.lifeline import spawn; "
+        f"child = spawn([*{netns.wrapper!r}, 'sleep', '600']); print(child.pid, flush=True); sys.stdin.read()")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    child_pid: int | None = None
+    try:
+        assert launcher.stdout is not None
+        child_pid = int(launcher.stdout.readline())
+
+        def execed() -> None:
+            assert Path(f"/proc/{child_pid}/comm").read_text().strip() == "sleep"
+
+        eventually_sync(execed, timeout_s=5)
+    finally:
+        launcher.kill()
+        launcher.wait()
+        try:
+            if child_pid is not None:
+                gone = [child_pid]
+                eventually_sync(lambda: assert_gone(gone), timeout_s=CHILDREN_GONE_S)
+        finally:
+            netns.destroy()
