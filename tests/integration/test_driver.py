@@ -1,0 +1,243 @@
+"""The PU's lifecycle driver, serving path and appender in one process against a real nats-server: recovery
+steps, the subscription race, fencing of a deposed owner, bounded queues."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+
+import pytest
+
+from spacegrid import codec, protocol
+from spacegrid.core.lifecycle import State
+from spacegrid.engine.subjects import Names
+from spacegrid.engine.transport import MessageHandler, Subscription, Transport
+from spacegrid.limits import Limits
+from spacegrid.partitioning import PartitionTable
+from spacegrid.space import Space
+from spacegrid.testing.eventually import eventually
+from spacegrid.unit.appender import Appender
+from spacegrid.unit.backups import Backups
+from spacegrid.unit.driver import Driver
+from spacegrid.unit.membership import MembershipAgent
+from spacegrid.unit.replies import Replies
+from spacegrid.unit.serving import PING, Server
+
+space = Space("drivertest", partitions=4, backup_count=0)
+space.map("kv")
+LIMITS = Limits()
+
+
+class GatedTransport(Transport):
+    """A real transport whose subscribe waits for a gate first: the test decides when a subscription opens."""
+
+    gate: asyncio.Event
+
+    async def subscribe(self, subject: str, handler: MessageHandler) -> Subscription:
+        if ".p." in subject:
+            await self.gate.wait()
+        return await super().subscribe(subject, handler)
+
+
+@dataclass
+class Unit:
+    """The parts of one PU that the driver needs, wired as unit/pu.py wires them (no heartbeats, no watches:
+    the test sets the table)."""
+
+    member_id: str
+    transport: GatedTransport
+    driver: Driver
+    membership: MembershipAgent
+    appender: Appender
+    server: Server
+
+    def set_table(self, table: PartitionTable) -> None:
+        self.membership.table = table
+        self.driver.reconcile()
+
+
+async def start_unit(url: str, member_id: str, limits: Limits = LIMITS) -> Unit:
+    names = Names(space.name)
+    transport = await GatedTransport.connect(url, member_id)
+    transport.gate = asyncio.Event()
+    transport.gate.set()
+    await transport.ensure_stream(names, 1, 2 * limits.append_bytes_max)
+    coord = await transport.coordination(names, create=True)
+    changelog = transport.changelog(names, limits.append_timeout_s)
+    await changelog.start()
+    replies = Replies(transport, limits)
+    holder: dict[str, Driver] = {}
+    appender = Appender(changelog, limits, replies, serving=lambda slot: holder["d"].serving(slot),
+                        on_settled=lambda slot, error: holder["d"].append_settled(slot, error), kick_store=lambda: None)
+    backups = Backups(changelog, space, limits, nullcontext, None)
+    membership = MembershipAgent(transport, coord, names, member_id, limits, space.partitions, 0, info=lambda: {},
+                                 on_table=lambda: None, on_declared_dead=lambda: None)
+    membership.lease_until_s = float("inf")  # no heartbeats here: reads are always within the lease
+    server = Server(space, limits, member_id, transport, replies, appender, backups, None,
+                    slot_of=lambda p: holder["d"].slot_of(p), serving=lambda slot: holder["d"].serving(slot),
+                    lease_valid=membership.lease_valid, table_version=lambda: membership.table.version)
+    driver = Driver(space, limits, names, member_id, nullcontext, transport, changelog, None, backups, appender,
+                    membership, server.on_message)
+    holder["d"] = driver
+    await transport.subscribe(names.pu_subject(member_id), server.on_message)
+    return Unit(member_id, transport, driver, membership, appender, server)
+
+
+@pytest.fixture
+async def url(nats_url: str) -> AsyncIterator[str]:
+    yield nats_url
+
+
+def table(version: int, owner: str, epoch: int) -> PartitionTable:
+    return PartitionTable(version, (owner,) * space.partitions, (epoch,) * space.partitions)
+
+
+async def ask(transport: Transport, subject: str, *requests: list[object]) -> list[list[object]]:
+    """One request message, its batched reply decoded."""
+    inbox = transport.new_inbox()
+    got: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    async def on_reply(msg: object) -> None:
+        if not got.done():
+            got.set_result(msg.data)  # type: ignore[attr-defined]
+
+    sub = await transport.subscribe(inbox, on_reply)
+    try:
+        await transport.publish(subject, codec.encode(list(requests)), reply=inbox)
+        return list(codec.decode(await asyncio.wait_for(got, 5), 1 << 20))
+    finally:
+        await sub.unsubscribe()
+
+
+def run(coro: object) -> None:
+    asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def test_a_partition_recovers_fences_and_serves(nats_url: str) -> None:
+    """Given the table, the driver replays, appends its ownership marker and serves writes that are acknowledged
+    only once appended; the partition's own subject answers."""
+
+    async def main() -> None:
+        unit = await start_unit(nats_url, "pu-a")
+        unit.set_table(table(1, "pu-a", 1))
+
+        def all_active() -> None:
+            assert unit.driver.partitions_in(State.ACTIVE) == list(range(space.partitions))
+
+        await eventually(all_active)
+        key = "k1"
+        partition = space.partition_of("kv", key)
+        put = protocol.request(1, protocol.OP_PUT, partition, "kv", key, "v1", None, "op-1")
+        [[req_id, status, version]] = await ask(unit.transport, Names(space.name).pu_subject("pu-a"), codec.decode(put, 1 << 20))
+        assert (req_id, status) == (1, protocol.OK) and version > 0
+        assert await unit.transport.probe(Names(space.name).partition_subject(partition), PING, 1.0) is True
+        assert unit.appender.counters["appends"] == 1
+        await unit.transport.close()
+
+    run(main())
+
+
+def test_release_during_the_subscribe_leaves_no_subscription(nats_url: str) -> None:
+    """Regression for the old PU's race: the partition is released while its subscription is being opened; once
+    the subscribe completes it is closed again, so nobody answers on the partition's subject."""
+
+    async def main() -> None:
+        unit = await start_unit(nats_url, "pu-a")
+        unit.transport.gate.clear()
+        unit.set_table(table(1, "pu-a", 1))
+
+        def all_subscribing() -> None:
+            assert unit.driver.partitions_in(State.SUBSCRIBING) == list(range(space.partitions))
+
+        await eventually(all_subscribing)
+        unit.set_table(table(2, "pu-b", 2))
+        assert unit.driver.slots == {}
+        unit.transport.gate.set()
+
+        async def no_responders() -> None:
+            for partition in range(space.partitions):
+                subject = Names(space.name).partition_subject(partition)
+                assert await unit.transport.probe(subject, PING, 1.0) is False, f"partition {partition} answered"
+
+        await eventually(no_responders)
+        assert not unit.driver._subs
+        await unit.transport.close()
+
+    run(main())
+
+
+def test_a_deposed_owner_never_acknowledges_a_write(nats_url: str) -> None:
+    """A second PU claims the partitions at a newer epoch (its marker goes into the log); the first PU, whose
+    table is stale, answers its next write Fenced (not applied) and drops the partition."""
+
+    async def main() -> None:
+        first = await start_unit(nats_url, "pu-a")
+        first.set_table(table(1, "pu-a", 1))
+        await eventually(lambda: _assert(first.driver.partitions_in(State.ACTIVE) == list(range(space.partitions))))
+        second = await start_unit(nats_url, "pu-b")
+        second.set_table(table(2, "pu-b", 2))
+        await eventually(lambda: _assert(second.driver.partitions_in(State.ACTIVE) == list(range(space.partitions))))
+        key = "k2"
+        partition = space.partition_of("kv", key)
+        put = codec.decode(protocol.request(7, protocol.OP_PUT, partition, "kv", key, "stale", None, "op-7"), 1 << 20)
+        [[req_id, status, _]] = await ask(first.transport, Names(space.name).pu_subject("pu-a"), put)
+        assert (req_id, status) == (7, "fenced")
+        assert first.driver.counters["fenced"] == 1
+        # its re-acquisition under the stale table replays the newer marker and gives up: never served again
+        await eventually(lambda: _assert(first.driver.slot_of(partition) is None))
+        get = codec.decode(protocol.request(8, protocol.OP_GET, partition, "kv", key), 1 << 20)
+        [[_, status, value]] = await ask(second.transport, Names(space.name).pu_subject("pu-b"), get)
+        assert (status, value) == (protocol.OK, None), "the fenced write was not applied"
+        await first.transport.close()
+        await second.transport.close()
+
+    run(main())
+
+
+def test_a_pu_at_its_bound_answers_overloaded_and_applies_nothing(nats_url: str) -> None:
+    """With limits.waiters_max = 1 and one write waiting for its append, a second write in the same message is
+    refused Overloaded (retryable, not applied) and the PU keeps serving."""
+
+    async def main() -> None:
+        unit = await start_unit(nats_url, "pu-a", replace(LIMITS, waiters_max=1))
+        unit.set_table(table(1, "pu-a", 1))
+        await eventually(lambda: _assert(unit.driver.partitions_in(State.ACTIVE) == list(range(space.partitions))))
+        partition = space.partition_of("kv", "a")
+        requests = [codec.decode(protocol.request(i, protocol.OP_PUT, partition, "kv", "a", i, None, f"op-{i}"), 1 << 20)
+                    for i in (1, 2)]
+        replies = {r[0]: r for r in await _ask_all(unit.transport, requests)}
+        assert replies[1][1] == protocol.OK
+        assert replies[2][1] == "overloaded"
+        assert unit.server.counters["overloaded"] == 1
+        get = codec.decode(protocol.request(3, protocol.OP_GET, partition, "kv", "a"), 1 << 20)
+        [[_, status, entry]] = await ask(unit.transport, Names(space.name).pu_subject("pu-a"), get)
+        assert status == protocol.OK and entry[0] == 1, "only the first write was applied"
+        await unit.transport.close()
+
+    run(main())
+
+
+async def _ask_all(transport: Transport, requests: list[list[object]]) -> list[list[object]]:
+    """Send the requests in one message and collect replies until each has one (replies may come in batches)."""
+    inbox = transport.new_inbox()
+    replies: list[list[object]] = []
+    done = asyncio.Event()
+
+    async def on_reply(msg: object) -> None:
+        replies.extend(codec.decode(msg.data, 1 << 20))  # type: ignore[attr-defined]
+        if len(replies) >= len(requests):
+            done.set()
+
+    sub = await transport.subscribe(inbox, on_reply)
+    try:
+        await transport.publish(Names(space.name).pu_subject("pu-a"), codec.encode(requests), reply=inbox)
+        await asyncio.wait_for(done.wait(), 5)
+        return replies
+    finally:
+        await sub.unsubscribe()
+
+
+def _assert(condition: bool) -> None:
+    assert condition
