@@ -360,9 +360,9 @@ class GridTarget:
         return int(result["released"])
 
     def counters(self) -> dict[str, int]:
-        stats = self.client.transport._nc.stats  # until engine.transport offers statistics()
-        return {**self.client.counters, "nats_in_msgs": stats["in_msgs"], "nats_out_msgs": stats["out_msgs"],
-                "nats_in_bytes": stats["in_bytes"], "nats_out_bytes": stats["out_bytes"]}
+        stats = self.client.transport.statistics()
+        return {**self.client.counters, "nats_in_msgs": stats.in_msgs, "nats_out_msgs": stats.out_msgs,
+                "nats_in_bytes": stats.in_bytes, "nats_out_bytes": stats.out_bytes}
 
     async def _get_many(self, map_name: str, keys: list[str]) -> dict[str, Any]:
         found: dict[str, Any] = {}
@@ -818,14 +818,16 @@ PROFILE_CATEGORIES: list[tuple[str, tuple[str, ...]]] = [  # matched on "functio
                                "request (spacegrid/protocol")),
     ("handler time limit", ("timelimit.py", "contextlib.py")),
     ("ticket handlers (user code)", ("examples/tickets.py",)),
-    ("key checks and routing", ("_Context.check (", "check_key (", "routing_key (", "partition_of (")),
-    ("partition state machine", ("core/partition.py",)),
+    ("key checks and routing", ("HandlerContext.check (", "check_key (", "routing_key (", "partition_of (")),
+    ("partition state machine", ("core/partition.py", "core/context.py")),
     ("changelog append", ("engine/changelog.py",)),
     ("nats-py publish + socket write", ("Client.publish (", "Client._send_publish (", "Client._send_command (",
                                         "Client._flusher (", "writelines (", "TcpTransport.write")),
     ("nats-py receive + dispatch", ("Client._read_loop (", "Parser.parse (", "Client._process_msg (",
                                     "Subscription.", "Queue.", "_get_loop (", "StreamReader.", "TcpTransport.read")),
-    ("PU driver (unit/pu.py)", ("unit/pu.py",)),
+    ("PU driver (unit/: serving, appender, replies, driver)", ("unit/serving.py", "unit/appender.py",
+                                                               "unit/replies.py", "unit/driver.py", "unit/pu.py",
+                                                               "protocol.py")),
     ("client (client/client.py)", ("client/client.py",)),
     ("bench driver", ("bench/tickets.py", "(tickets.py)", "random.py")),
     ("event loop", ("asyncio/", "runners.py", "uvloop")),

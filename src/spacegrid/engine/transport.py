@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from nats.aio.client import Client as NatsClient
@@ -36,6 +37,17 @@ class Subscription(Protocol):
 
 
 MessageHandler = Callable[[Any], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class TransportStatistics:
+    """What crossed the connection since it opened."""
+
+    in_msgs: int
+    out_msgs: int
+    in_bytes: int
+    out_bytes: int
+    reconnects: int
 
 
 class Transport:
@@ -84,6 +96,11 @@ class Transport:
         except Exception:  # a timeout, or a connection in trouble: unknown
             return None
         return True
+
+    def statistics(self) -> TransportStatistics:
+        stats = self._nc.stats
+        return TransportStatistics(int(stats["in_msgs"]), int(stats["out_msgs"]), int(stats["in_bytes"]),
+                                   int(stats["out_bytes"]), int(stats["reconnects"]))
 
     def disconnected_for_s(self) -> float:
         """How long the connection to NATS has been lost; 0.0 while connected."""
