@@ -12,7 +12,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Final
+from typing import Final, Self
 
 from spacegrid.errors import ConfigError
 from spacegrid.limits import DATA_DIR_LOCK_READ_S
@@ -57,14 +57,14 @@ class DataDirLock:
             fd, self._fd = self._fd, None
             os.close(fd)  # closing the only descriptor of the open file drops the flock
 
-    def __enter__(self) -> DataDirLock:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.release()
 
 
-def read_holder(path: Path, wait_s: float = DATA_DIR_LOCK_READ_S) -> dict[str, Any]:
+def read_holder(path: Path, wait_s: float = DATA_DIR_LOCK_READ_S) -> dict[str, object]:
     """The holder's record; a holder that has just taken the lock may not have written it yet: wait that long."""
     deadline = time.monotonic() + wait_s
     while True:
@@ -79,7 +79,7 @@ def read_holder(path: Path, wait_s: float = DATA_DIR_LOCK_READ_S) -> dict[str, A
         time.sleep(LOCK_READ_INTERVAL_S)
 
 
-def describe_holder(holder: dict[str, Any]) -> str:
+def describe_holder(holder: dict[str, object]) -> str:
     pid = holder.get("pid")
     if pid is None:
         return "another process (its PID is not in the lock file yet)"

@@ -88,7 +88,8 @@ def spawn(command: Sequence[str], *, stdout: IO[bytes] | int | None = None, life
         kwargs["env"] = {**(kwargs.get("env") or os.environ), LIFELINE_FD_ENV: str(lifeline.read_fd)}
 
     def start() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(list(command), preexec_fn=_die_with_parent(os.getpid()), **kwargs)
+        # preexec_fn is safe here with threads: the child only calls a ctypes function resolved before the fork
+        return subprocess.Popen(list(command), preexec_fn=_die_with_parent(os.getpid()), **kwargs)  # noqa: PLW1509
 
     if threading.current_thread() is threading.main_thread():
         return start()

@@ -29,17 +29,14 @@ EXIT_SLACK_S = 3.0  # a process's own start-up and interpreter exit, on top of t
 
 def start_up(data_dir: Path, *args: str) -> subprocess.Popen[bytes]:
     """`spacegrid up` in its own session, its output in DATA_DIR.up.log (a pipe nobody reads could block it)."""
-    log = open(f"{data_dir}.up.log", "ab")
-    try:
+    with open(f"{data_dir}.up.log", "ab") as log:
         return subprocess.Popen([*SPACEGRID, "up", "--data-dir", str(data_dir), *args], stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    finally:
-        log.close()
 
 
 def sg(data_dir: Path, *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*SPACEGRID, *args, "--data-dir", str(data_dir)], capture_output=True, text=True,
-                          timeout=timeout_s)
+                          timeout=timeout_s, check=False)
 
 
 def wait_grid_file(data_dir: Path, pus: int, up: subprocess.Popen[bytes], timeout_s: float = 60) -> dict[str, Any]:

@@ -5,8 +5,16 @@ from __future__ import annotations
 import errno
 import random
 
-from spacegrid.engine.connection import grid_down_or_unreachable, is_refused, reconnect_wait_s
-from spacegrid.limits import NATS_RECONNECT_JITTER, NATS_RECONNECT_WAIT_S_MAX, NATS_RECONNECT_WAIT_S_MIN
+from spacegrid.engine.connection import (
+    grid_down_or_unreachable,
+    is_refused,
+    reconnect_wait_s,
+)
+from spacegrid.limits import (
+    NATS_RECONNECT_JITTER,
+    NATS_RECONNECT_WAIT_S_MAX,
+    NATS_RECONNECT_WAIT_S_MIN,
+)
 
 
 def test_reconnect_attempts_back_off_from_a_quarter_second_doubling_to_two_seconds_with_jitter() -> None:

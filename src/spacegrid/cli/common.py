@@ -98,7 +98,7 @@ async def within_connect_bound(opening: Coroutine[Any, Any, T], url: str, connec
     it, GridUnavailable saying NATS is unreachable."""
     try:
         return await asyncio.wait_for(opening, connect_timeout_s + open_s)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise GridUnavailable(f"NATS at {url} is unreachable: no answer within {connect_timeout_s:g} s; check the "
                               f"network, the host and --nats, or raise --connect-timeout-s") from None
 

@@ -12,10 +12,18 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from spacegrid.cli.common import (app_option, connect_timeout_option, data_dir_option, nats_option, open_client,
-                                  read_running_grid_file, resolve)
+from spacegrid.cli.common import (
+    app_option,
+    connect_timeout_option,
+    data_dir_option,
+    nats_option,
+    open_client,
+    read_running_grid_file,
+    resolve,
+)
 from spacegrid.errors import ConfigError
-from spacegrid.reconcile import REPAIR_DIRECTIONS, PartitionReport, Reconciler, reconcile as run_reconcile
+from spacegrid.reconcile import REPAIR_DIRECTIONS, PartitionReport, Reconciler
+from spacegrid.reconcile import reconcile as run_reconcile
 
 
 @click.command()

@@ -22,8 +22,13 @@ from nats.aio.client import Client, Server
 from nats.errors import StaleConnectionError, UnexpectedEOF
 
 from spacegrid.errors import GridUnavailable
-from spacegrid.limits import (DEFAULT_LIMITS, NATS_LOST_LOG_INTERVAL_S, NATS_RECONNECT_JITTER,
-                              NATS_RECONNECT_WAIT_S_MAX, NATS_RECONNECT_WAIT_S_MIN)
+from spacegrid.limits import (
+    DEFAULT_LIMITS,
+    NATS_LOST_LOG_INTERVAL_S,
+    NATS_RECONNECT_JITTER,
+    NATS_RECONNECT_WAIT_S_MAX,
+    NATS_RECONNECT_WAIT_S_MIN,
+)
 
 log = logging.getLogger("spacegrid.nats")
 
@@ -215,5 +220,5 @@ class _FirstAttempts:
 async def _close_quietly(nc: Client) -> None:
     try:
         await asyncio.wait_for(nc.close(), 1.0)
-    except BaseException:  # noqa: BLE001 - a client that never connected: nothing to close cleanly
+    except BaseException:  # noqa: BLE001, S110 - a client that never connected: nothing to close cleanly
         pass

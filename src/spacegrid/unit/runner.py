@@ -19,7 +19,11 @@ import time
 from typing import Any
 
 from spacegrid.errors import GridUnavailable
-from spacegrid.lifeline import exit_because_launcher_died, lifeline_fd_from_env, watch_lifeline
+from spacegrid.lifeline import (
+    exit_because_launcher_died,
+    lifeline_fd_from_env,
+    watch_lifeline,
+)
 from spacegrid.limits import PU_NATS_CHECK_INTERVAL_S, PU_STOP_KILL_GRACE_S, Limits
 from spacegrid.observability.prometheus import serve_metrics
 from spacegrid.space import Space
@@ -132,7 +136,7 @@ async def _leave_bounded(pu: ProcessingUnit, limits: Limits) -> None:
     try:
         await asyncio.wait_for(pu.leave(), limits.pu_stop_timeout_s)
         return
-    except asyncio.TimeoutError:
+    except TimeoutError:
         log.warning("PU %s: hand-off not done within %.0f s (--stop-timeout-s); stopping", pu.member_id,
                     limits.pu_stop_timeout_s)
     await _stop_bounded(pu, max(0.1, deadline_s - time.monotonic()))
@@ -148,7 +152,7 @@ async def _stop_without_nats(pu: ProcessingUnit, starting: asyncio.Future[None],
 async def _stop_bounded(pu: ProcessingUnit, timeout_s: float) -> None:
     try:
         await asyncio.wait_for(pu.stop(), timeout_s)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         log.warning("PU %s: stop not done within %.1f s; exiting anyway", pu.member_id, timeout_s)
     except Exception as exc:  # noqa: BLE001 - a stop that fails (NATS gone, store gone) still ends the process
         log.warning("PU %s: stop failed (%s); exiting anyway", pu.member_id, exc)
