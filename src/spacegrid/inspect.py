@@ -65,8 +65,8 @@ class GridStatus:
         }
 
 
-async def read_status(nats_url: str, space: str, partition_count: int) -> GridStatus:
-    transport = await Transport.connect(nats_url, "spacegrid-status")
+async def read_status(nats_url: str, space: str, partition_count: int, connect_timeout_s: float = 5.0) -> GridStatus:
+    transport = await Transport.connect(nats_url, "spacegrid-status", connect_timeout_s=connect_timeout_s)
     try:
         coord = await transport.coordination(Names(space))
         table, _ = await coord.read_table(partition_count)

@@ -264,7 +264,8 @@ def query(name: str, args_json: str | None, data_dir: Path, nats_url: str | None
 def status(data_dir: Path, nats_url: str | None, app: str | None, as_json: bool, connect_timeout_s: float) -> None:
     """Members and partitions of the grid."""
     url, space = resolve(data_dir, nats_url, app)
-    grid = asyncio.run(within_connect_bound(read_status(url, space.name, space.partitions), url, connect_timeout_s,
+    grid = asyncio.run(within_connect_bound(read_status(url, space.name, space.partitions, connect_timeout_s), url,
+                                            connect_timeout_s,
                                             STATUS_READ_S))
     if as_json:
         print_json(grid.to_json())

@@ -71,7 +71,8 @@ class Client:
         return client
 
     async def _start(self, nats_url: str) -> None:
-        self.transport = await Transport.connect(nats_url, f"client:{self.client_id}")
+        self.transport = await Transport.connect(nats_url, f"client:{self.client_id}",
+                                                 connect_timeout_s=self.limits.connect_timeout_s)
         self.coord = await self.transport.coordination(self.names)
         table, _ = await self.coord.read_table(self.space.partitions)
         self.table = table

@@ -77,6 +77,7 @@ class ProcessingUnit:
 
     async def start(self) -> None:
         self.transport = await Transport.connect(self.nats_url, f"pu:{self.member_id}",
+                                                 connect_timeout_s=self.limits.connect_timeout_s,
                                                  jetstream_timeout_s=self.limits.jetstream_api_timeout_s)
         self.changelog = self.transport.changelog(self.names, self.limits.append_timeout_s)
         await self.changelog.start()
