@@ -4,18 +4,44 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import threading
-import time
 from typing import Any, Callable
 
+import nats
+
 from spacegrid import Client, Limits, SpacegridError, codec, protocol
+from spacegrid.engine.coordination import Coordination
 from spacegrid.engine.subjects import Names
 from spacegrid.launcher import LocalGrid
 from spacegrid.testing.apps import APP, space
-from spacegrid.testing.eventually import eventually_sync
+from spacegrid.testing.eventually import eventually, eventually_sync
 from spacegrid.testing.fixtures import TEST_PU_ARGS
-from tests.integration.rawnats import collect_replies
 from tests.integration.workload import FaultAt, History, check_history, write_load
+
+
+async def send_then(url: str, subject: str, data: bytes, replies_expected: int, then: Callable[[], None],
+                    timeout_s: float = 10.0) -> list[Any]:
+    """Send one message; once the server has it (a flush returns only after the server processed what was sent
+    before it, so the message is queued for its subscriber, even a stopped one), call then(); gather the reply
+    items until there are enough."""
+    nc = await nats.connect(url)
+    replies: list[Any] = []
+    got_all = asyncio.Event()
+
+    async def on_reply(msg: Any) -> None:
+        replies.extend(codec.decode(msg.data, 1 << 24))
+        if len(replies) >= replies_expected:
+            got_all.set()
+
+    try:
+        inbox = nc.new_inbox()
+        await nc.subscribe(inbox, cb=on_reply)
+        await nc.publish(subject, data, reply=inbox)
+        await nc.flush()
+        then()
+        await asyncio.wait_for(got_all.wait(), timeout_s)
+        return replies
+    finally:
+        await nc.close()
 
 
 def test_full_grid_sigkill_and_restart_loses_no_acknowledged_write(grid_factory: Callable[..., LocalGrid]) -> None:
@@ -99,14 +125,12 @@ def test_paused_deposed_pu_cannot_acknowledge_a_write(grid_factory: Callable[...
     asyncio.run(seed("old"))
 
     paused.signal(signal.SIGSTOP)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def moved_off() -> None:
         status = grid.status()
-        if status.ready and paused_id not in status.table.owners:
-            break
-        time.sleep(0.1)
-    else:
-        raise AssertionError("partitions did not move off the paused PU")
+        assert status.ready and paused_id not in status.table.owners, "partitions did not move off the paused PU"
+
+    eventually_sync(moved_off, timeout_s=30, interval_s=0.1)
     asyncio.run(seed("new"))  # the paused PU's copy of seeded_key is now stale
 
     async def main() -> Any:
@@ -114,12 +138,8 @@ def test_paused_deposed_pu_cannot_acknowledge_a_write(grid_factory: Callable[...
             protocol.request(1, protocol.OP_PUT, partition, "kv", key, "from-the-past", None, "stale-op-1"),
             protocol.request(2, protocol.OP_GET, partition, "kv", seeded_key),
         ])
-
-        async def resume() -> None:
-            await asyncio.sleep(0.05)
-            paused.signal(signal.SIGCONT)
-
-        replies = await collect_replies(grid.url, Names(space.name).pu_subject(paused_id), request, 2, 10, resume)
+        replies = await send_then(grid.url, Names(space.name).pu_subject(paused_id), request, 2,
+                                  lambda: paused.signal(signal.SIGCONT))
         async with await Client.connect(grid.space, grid.url) as client:
             return replies, await client.get("kv", key)
 
@@ -134,40 +154,57 @@ def test_paused_deposed_pu_cannot_acknowledge_a_write(grid_factory: Callable[...
 
 def test_a_joining_pu_gets_a_fair_share_while_writes_go_on(grid_factory: Callable[..., LocalGrid]) -> None:
     """A third PU joining under load takes floor/ceil of the partitions, catching up at most two backups at a
-    time (--catch-ups-max 2); no call fails and counters stay exact."""
+    time (--catch-ups-max 2) with the others waiting, as every heartbeat record any PU wrote from before the join
+    until the joiner's catch-up was over shows (watched in the KV); no call fails and counters stay exact."""
     grid = grid_factory(app=APP, pus=2, pu_args=[*TEST_PU_ARGS, "--catch-ups-max", "2"])
     history = History()
-    catching_up: list[int] = []
-    sampling = threading.Event()
+    beats: list[tuple[str, dict[str, Any]]] = []  # every heartbeat record written while the test watched, in order
 
-    def sample() -> None:
-        while not sampling.is_set():
-            try:
-                status = grid.status()
-                catching_up.extend(int(info.get("backups_catching_up", 0)) for info in status.members.values())
-            except SpacegridError:
-                pass  # a status read racing the join: the next sample counts
-            sampling.wait(0.05)
+    async def main() -> Any:  # the grid's status once the joiner caught up
+        nc = await nats.connect(grid.url)
+        coord = await Coordination.open(nc.jetstream(), Names(space.name))
 
-    async def main() -> None:
-        async with await Client.connect(grid.space, grid.url) as client:
-            join = FaultAt(300, grid.add_pu)
-            await write_load(client, history, ops=2400, workers=8, time_budget_s=60, on_progress=join)
-            assert join.fired
-            await check_history(client, history, exact=True)
+        async def on_member(member_id: str, value: bytes | None, revision: int) -> None:
+            if value is not None:
+                beats.append((member_id, coord.decode_member(value)))
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        asyncio.run(main())
-        status = grid.wait_ready(30, members=3)
-    finally:
-        sampling.set()
-        sampler.join(timeout=10)
+        watch = await coord.watch(coord.members, ">", on_member)
+        try:
+            await eventually(lambda: _assert_beats_from(beats, 2), timeout_s=10)  # watching before the join
+            async with await Client.connect(grid.space, grid.url) as client:
+                join = FaultAt(300, grid.add_pu)
+                await write_load(client, history, ops=2400, workers=8, time_budget_s=60, on_progress=join)
+                assert join.fired
+                await check_history(client, history, exact=True)
+            status = await asyncio.to_thread(grid.wait_ready, 30, None, 3)
+            joiner = next(member for member, info in status.members.items() if info["pid"] == grid.pus[2].pid)
+
+            def joiner_caught_up() -> None:
+                last = [info for member, info in beats if member == joiner][-1]
+                assert last["backups_catching_up"] == 0 and last["backups_waiting"] == 0, last
+                assert last["ready_backups"] or status.table.owned_by(joiner), last
+
+            await eventually(joiner_caught_up, timeout_s=30)
+            return status
+        finally:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
+            await nc.close()
+
+    status = asyncio.run(main())
     assert history.errors == []
-    assert catching_up and max(catching_up) <= 2, f"more than 2 backups caught up at once: {max(catching_up)}"
+    catching_up = [int(info["backups_catching_up"]) for _, info in beats]
+    assert max(catching_up) <= 2, f"more than 2 backups caught up at once: {max(catching_up)}"
+    assert any(info["backups_catching_up"] == 2 and info["backups_waiting"] > 0 for _, info in beats), (
+        "no heartbeat showed the throttle at work (2 backups catching up while others waited): the join tested "
+        "nothing about the bound")
     shares = sorted(len(status.table.owned_by(member)) for member in set(status.table.owners))
     assert shares == [5, 5, 6]
+
+
+def _assert_beats_from(beats: list[tuple[str, dict[str, Any]]], members: int) -> None:
+    seen = sorted({member for member, _ in beats})
+    assert len(seen) >= members, f"heartbeat records seen from {seen} only"
 
 
 def test_graceful_leave_hands_off_under_load_without_failing_a_call(grid_factory: Callable[..., LocalGrid]) -> None:

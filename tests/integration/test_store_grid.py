@@ -13,13 +13,14 @@ from typing import Any
 
 import pytest
 from nats.aio.client import Client as NatsClient
+from nats.js.errors import NotFoundError
 
 from spacegrid import Client, codec
 from spacegrid.engine.subjects import Names
 from spacegrid.launcher import LocalGrid
 from spacegrid.store import open_store
 from spacegrid.testing.apps import APP, DEAD_LETTERS_ENV, space
-from spacegrid.testing.eventually import eventually_sync
+from spacegrid.testing.eventually import eventually, eventually_sync
 from spacegrid.testing.fixtures import TEST_PU_ARGS
 from spacegrid.testing.tcpproxy import TcpProxy
 from tests.integration.rawnats import collect_replies
@@ -144,6 +145,8 @@ async def check_after(grid: LocalGrid, history: History) -> None:
 
 
 def test_write_through_is_in_the_store_when_acknowledged(grid_factory: Callable[..., LocalGrid]) -> None:
+    """A put to a write-through map is in the store, at the acknowledged version, as soon as the client holds the
+    acknowledgement."""
     grid = grid_factory(app=APP, pus=2)
     assert grid.store_url is not None
 
@@ -265,16 +268,19 @@ def test_a_bounded_map_evicts_persisted_entries_and_reads_them_through(
 
 
 def test_entries_expire_after_their_ttl(grid_factory: Callable[..., LocalGrid]) -> None:
+    """An entry of a map with a 1 s TTL reads back right after it is written and reads as absent once the TTL has
+    passed (within 10 s)."""
     grid = grid_factory(app=APP, pus=2)
 
     async def main() -> None:
         async with await Client.connect(grid.space, grid.url) as client:
             await client.put("sessions", "s1", {"user": "ann"})
             assert await client.get("sessions", "s1") == {"user": "ann"}
-            deadline = asyncio.get_running_loop().time() + 10
-            while await client.get("sessions", "s1") is not None:
-                assert asyncio.get_running_loop().time() < deadline, "the session never expired"
-                await asyncio.sleep(0.2)
+
+            async def expired() -> None:
+                assert await client.get("sessions", "s1") is None, "the session has not expired"
+
+            await eventually(expired, timeout_s=10, interval_s=0.2)
 
     asyncio.run(main())
 
@@ -401,14 +407,39 @@ def test_reconcile_finds_and_repairs_drift_both_ways(grid_factory: Callable[...,
     assert reconcile() == (0, [])
 
 
+def subject_sequences(grid: LocalGrid, partition: int) -> tuple[int, int]:
+    """The stream sequences of the first and the last message the log retains for the partition (0, 0: none)."""
+
+    async def read() -> tuple[int, int]:
+        nc = NatsClient()
+        await nc.connect(grid.url)
+        try:
+            js = nc.jetstream()
+            names = Names(grid.space.name)
+            try:
+                first = await js.get_msg(names.stream, seq=1, subject=names.log_subject(partition), next=True)
+                last = await js.get_last_msg(names.stream, names.log_subject(partition))
+            except NotFoundError:
+                return 0, 0
+            return int(first.seq or 0), int(last.seq or 0)
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
+
+
+TRIM_AGE_S = 5.0  # short enough for a test to see a trim, long enough to SIGKILL every PU before it reaches the retry
+
+
 def test_a_retry_after_every_replica_died_still_applies_once(grid_factory: Callable[..., LocalGrid]) -> None:
-    """An increment is acknowledged and persisted; every PU is SIGKILLed (owner and backup alike) and the grid
-    restarts from the store plus the log's tail; the client's retry of the same operation id is answered from the
-    rebuilt dedup window, not applied a second time (the log keeps log_trim_age_s of operation ids)."""
+    """An increment is acknowledged and persisted on a partition whose log was trimmed behind the store; every PU
+    is SIGKILLed (owner and backup alike) and the grid restarts from the store plus the log's tail; the client's
+    retry of the same operation id is answered from the rebuilt dedup window, not applied a second time (the log
+    keeps log_trim_age_s of operation ids)."""
     from spacegrid import protocol
     from spacegrid.partitioning import PartitionTable
 
-    grid = grid_factory(app=APP, pus=2)
+    grid = grid_factory(app=APP, pus=2, pu_args=[*TEST_PU_ARGS, "--log-trim-age-s", str(TRIM_AGE_S)])
     partition = space.partition_of("counters", "once")
     request = codec.encode_array([protocol.request(1, protocol.OP_EXECUTE, partition, "incr", "once", 5, None,
                                                    "client-x:1")])
@@ -423,16 +454,29 @@ def test_a_retry_after_every_replica_died_still_applies_once(grid_factory: Calla
         (reply,) = asyncio.run(collect_replies(grid.url, owner_subject(), request, 1, 10))
         return reply
 
-    assert send()[1:] == [0, 5]
-
-    async def later_writes() -> None:  # so that the increment's log message is not the partition's last one
+    async def writes(prefix: str) -> None:  # on the increment's partition: the keys route by "once"
         async with await Client.connect(grid.space, grid.url) as client:
             for i in range(3):
-                await client.put("counters", f"later{i}@once", i)
+                await client.put("counters", f"{prefix}{i}@once", i)
 
-    asyncio.run(later_writes())
+    asyncio.run(writes("earlier"))
     store_caught_up(grid)
-    time.sleep(1.5)  # a trim (every log_trim_interval_s) had its chance
+    untrimmed_first, _ = subject_sequences(grid, partition)
+
+    def trimmed() -> None:
+        first, _ = subject_sequences(grid, partition)
+        assert first > untrimmed_first, f"the partition's log was not trimmed behind the store (first seq {first})"
+
+    eventually_sync(trimmed, timeout_s=TRIM_AGE_S + 20, interval_s=0.2)
+
+    assert send()[1:] == [0, 5]
+    _, increment_seq = subject_sequences(grid, partition)
+    asyncio.run(writes("later"))  # so that the increment's log message is not the partition's last one
+    store_caught_up(grid)
+    first, last = subject_sequences(grid, partition)
+    assert first <= increment_seq < last, (
+        f"the increment's message (seq {increment_seq}) is not in the retained log {first}..{last}: this run took "
+        f"longer than log_trim_age_s ({TRIM_AGE_S} s) between the later writes and the kill")
     for pu in grid.pus:
         pu.kill()
     grid.pus.clear()
