@@ -77,3 +77,15 @@ NATS_RECONNECT_WAIT_S_MAX: Final = 2.0  # ...doubling up to this, with jitter
 NATS_RECONNECT_JITTER: Final = 0.2  # +-20% of the wait
 NATS_LOST_LOG_INTERVAL_S: Final = 30.0  # while NATS stays unreachable, one log line this often (and on the loss)
 DATA_DIR_LOCK_READ_S: Final = 0.5  # how long a refused locker waits for the holder to write its PID into the lock file
+MEMBER_TTL_S_MIN: Final = 60.0  # the members bucket's TTL: at least this...
+MEMBER_TTL_HEARTBEAT_TIMEOUTS: Final = 10  # ...and at least this many heartbeat timeouts (ProcessingUnit._bootstrap)
+
+# Wire, engine and definition bounds (the same for every space).
+PARTITIONS_MAX: Final = 4096  # partitions of one space
+KEY_CHARS_MAX: Final = 1024  # characters of one key
+KV_RECORD_BYTES_MAX: Final = 4 * MIB  # a member record, the partition table or the grid's configuration, decoded
+NATS_PENDING_BYTES_MAX: Final = 64 * MIB  # what one connection buffers while NATS is unreachable
+LOG_DUPLICATE_WINDOW_S: Final = 120.0  # JetStream's Msg-Id deduplication window of the log stream
+REPLAY_PENDING_MSGS_MAX: Final = 65536  # a replay or backup consumer's undelivered messages held client-side...
+REPLAY_PENDING_BYTES_MAX: Final = 256 * MIB  # ...and bytes
+REPLY_MESSAGE_BYTES_MAX: Final = 8 * MIB  # one batched reply message a client accepts (the embedded max_payload)

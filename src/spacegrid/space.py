@@ -8,10 +8,10 @@ from typing import Any, Callable, Protocol
 
 from spacegrid.core.eviction import Eviction
 from spacegrid.errors import DefinitionError, InvalidKey, UnknownHandler, UnknownMap
+from spacegrid.limits import KEY_CHARS_MAX, PARTITIONS_MAX
 from spacegrid.partitioning import partition_of
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
-KEY_CHARS_MAX = 1024
 
 
 class EntryContext(Protocol):
@@ -99,8 +99,8 @@ class Space:
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):
             raise DefinitionError(f"space name {self.name!r} must match {_NAME.pattern}")
-        if not 1 <= self.partitions <= 4096:
-            raise DefinitionError(f"partitions must be between 1 and 4096, not {self.partitions}")
+        if not 1 <= self.partitions <= PARTITIONS_MAX:
+            raise DefinitionError(f"partitions must be between 1 and {PARTITIONS_MAX}, not {self.partitions}")
         if not 0 <= self.backup_count <= 3:
             raise DefinitionError(f"backup_count must be between 0 and 3, not {self.backup_count}")
 

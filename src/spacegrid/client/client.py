@@ -26,7 +26,7 @@ from spacegrid.errors import (
     SpacegridError,
     error_from_wire,
 )
-from spacegrid.limits import DEFAULT_LIMITS, Limits
+from spacegrid.limits import DEFAULT_LIMITS, REPLY_MESSAGE_BYTES_MAX, Limits
 from spacegrid.partitioning import PartitionTable
 from spacegrid.space import Space, check_key
 
@@ -272,7 +272,7 @@ class Client:
                              NotOwner(f"no PU listens there (NATS status {status or 'empty'}); the owner is gone"))
             return
         try:
-            replies = codec.decode(msg.data, 16 * self.limits.request_payload_bytes_max)
+            replies = codec.decode(msg.data, REPLY_MESSAGE_BYTES_MAX)
         except SpacegridError as exc:
             log.warning("undecodable reply: %s", exc)
             return

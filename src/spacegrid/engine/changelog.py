@@ -17,6 +17,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 from spacegrid import codec
 from spacegrid.engine.subjects import Names
 from spacegrid.errors import CommitUnknown, Fenced, GridUnavailable, SpacegridError
+from spacegrid.limits import LOG_DUPLICATE_WINDOW_S, REPLAY_PENDING_BYTES_MAX, REPLAY_PENDING_MSGS_MAX
 
 log = logging.getLogger("spacegrid.changelog")
 
@@ -32,7 +33,7 @@ async def ensure_stream(js: JetStreamContext, names: Names, replicas: int, max_m
         storage=api.StorageType.FILE,
         num_replicas=replicas,
         max_msg_size=max_msg_bytes,
-        duplicate_window=120.0,
+        duplicate_window=LOG_DUPLICATE_WINDOW_S,
         allow_direct=True,
     )
     try:
@@ -196,8 +197,8 @@ class Changelog:
             ordered_consumer=True,
             deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
             config=api.ConsumerConfig(opt_start_seq=after_seq + 1),
-            pending_msgs_limit=65536,
-            pending_bytes_limit=256 * 1024 * 1024,
+            pending_msgs_limit=REPLAY_PENDING_MSGS_MAX,
+            pending_bytes_limit=REPLAY_PENDING_BYTES_MAX,
         )
 
 def _parse_ack(msg: Msg) -> int | SpacegridError:

@@ -23,6 +23,7 @@ from nats.errors import StaleConnectionError, UnexpectedEOF
 
 from spacegrid.errors import GridUnavailable
 from spacegrid.limits import (
+    NATS_PENDING_BYTES_MAX,
     DEFAULT_LIMITS,
     NATS_LOST_LOG_INTERVAL_S,
     NATS_RECONNECT_JITTER,
@@ -34,7 +35,6 @@ log = logging.getLogger("spacegrid.nats")
 
 Callback = Callable[[], Awaitable[None]]
 SERVER_TIMEOUT_S_MAX = 2.0  # one server's TCP connect plus INFO; less when the whole bound is shorter
-PENDING_BYTES = 64 * 1024 * 1024
 
 
 def install_uvloop() -> bool:
@@ -172,7 +172,7 @@ async def connect(url: str, name: str, connect_timeout_s: float = DEFAULT_LIMITS
         error_cb=on_error,
         disconnected_cb=disconnected,
         reconnected_cb=reconnected,
-        pending_size=PENDING_BYTES,
+        pending_size=NATS_PENDING_BYTES_MAX,
     ))
     refused = asyncio.ensure_future(first.all_refused.wait()) if give_up_when_refused else None
     waiting = {attempt} if refused is None else {attempt, refused}

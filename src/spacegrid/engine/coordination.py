@@ -6,6 +6,8 @@ import asyncio
 import logging
 from typing import Any, Awaitable, Callable
 
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.errors import (
     BadRequestError,
@@ -13,19 +15,24 @@ from nats.js.errors import (
     KeyNotFoundError,
     KeyWrongLastSequenceError,
     NoKeysError,
+    NoStreamResponseError,
     NotFoundError,
+    ServiceUnavailableError,
 )
 from nats.js.kv import KeyValue
 
 from spacegrid import codec
 from spacegrid.engine.subjects import Names
 from spacegrid.errors import ConfigError, GridUnavailable
+from spacegrid.limits import KV_RECORD_BYTES_MAX
 from spacegrid.partitioning import PartitionTable
 
 log = logging.getLogger("spacegrid.coordination")
 
 KV_DELETES = ("DEL", "PURGE")
-META_BYTES_MAX = 4 * 1024 * 1024
+CONFIG_KEY = "config"  # the grid's configuration, next to the table's key in the table bucket
+NOT_READY: tuple[type[Exception], ...] = (NatsTimeoutError, NoRespondersError, ServiceUnavailableError,
+                                          NoStreamResponseError)  # JetStream electing leaders, or not up yet
 
 
 async def _bucket(js: JetStreamContext, name: str, replicas: int, ttl_s: float | None, create: bool) -> KeyValue:
@@ -112,7 +119,9 @@ class Coordination:
             entry = await self.table.get(self.names.table_key)
         except (KeyNotFoundError, NotFoundError):
             return PartitionTable.empty(partition_count), 0
-        table = PartitionTable.from_wire(codec.decode(entry.value, META_BYTES_MAX))
+        except NOT_READY as exc:
+            raise GridUnavailable(f"the partition table could not be read: JetStream did not answer ({exc!r})") from exc
+        table = PartitionTable.from_wire(codec.decode(entry.value, KV_RECORD_BYTES_MAX))
         if table.partition_count != partition_count:
             raise ConfigError(
                 f"space {self.names.space!r} was created with {table.partition_count} partitions, "
@@ -131,6 +140,45 @@ class Coordination:
             return None
         except Exception as exc:  # nats-py raises BadRequestError for a lost create race on some versions
             if "wrong last sequence" in str(exc) or "key exists" in str(exc):
+                return None
+            raise
+
+    # ---- the grid's configuration (key "config" in the table bucket; spacegrid.config.GridConfig's wire form) --
+
+    async def read_config(self) -> tuple[dict[str, Any] | None, int]:
+        """The configuration's wire form and its KV revision; (None, 0) if none was written (or it was deleted)."""
+        try:
+            entry = await self.table.get(CONFIG_KEY)
+        except (KeyNotFoundError, NotFoundError):
+            return None, 0
+        if not entry.value:
+            return None, 0
+        wire = codec.decode(entry.value, KV_RECORD_BYTES_MAX)
+        if not isinstance(wire, dict):
+            raise ConfigError(f"the grid's configuration ({self.names.table_bucket}/{CONFIG_KEY}) is not a map")
+        return wire, int(entry.revision or 0)
+
+    async def create_config(self, wire: dict[str, Any]) -> int | None:
+        """Write the configuration only if there is none: its revision, or None if one exists already."""
+        try:
+            return int(await self.table.create(CONFIG_KEY, codec.encode(wire)))
+        except KeyWrongLastSequenceError:
+            return None
+        except Exception as exc:  # nats-py raises BadRequestError for a lost create race on some versions
+            if "wrong last sequence" in str(exc) or "key exists" in str(exc):
+                return None
+            raise
+
+    async def replace_config(self, wire: dict[str, Any], revision: int) -> int | None:
+        """Compare-and-set over the revision read (0: create-only): the new revision, or None if it changed."""
+        if revision == 0:
+            return await self.create_config(wire)
+        try:
+            return int(await self.table.update(CONFIG_KEY, codec.encode(wire), last=revision))
+        except KeyWrongLastSequenceError:
+            return None
+        except BadRequestError as exc:  # some nats-py versions: a lost compare-and-set as a bad request
+            if "wrong last sequence" in str(exc):
                 return None
             raise
 
@@ -165,10 +213,10 @@ class Coordination:
         return await self.watch(self.table, self.names.table_key, on_entry)
 
     def decode_table(self, value: bytes) -> PartitionTable:
-        return PartitionTable.from_wire(codec.decode(value, META_BYTES_MAX))
+        return PartitionTable.from_wire(codec.decode(value, KV_RECORD_BYTES_MAX))
 
     def decode_member(self, value: bytes) -> dict[str, Any]:
-        info = codec.decode(value, META_BYTES_MAX)
+        info = codec.decode(value, KV_RECORD_BYTES_MAX)
         if not isinstance(info, dict):
             raise ConfigError("member record is not a map")
         return info

@@ -245,12 +245,13 @@ class NatsServerProcess:
         # dies with this process, however it dies (a grid's nats-server must not outlive its launcher)
         self._proc = spawn([str(binary), "-c", str(self.config_path)], stdout=self._log_file)
 
-    def _wait_ready(self, deadline: float) -> None:
+    def _wait_ready(self, deadline: float, jetstream: bool = True) -> None:
+        """Until the client port accepts connections and (if `jetstream`) JetStream answers."""
         last_error = "no attempt made"
         while True:
             self._raise_if_exited()
             if _port_open(self.spec.host, self.port):
-                last_error = _run_coroutine(_js_ready(self.url)) or ""
+                last_error = (_run_coroutine(_js_ready(self.url)) or "") if jetstream else ""
                 if not last_error:
                     return
             else:
@@ -302,8 +303,12 @@ def start_cluster(
     sync_interval: str | None = None,
     max_payload_bytes: int = MAX_PAYLOAD_BYTES_DEFAULT,
     timeout_s: float = 30.0,
+    wait_for_jetstream: bool = True,
 ) -> list[NatsServerProcess]:
-    """Start a `size`-node JetStream cluster on free loopback ports, nodes n1..nN under `base_dir`; stop all on failure."""
+    """Start a `size`-node JetStream cluster on free loopback ports, nodes n1..nN under `base_dir`; stop all on failure.
+    Returns once every node answers JetStream requests, or (`wait_for_jetstream=False`) once every node accepts
+    client connections: after a restart of every node, the JetStream leaders are elected only after raft's election
+    timeout (4-9 s in nats-server), which the grid's PUs can spend starting."""
     if size < 1:
         raise ConfigError(f"a cluster needs at least one node, not {size}")
     ports = free_ports(2 * size, host)
@@ -329,7 +334,7 @@ def start_cluster(
         for node in nodes:  # all must run before any can elect a JetStream meta leader
             node._spawn()
         for node in nodes:
-            node._wait_ready(deadline)
+            node._wait_ready(deadline, jetstream=wait_for_jetstream)
     except BaseException:
         for node in nodes:
             node.kill()

@@ -10,17 +10,12 @@ from typing import Any, Protocol
 
 from nats.aio.client import Client as NatsClient
 from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from spacegrid.engine.changelog import Changelog, ensure_stream
 from spacegrid.engine.connection import connect
-from spacegrid.engine.coordination import Coordination
+from spacegrid.engine.coordination import NOT_READY, Coordination
 from spacegrid.engine.subjects import Names
 from spacegrid.errors import GridUnavailable
-
-NOT_READY: tuple[type[Exception], ...] = (NatsTimeoutError, NoRespondersError, ServiceUnavailableError,
-                                          NoStreamResponseError)  # JetStream electing leaders, or not up yet
 
 
 class Message(Protocol):

@@ -16,7 +16,7 @@ from spacegrid.core.lifecycle import RECOVERING
 from spacegrid.engine.subjects import Names
 from spacegrid.engine.transport import Subscription, Transport
 from spacegrid.errors import ConfigError, GridUnavailable, StoreUnavailable
-from spacegrid.limits import DEFAULT_LIMITS, Limits
+from spacegrid.limits import DEFAULT_LIMITS, MEMBER_TTL_HEARTBEAT_TIMEOUTS, MEMBER_TTL_S_MIN, Limits
 from spacegrid.space import Space
 from spacegrid.store.base import Store
 from spacegrid.unit import maintenance
@@ -128,7 +128,7 @@ class ProcessingUnit:
                 await self.transport.ensure_stream(self.names, self.replicas, 2 * self.limits.append_bytes_max)
                 return await self.transport.coordination(
                     self.names, self.replicas, create=True,
-                    member_ttl_s=max(60.0, 10 * self.limits.heartbeat_timeout_s))
+                    member_ttl_s=max(MEMBER_TTL_S_MIN, MEMBER_TTL_HEARTBEAT_TIMEOUTS * self.limits.heartbeat_timeout_s))
             except GridUnavailable as exc:  # JetStream not ready: timeouts, no responders, leader elections
                 if time.monotonic() > deadline_s:
                     raise GridUnavailable(f"JetStream did not answer within {self.limits.bootstrap_timeout_s}s: "
