@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from spacegrid import codec
-from spacegrid.errors import RequestError, SpacegridError, error_to_wire
+from spacegrid.errors import DecodeError, RequestError, SpacegridError, error_from_wire, error_to_wire
 
 # Request: [req_id, op, partition, map_or_name, key, arg1, arg2, op_id]
 OP_GET: Final = 1
@@ -179,6 +179,42 @@ def error_reply(req_id: int, error: SpacegridError) -> bytes:
     """[req_id, code, [message, current_version, exc_type]]: error_from_wire([code, *payload]) rebuilds it."""
     code, *payload = error_to_wire(error)
     return codec.encode([req_id, code, payload])
+
+
+# ---- replies, decoded and validated on the client ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """A request's result: a get's [value, version] (or None), a backup read's [value, version, lag_records,
+    lag_s], a put's new version, a delete's existed flag, a handler's or query's return value."""
+
+    req_id: int
+    payload: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A request the PU did not serve, or whose operation failed: the error, rebuilt from its wire form."""
+
+    req_id: int
+    error: SpacegridError
+
+
+Reply = Answered | Refused
+
+
+def decode_reply(item: Any) -> Reply:
+    """Type one reply [req_id, status, payload]; a reply of another shape raises DecodeError."""
+    if not isinstance(item, list) or len(item) != 3 or type(item[0]) is not int:
+        raise DecodeError(f"a reply is [req_id, status, payload], not {str(item)[:80]}")
+    req_id, status, payload = item
+    if status == OK:
+        return Answered(req_id, payload)
+    if type(status) is str and isinstance(payload, list) and len(payload) >= 1:
+        return Refused(req_id, error_from_wire([status, *payload]))
+    raise DecodeError(f"reply {req_id}: status {status!r} with payload {str(payload)[:80]} is neither a result nor "
+                      "an error")
 
 
 def chunks(items: list[bytes], bytes_max: int, count_max: int) -> list[bytes]:

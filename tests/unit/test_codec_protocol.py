@@ -222,3 +222,37 @@ def test_unknown_outcomes_are_retryable_but_not_not_applied():
         assert cls("x").retryable is True and not isinstance(cls("x"), errors.NotApplied)
     for cls in (VersionConflict, errors.HandlerError):
         assert cls("x").retryable is False
+
+
+def test_requests_are_typed_and_validated_on_decode():
+    """decode_request gives one dataclass per operation and refuses wrong shapes and types with RequestError
+    (the caller's fault), naming what is wrong; a too-short request still has its id for the error reply."""
+    from spacegrid.errors import RequestError
+
+    put = protocol.decode_request([7, protocol.OP_PUT, 3, "m", "k", {"v": 1}, 0, "op-1"], 16)
+    assert put == protocol.Put(7, 3, "m", "k", {"v": 1}, 0, "op-1")
+    assert protocol.decode_request([8, protocol.OP_GET, 0, "m", "k", None, None, ""], 16) == protocol.Get(8, 0, "m", "k")
+    assert isinstance(protocol.decode_request([9, protocol.OP_VERSIONS, 1, "m", "", None, 0, ""], 16),
+                      protocol.Versions)
+    for bad, why in [([7, protocol.OP_GET], "list of 8 fields"), ([7, protocol.OP_GET, 99, "m", "k", None, None, ""], "partition"),
+                     ([7, protocol.OP_GET, 0, 5, "k", None, None, ""], "strings"),
+                     ([7, protocol.OP_PUT, 0, "m", "k", None, None, "op"], "None can't be stored"),
+                     ([7, protocol.OP_PUT, 0, "m", "k", 1, -1, "op"], "expected_version"),
+                     ([7, 99, 0, "m", "k", 1, None, "op"], "unknown operation"),
+                     (["x", protocol.OP_GET, 0, "m", "k", None, None, ""], "integers")]:
+        with pytest.raises(RequestError, match=why):
+            protocol.decode_request(bad, 16)
+    assert protocol.request_id_of([7, protocol.OP_GET]) == 7
+    assert protocol.request_id_of("junk") == protocol.MALFORMED_REQ_ID
+
+
+def test_replies_are_typed_and_validated_on_decode():
+    """decode_reply gives Answered or Refused (with the error rebuilt) and refuses other shapes with DecodeError."""
+    from spacegrid.errors import DecodeError, NotOwner
+
+    assert protocol.decode_reply(codec.decode(protocol.ok_reply(3, [1, 2]), 100)) == protocol.Answered(3, [1, 2])
+    refused = protocol.decode_reply(codec.decode(protocol.error_reply(4, NotOwner("moved")), 100))
+    assert isinstance(refused, protocol.Refused) and isinstance(refused.error, NotOwner) and refused.req_id == 4
+    for bad in ([1, 2], ["a", 0, None], [1, 5, None], [1, "not_owner", "msg"]):
+        with pytest.raises(DecodeError):
+            protocol.decode_reply(bad)

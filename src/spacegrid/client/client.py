@@ -24,7 +24,6 @@ from spacegrid.errors import (
     PayloadTooLarge,
     RequestError,
     SpacegridError,
-    error_from_wire,
 )
 from spacegrid.limits import DEFAULT_LIMITS, REPLY_MESSAGE_BYTES_MAX, Limits
 from spacegrid.partitioning import PartitionTable
@@ -276,14 +275,22 @@ class Client:
         except SpacegridError as exc:
             log.warning("undecodable reply: %s", exc)
             return
+        if not isinstance(replies, list):
+            log.warning("a reply message is not a list of replies; ignored")
+            return
         pending = self._pending
-        for req_id, status, payload in replies:
-            future = pending.pop(req_id, None)
-            if future is None or future.done():
-                if req_id == protocol.MALFORMED_REQ_ID:
-                    log.warning("a PU refused a whole message: %s", payload)
+        for item in replies:
+            try:
+                reply = protocol.decode_reply(item)
+            except SpacegridError as exc:
+                log.warning("undecodable reply: %s", exc)
                 continue
-            if status == protocol.OK:
-                future.set_result(payload)
+            future = pending.pop(reply.req_id, None)
+            if future is None or future.done():
+                if isinstance(reply, protocol.Refused) and reply.req_id == protocol.MALFORMED_REQ_ID:
+                    log.warning("a PU refused a whole message: %s", reply.error)
+                continue
+            if isinstance(reply, protocol.Answered):
+                future.set_result(reply.payload)
             else:
-                future.set_exception(error_from_wire([status, *payload]))
+                future.set_exception(reply.error)
