@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from spacegrid.config import (NO_STORE, STORE_PASSWORD_FILE, GridConfig, conflicts, durability_of,
+                              normalize_store_url, open_coordination, refusal, settle, split_grid_args,
+                              split_store_password, write_store_password, written_by)
 from spacegrid.datadir import DataDirLock
 from spacegrid.engine.server import NatsServerProcess, NatsServerSpec, start_cluster, stop_all
 from spacegrid.errors import ConfigError, GridUnavailable
@@ -27,7 +30,7 @@ from spacegrid.space import Space
 GRID_FILE = "grid.json"
 DEFAULT_APP = "spacegrid.examples.tickets:space"
 EMBEDDED_STORE = "embedded"  # a SQLite file under the data dir
-NO_STORE = "none"
+CONFIG_MIRROR = "config.json"  # the grid's configuration as last read (no password): `up` finds its app again
 
 
 def load_space(app: str) -> Space:
@@ -43,6 +46,14 @@ def load_space(app: str) -> Space:
     if not isinstance(space, Space):
         raise ConfigError(f"{app} is not a spacegrid Space")
     return space
+
+
+def last_app(data_dir: Path) -> str | None:
+    """The app of the grid that last ran on this data dir (its config.json), if any."""
+    try:
+        return str(json.loads((data_dir / CONFIG_MIRROR).read_text())["app"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def read_grid_file(data_dir: Path) -> dict[str, Any]:
@@ -101,7 +112,9 @@ class LocalGrid:
     nats_port: int | None = None
     pu_args: list[str] = field(default_factory=list)
     nats_cluster: int = 0  # 0: one embedded node; 3: a local 3-node cluster, streams and KV with 3 replicas
-    store: str = EMBEDDED_STORE  # a store URL, "embedded" (SQLite under data_dir) or "none"
+    store: str | None = None  # a store URL, "embedded" (SQLite under data_dir) or "none"; None: the grid's (a new
+    # grid's: embedded). A password in the URL goes to DATA_DIR/store.password (0600), never to the KV or grid.json.
+    sync_interval: str | None = None  # the embedded nats-server's fsync policy ("always", "2m"); None: its default
     nats_host: str = "127.0.0.1"  # the address the embedded nats-server(s) listen on
     stop_timeout_s: float = GRID_STOP_TIMEOUT_S  # stop() returns within this, PU hand-off and store drain included
     nats_nodes: list[NatsServerProcess] = field(default_factory=list)
@@ -116,9 +129,17 @@ class LocalGrid:
         self._lifeline: Lifeline | None = None
         self.space = load_space(self.app)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        if self.store == EMBEDDED_STORE:
-            self.store = f"sqlite://{(self.data_dir / 'store.db').resolve()}"
+        self._given_store, self._store_password = ((None, None) if self.store is None
+                                                   else split_store_password(self._embedded(self.store)))
+        self.store = None if self.store is None else split_store_password(self.store)[0]  # the password: start()
+        self._grid_settings, self._pu_args = split_grid_args(self.pu_args)
+        self.config: GridConfig | None = None  # the grid's configuration, once start() has read or written it
         self._next_index = 0
+
+    def _embedded(self, store: str) -> str:
+        if store == EMBEDDED_STORE:
+            return f"sqlite://{(self.data_dir / 'store.db').resolve()}"
+        return normalize_store_url(store)
 
     @property
     def url(self) -> str:
@@ -132,7 +153,7 @@ class LocalGrid:
 
     @property
     def replicas(self) -> int:
-        return 3 if len(self.nats_nodes) >= 3 else 1
+        return 3 if len(self.nats_nodes) >= 3 or self.nats_cluster >= 3 else 1
 
     @property
     def nats_stop_reserve_s(self) -> float:
@@ -149,18 +170,70 @@ class LocalGrid:
         if self._lock is None:
             self._lock = DataDirLock.acquire(self.data_dir, "spacegrid up")
             self._lifeline = Lifeline()
+            self._check_mirror()
+            if self._store_password is not None:
+                write_store_password(self.data_dir, self._store_password)
+                self._store_password = None
         if self.nats_url is None:
             if self.nats_cluster >= 3:
-                self.nats_nodes = start_cluster(self.data_dir / "nats", self.nats_cluster, host=self.nats_host)
+                self.nats_nodes = start_cluster(self.data_dir / "nats", self.nats_cluster, host=self.nats_host,
+                                                sync_interval=self.sync_interval, wait_for_jetstream=False)
             else:
                 node = NatsServerProcess(NatsServerSpec(store_dir=self.data_dir / "nats", port=self.nats_port,
-                                                        host=self.nats_host))
+                                                        host=self.nats_host, sync_interval=self.sync_interval))
                 node.start()
                 self.nats_nodes = [node]
             self.nats_url = ",".join(node.url for node in self.nats_nodes)
-        for _ in range(pus):
+        for _ in range(pus):  # they wait for the grid's configuration, written or checked meanwhile
             self.add_pu()
+        if self.config is None:
+            self._write_config()
         self.write_grid_file()
+
+    def _given(self) -> dict[str, Any]:
+        """This start's explicit grid settings."""
+        given: dict[str, Any] = {"app": self.app, "replicas": self.replicas, **self._grid_settings}
+        if self._given_store is not None:
+            given["store"] = self._given_store
+        if self.nats_url is None or self.nats_nodes:  # an embedded nats-server: its durability is known
+            given["durability"] = durability_of(self.sync_interval)
+        return given
+
+    def _check_mirror(self) -> None:
+        """On a restart of an embedded grid (DATA_DIR/config.json left by its last run), refuse conflicting settings
+        before starting anything; the grid's KV decides in the end."""
+        path = self.data_dir / CONFIG_MIRROR
+        if self.nats_url is not None or not path.exists():
+            return
+        try:
+            last = GridConfig.from_wire(json.loads(path.read_text()))
+        except (ValueError, ConfigError):
+            return
+        self._refuse_conflicts(last)
+
+    def _refuse_conflicts(self, grid: GridConfig) -> None:
+        found = conflicts(grid, self._given())
+        if found:
+            raise refusal(found, grid, "spacegrid up", f"Start it without those options to keep the grid's settings "
+                          f"(`spacegrid up --data-dir {self.data_dir}`), or give a new --data-dir for a new grid.")
+
+    def _write_config(self) -> None:
+        self.config = asyncio.run(self._settle_config())
+        (self.data_dir / CONFIG_MIRROR).write_text(json.dumps(self.config.to_wire(), indent=2) + "\n")
+
+    async def _settle_config(self) -> GridConfig:
+        """Write the grid's configuration if it has none; else check that this start's settings agree with it."""
+        given = self._given()
+        proposed = GridConfig(space=self.space.name, partitions=self.space.partitions,
+                              written_by=written_by("spacegrid up"), **{"store": self._embedded(EMBEDDED_STORE), **given})
+        transport, coordination = await open_coordination(self.url, self.space.name, self.replicas,
+                                                          proposed.heartbeat_timeout_s)
+        try:
+            grid, _ = await settle(coordination, proposed)
+        finally:
+            await transport.close()
+        self._refuse_conflicts(grid)
+        return grid
 
     def add_pu(self, wrapper: tuple[str, ...] = ()) -> PuProcess:
         """Start one more PU; `wrapper` prefixes its command (it must exec the PU, so that the PID is the PU's)."""
@@ -170,9 +243,12 @@ class LocalGrid:
         log_dir.mkdir(exist_ok=True)
         log_path = log_dir / f"pu-{index}.log"
         assert self._lifeline is not None, "start() first"
+        password_file = self.data_dir / STORE_PASSWORD_FILE
+        password_args = ["--store-password-file", str(password_file.resolve())] if password_file.exists() else []
+        # store, limits and replicas come from the grid's configuration; a PU's own options only
         command = [*wrapper, sys.executable, "-m", "spacegrid.cli.main", "pu", "--app", self.app, "--nats", self.url,
-                   "--replicas", str(self.replicas), "--metrics-port", "0", "--stop-timeout-s",
-                   f"{self.pu_stop_timeout_s:g}", *self.store_args, *self.pu_args]
+                   "--wait-for-config", "--metrics-port", "0", "--stop-timeout-s", f"{self.pu_stop_timeout_s:g}", *password_args,
+                   *self._pu_args]
         with open(log_path, "ab") as log_file:
             popen = spawn(command, stdout=log_file, lifeline=self._lifeline)
         pu = PuProcess(index, popen, log_path, wrapper)
@@ -181,11 +257,11 @@ class LocalGrid:
 
     @property
     def store_url(self) -> str | None:
-        return None if self.store == NO_STORE else self.store
-
-    @property
-    def store_args(self) -> list[str]:
-        return [] if self.store_url is None else ["--store", self.store_url]
+        """The grid's store URL, without password (after start(): the grid's configuration's)."""
+        if self.config is not None:
+            return self.config.store_url
+        store = self._given_store or self._embedded(EMBEDDED_STORE)
+        return None if store == NO_STORE else store
 
     def write_grid_file(self) -> None:
         assert self._lock is not None, "only the grid holding the data dir's lock writes its grid.json"

@@ -14,6 +14,8 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
+from spacegrid.config import (GRID_LIMITS, OPTIONS, STORE_PASSWORD_FILE, GridConfig, check_store_url,
+                              normalize_store_url, split_store_password)
 from spacegrid.datadir import DataDirLock, process_running
 from spacegrid.errors import ConfigError, GridUnavailable
 from spacegrid.launcher import DEFAULT_APP, GRID_FILE, load_space, read_grid_file
@@ -36,6 +38,43 @@ deadline_option = click.option("--deadline-s", type=float, default=DEFAULT_LIMIT
 connect_timeout_option = click.option(
     "--connect-timeout-s", type=click.FloatRange(0.1, 600), default=DEFAULT_LIMITS.connect_timeout_s,
     show_default=True, help="Give up connecting to NATS after this (at once if nothing listens there).")
+
+
+LIMIT_HELP = {
+    "heartbeat_interval_s": "How often a PU renews its heartbeat.",
+    "lease_s": "Reads are served only this long after the last renewed heartbeat was sent.",
+    "heartbeat_timeout_s": "A PU silent this long is declared dead.",
+    "handler_time_limit_s": "A handler running longer is stopped.",
+    "catch_ups_max": "Backups catching up with the log at once (paces live migration).",
+    "write_behind_delay_s": "The pump persists new writes at most this long after.",
+    "write_behind_batch_rows": "Rows per store transaction.",
+    "log_trim_age_s": "The log keeps what was persisted this long ago, for exactly-once retries after a double "
+                      "failure; keep it above clients' call deadlines.",
+}
+
+
+def grid_limit_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The Limits every PU of a grid shares, as options defaulting to None ("not given": the grid's)."""
+    for name in reversed(GRID_LIMITS):
+        default = getattr(DEFAULT_LIMITS, name)
+        command = click.option(OPTIONS[name], name, type=type(default), default=None,
+                               help=f"{LIMIT_HELP[name]} Grid-wide [default: the grid's; a new grid's: {default}]")(command)
+    return command
+
+
+def given_settings(values: dict[str, Any]) -> dict[str, Any]:
+    """The grid settings among a command's parameters that were given (not None)."""
+    return {name: value for name, value in values.items() if name in GridConfig.__dataclass_fields__
+            and value is not None}
+
+
+def given_store(url: str | None) -> tuple[str | None, str | None]:
+    """A --store value as a grid setting (no password; a relative sqlite path made absolute) and its password."""
+    if url is None:
+        return None, None
+    check_store_url(url)
+    clean, password = split_store_password(url)
+    return normalize_store_url(clean), password
 
 
 def fail(message: str) -> NoReturn:
@@ -76,10 +115,11 @@ def lock_data_dir(data_dir: Path, role: str) -> DataDirLock:
         except (GridUnavailable, ValueError, OSError):
             pass
         else:
-            store = f" --store {grid['store']}" if grid.get("store") else ""
+            password_file = data_dir / STORE_PASSWORD_FILE
+            password = f" --store-password-file {password_file}" if password_file.exists() else ""
             hint = (f"; to add a PU to the grid running there, give it no data dir of its own: `spacegrid pu "
-                    f"--nats {grid['nats_url']} --app {grid.get('app', DEFAULT_APP)}{store}"
-                    f"{' --replicas 3' if len(grid.get('nats_pids', [])) >= 3 else ''}`")
+                    f"--nats {grid['nats_url']} --app {grid.get('app', DEFAULT_APP)}{password}` (it takes the grid's store "
+                    f"and limits from the grid's configuration)")
         raise ConfigError(f"{exc}{hint}") from None
 
 

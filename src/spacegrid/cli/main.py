@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,15 @@ from rich.table import Table
 
 from spacegrid.cli.chaos import chaos
 from spacegrid.cli.common import (app_option, connect_timeout_option, console, data_dir_option, deadline_option, fail,
-                                  lock_data_dir, nats_option, parse_json, print_json, resolve, within_connect_bound,
-                                  with_client)
+                                  given_settings, given_store, grid_limit_options, lock_data_dir, nats_option,
+                                  parse_json, print_json, resolve, within_connect_bound, with_client)
+from spacegrid.config import (NO_STORE, OPTIONS, STORE_PASSWORD_ENV, STORE_PASSWORD_FILE, GridConfig, durability_of,
+                              written_by)
 from spacegrid.cli.reconcile import reconcile
 from spacegrid.engine.connection import install_uvloop
 from spacegrid.errors import SpacegridError
 from spacegrid.inspect import GridStatus, read_status
-from spacegrid.launcher import DEFAULT_APP, EMBEDDED_STORE, LocalGrid
+from spacegrid.launcher import DEFAULT_APP, LocalGrid, last_app, load_space, read_grid_file
 from spacegrid.limits import DEFAULT_LIMITS, GRID_STOP_TIMEOUT_S, GRID_STOP_TIMEOUT_S_MIN, Limits
 
 STATUS_READ_S = 10.0  # after connecting: reading every member's record
@@ -45,19 +48,28 @@ def cli(log_level: str) -> None:
 @click.option("--port", type=int, default=None, help="Port of the embedded nats-server (default: a free one).")
 @click.option("--nats-cluster", type=click.Choice(["0", "3", "5"]), default="0", show_default=True,
               help="Start a local NATS cluster of this many nodes instead of one (streams and KV get 3 replicas).")
-@click.option("--store", "store_url", default=EMBEDDED_STORE, show_default=True,
+@click.option("--store", "store_url", default=None,
               help="Durable store: a postgresql://... or sqlite:///... URL, 'embedded' (SQLite under --data-dir) "
-                   "or 'none'.")
+                   "or 'none' [default: the grid's; a new grid's: embedded]. A password in the URL is kept in "
+                   f"DATA_DIR/{STORE_PASSWORD_FILE} (0600), never in the grid's configuration.")
+@click.option("--sync-interval", default=None,
+              help="The embedded nats-server's fsync policy: 'always' (fsync before each ack) or a duration like "
+                   "'2m' [default: the server's, 2m]. Recorded in the grid's configuration.")
+@grid_limit_options
 @click.option("--ready-timeout-s", type=float, default=120.0, show_default=True)
 @click.option("--stop-timeout-s", type=click.FloatRange(GRID_STOP_TIMEOUT_S_MIN, 3600), default=GRID_STOP_TIMEOUT_S,
               show_default=True, help="Ctrl-C or SIGTERM stops the grid within this (PU hand-off and store drain "
                                       "included); what still runs then is killed.")
 def up(pus: int, data_dir: Path, app: str | None, nats_url: str | None, port: int | None, nats_cluster: str,
-       store_url: str, ready_timeout_s: float, stop_timeout_s: float) -> None:
+       store_url: str | None, sync_interval: str | None, ready_timeout_s: float, stop_timeout_s: float,
+       **limits: Any) -> None:
     """Run a grid here: an embedded nats-server (unless --nats), PUS processing units and the app (Ctrl-C stops it).
-    The data dir is locked while it runs; its processes die with it, even on SIGKILL."""
-    grid = LocalGrid(data_dir, app or DEFAULT_APP, nats_url=nats_url, nats_port=port, nats_cluster=int(nats_cluster),
-                     store=store_url, stop_timeout_s=stop_timeout_s)
+    The data dir is locked while it runs; its processes die with it, even on SIGKILL. A new grid gets a configuration
+    (store, limits, durability, metrics) that every PU takes; a restart on the same data dir must agree with it."""
+    pu_args = [arg for name, value in given_settings(limits).items() for arg in (OPTIONS[name], str(value))]
+    grid = LocalGrid(data_dir, app or last_app(data_dir) or DEFAULT_APP, nats_url=nats_url, nats_port=port,
+                     nats_cluster=int(nats_cluster), store=store_url, sync_interval=sync_interval, pu_args=pu_args,
+                     stop_timeout_s=stop_timeout_s)
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops the grid as Ctrl-C does, wherever the launcher is
     try:
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -121,53 +133,110 @@ def _stop_grid(grid: LocalGrid) -> None:
 @app_option
 @nats_option
 @data_dir_option
-@click.option("--replicas", type=int, default=1, show_default=True, help="Stream and KV replicas (3 on a NATS cluster).")
-@click.option("--heartbeat-interval-s", type=float, default=DEFAULT_LIMITS.heartbeat_interval_s, show_default=True)
-@click.option("--lease-s", type=float, default=DEFAULT_LIMITS.lease_s, show_default=True,
-              help="Reads are served only this long after the last renewed heartbeat was sent.")
-@click.option("--heartbeat-timeout-s", type=float, default=DEFAULT_LIMITS.heartbeat_timeout_s, show_default=True)
-@click.option("--handler-time-limit-s", type=float, default=DEFAULT_LIMITS.handler_time_limit_s, show_default=True)
-@click.option("--catch-ups-max", type=int, default=DEFAULT_LIMITS.catch_ups_max, show_default=True,
-              help="Backups catching up with the log at once (paces live migration).")
+@click.option("--replicas", type=click.IntRange(1, 5), default=None,
+              help="Stream and KV replicas (3 on a NATS cluster). Grid-wide [default: the grid's; a new grid's: 1]")
+@grid_limit_options
 @click.option("--store", "store_url", default=None, envvar="SPACEGRID_STORE",
-              help="Durable store URL: postgresql://user@host/db or sqlite:///path (default: none).")
-@click.option("--write-behind-delay-s", type=float, default=DEFAULT_LIMITS.write_behind_delay_s, show_default=True)
-@click.option("--write-behind-batch-rows", type=int, default=DEFAULT_LIMITS.write_behind_batch_rows, show_default=True)
-@click.option("--log-trim-age-s", type=float, default=DEFAULT_LIMITS.log_trim_age_s, show_default=True,
-              help="The log keeps what was persisted this long ago, for exactly-once retries after a double failure; "
-                   "keep it above clients' call deadlines.")
-@click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port (0: a free one).")
-@click.option("--metrics-host", default="127.0.0.1", show_default=True)
+              help="Durable store URL: postgresql://user@host/db, sqlite:///path or 'none'. Grid-wide [default: the "
+                   "grid's; a new grid's: none]")
+@click.option("--store-password-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help=f"The store's password, in a file of mode 0600 [default: ${STORE_PASSWORD_ENV}, else "
+                   f"DATA_DIR/{STORE_PASSWORD_FILE} if there is one].")
+@click.option("--metrics/--no-metrics", default=None,
+              help="Serve Prometheus metrics. Grid-wide [default: the grid's; a new grid's: on]")
+@click.option("--metrics-port", type=int, default=None,
+              help="This PU's metrics port [default: a free one, when the grid serves metrics].")
+@click.option("--metrics-host", default=None, help="Grid-wide [default: the grid's; a new grid's: 127.0.0.1]")
 @click.option("--stop-timeout-s", type=click.FloatRange(0.5, 3600), default=DEFAULT_LIMITS.pu_stop_timeout_s,
               show_default=True, help="SIGTERM: hand off and stop within this, then exit regardless.")
 @click.option("--nats-lost-exit-s", type=click.FloatRange(0.5, 86400), default=DEFAULT_LIMITS.pu_nats_lost_exit_s,
               show_default=True, help="Exit (non-zero) after NATS has been unreachable this long.")
 @connect_timeout_option
-def pu(app: str | None, nats_url: str | None, data_dir: Path, replicas: int, heartbeat_interval_s: float,
-       lease_s: float, heartbeat_timeout_s: float, handler_time_limit_s: float, catch_ups_max: int,
-       store_url: str | None, write_behind_delay_s: float, write_behind_batch_rows: int, log_trim_age_s: float,
-       metrics_port: int | None, metrics_host: str, stop_timeout_s: float, nats_lost_exit_s: float,
-       connect_timeout_s: float) -> None:
-    """Run one processing unit in this process. With --data-dir given (or without --nats/--app, read from its
-    grid.json), the PU locks that data dir: one PU or grid per data dir."""
-    from spacegrid.unit.runner import run_pu
+@click.option("--wait-for-config", is_flag=True, hidden=True,
+              help="Wait for the grid's configuration instead of writing one (PUs of `spacegrid up`).")
+def pu(app: str | None, nats_url: str | None, data_dir: Path, store_url: str | None,
+       store_password_file: Path | None, metrics_port: int | None, stop_timeout_s: float, nats_lost_exit_s: float,
+       connect_timeout_s: float, wait_for_config: bool, **settings: Any) -> None:
+    """Run one processing unit in this process. It takes the grid's configuration (store, limits, replicas,
+    metrics) from NATS; an option given here that differs from it is refused. With --data-dir given (or without
+    --nats/--app, read from its grid.json), the PU locks that data dir: one PU or grid per data dir."""
+    from spacegrid.unit.runner import PuOptions, join_grid
 
-    uses_data_dir = (click.get_current_context().get_parameter_source("data_dir") is not ParameterSource.DEFAULT
+    context = click.get_current_context()
+    uses_data_dir = (context.get_parameter_source("data_dir") is not ParameterSource.DEFAULT
                      or nats_url is None or app is None)
     lock = lock_data_dir(data_dir, "spacegrid pu") if uses_data_dir else None
     url, space = resolve(data_dir, nats_url, app)
-    limits = Limits(heartbeat_interval_s=heartbeat_interval_s, lease_s=lease_s, heartbeat_timeout_s=heartbeat_timeout_s,
-                    handler_time_limit_s=handler_time_limit_s, catch_ups_max=catch_ups_max,
-                    write_behind_delay_s=write_behind_delay_s, write_behind_batch_rows=write_behind_batch_rows,
-                    log_trim_age_s=log_trim_age_s, pu_stop_timeout_s=stop_timeout_s,
-                    pu_nats_lost_exit_s=nats_lost_exit_s, connect_timeout_s=connect_timeout_s)
+    app = app or _grid_file_app(data_dir) or DEFAULT_APP
+    store, password = given_store(store_url)
+    given = given_settings({**settings, "store": store})
+    if metrics_port is not None and settings["metrics"] is None:
+        given["metrics"] = True  # a metrics port asks for metrics
+    base = Limits(pu_stop_timeout_s=stop_timeout_s, pu_nats_lost_exit_s=nats_lost_exit_s,
+                  connect_timeout_s=connect_timeout_s)
+    options = PuOptions(metrics_port, password, store_password_file, data_dir, base, create_config=not wait_for_config)
     install_uvloop()
-    metrics = None if metrics_port is None else (metrics_host, metrics_port)
     try:
-        asyncio.run(run_pu(space, url, limits, replicas, metrics, store_url))
+        asyncio.run(join_grid(space, app, url, given, options))
     finally:
         if lock is not None:
             lock.release()
+
+
+def _grid_file_app(data_dir: Path) -> str | None:
+    try:
+        return read_grid_file(data_dir).get("app")
+    except (SpacegridError, ValueError, OSError):
+        return None
+
+
+@cli.command()
+@click.option("--nats", "nats_url", required=True, help="NATS URL(s) of the grid, comma-separated.")
+@click.option("--app", required=True, help="MODULE:SPACE the grid serves.")
+@click.option("--store", "store_url", default=NO_STORE, show_default=True,
+              help="Durable store URL (postgresql://user@host/db, sqlite:///path) or 'none'. Give PUs its password "
+                   f"through ${STORE_PASSWORD_ENV} or --store-password-file, never here.")
+@click.option("--replicas", type=click.IntRange(1, 5), default=1, show_default=True,
+              help="Stream and KV replicas (3 on a NATS cluster).")
+@click.option("--sync-interval", default=None,
+              help="Record the fsync policy your nats-servers run with ('always', '2m'); informational.")
+@grid_limit_options
+@click.option("--metrics/--no-metrics", default=True, show_default=True, help="PUs serve Prometheus metrics.")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="The address PUs serve metrics on.")
+@click.option("--force", is_flag=True, help="Replace a configuration that differs (every PU must be restarted).")
+@click.option("--show", is_flag=True, help="Print the grid's configuration as JSON; change nothing.")
+@connect_timeout_option
+def init(nats_url: str, app: str, store_url: str, replicas: int, sync_interval: str | None, metrics: bool,
+         metrics_host: str, force: bool, show: bool, connect_timeout_s: float, **limits: Any) -> None:
+    """Write the configuration of a production grid (NATS run by someone else) into its KV: store, replicas,
+    durability, limits, metrics. Its PUs then need only `spacegrid pu --nats URL --app M:S`. Creates the space's
+    stream and buckets if needed. A configuration that differs is refused; --force replaces it."""
+    from spacegrid import config
+
+    space = load_space(app)
+    base = replace(DEFAULT_LIMITS, connect_timeout_s=connect_timeout_s)
+    if show:
+        shown = asyncio.run(within_connect_bound(config.show(nats_url, space.name, base), nats_url, connect_timeout_s))
+        if shown is None:
+            fail(f"grid {space.name!r} at {nats_url} has no configuration yet")
+        print_json(shown.to_wire())
+        return
+    store, password = given_store(store_url)
+    if password is not None:
+        console.print(f"[yellow]the store password in --store was not written anywhere[/yellow]: give it to each PU "
+                      f"through ${STORE_PASSWORD_ENV} or --store-password-file (a file of mode 0600)")
+    proposed = GridConfig(app=app, space=space.name, partitions=space.partitions, store=store or NO_STORE,
+                          replicas=replicas, durability=durability_of(sync_interval), metrics=metrics,
+                          metrics_host=metrics_host, written_by=written_by("spacegrid init"), **given_settings(limits))
+    grid, outcome = asyncio.run(config.initialize(nats_url, proposed, force, base))
+    if outcome == "replaced":
+        console.print(f"[bold red]REPLACED the configuration of grid {space.name!r}.[/bold red] Running PUs still use "
+                      f"the old one: restart EVERY PU now (SIGTERM one, start it again, wait until `spacegrid status` "
+                      f"shows all partitions active, then the next).")
+    else:
+        console.print(f"grid {space.name!r}: configuration {'written' if outcome == 'created' else 'unchanged (the same was there)'}; "
+                      f"add PUs with `spacegrid pu --nats {nats_url} --app {app}`")
+    print_json(grid.to_wire())
 
 
 @cli.command()

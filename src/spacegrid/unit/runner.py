@@ -1,4 +1,5 @@
-"""Running one PU as an OS process: signals, the handler time limit, bounded stops, and a clean exit.
+"""Running one PU as an OS process: the grid's configuration, signals, the handler time limit, bounded stops, and a
+clean exit.
 
 The process exits
 - after SIGTERM / SIGINT, within Limits.pu_stop_timeout_s: hand-off (`leave`) if NATS is reachable, a plain
@@ -16,15 +17,20 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from spacegrid.config import (GridConfig, conflicts, open_coordination, read_store_password, refusal, settle,
+                              wait_config, with_store_password, written_by)
 from spacegrid.errors import GridUnavailable
 from spacegrid.lifeline import (
     exit_because_launcher_died,
     lifeline_fd_from_env,
     watch_lifeline,
 )
-from spacegrid.limits import PU_NATS_CHECK_INTERVAL_S, PU_STOP_KILL_GRACE_S, Limits
+from spacegrid.limits import DEFAULT_LIMITS, PU_NATS_CHECK_INTERVAL_S, PU_STOP_KILL_GRACE_S, Limits
 from spacegrid.observability.prometheus import serve_metrics
 from spacegrid.space import Space
 from spacegrid.store import open_store
@@ -36,14 +42,71 @@ log = logging.getLogger("spacegrid.pu")
 STOP_EXIT_CODE_FORCED = 75  # the stop overran its bound, or a second signal came: exited without finishing
 
 
+@dataclass(frozen=True, slots=True)
+class PuOptions:
+    """What is this PU process's own, not the grid's: its metrics port, where its store password is, its bounds."""
+
+    metrics_port: int | None = None  # None: a free port, if the grid serves metrics
+    store_password: str | None = None  # given in its --store URL
+    store_password_file: Path | None = None
+    data_dir: Path | None = None  # DATA_DIR/store.password is looked for here
+    base_limits: Limits = DEFAULT_LIMITS  # its own bounds (stop, NATS loss, connect); the grid's are set over them
+    create_config: bool = True  # False: wait for the grid's configuration (its launcher writes it) instead
+
+
+async def join_grid(space: Space, app: str, nats_url: str, given: Mapping[str, Any], options: PuOptions) -> None:
+    """Run a PU with the grid's configuration: read it (or, on a grid without one, write this PU's settings as the
+    grid's, create-only), refuse explicit settings (`given`, by GridConfig field) that conflict, then run_pu."""
+    _watch_launcher()
+    grid = await grid_config_for_pu(space, app, nats_url, given, options.base_limits, options.create_config)
+    password = options.store_password or read_store_password(options.store_password_file, options.data_dir)
+    store_url = None if grid.store_url is None else with_store_password(grid.store_url, password)
+    metrics = (grid.metrics_host, options.metrics_port or 0) if grid.metrics else None
+    print(f"joining grid {grid.space!r} (configuration written by {grid.written_by or 'an earlier spacegrid'}):"
+          f" store {grid.store}{' (password given)' if password and store_url != grid.store_url else ''}, "
+          f"replicas {grid.replicas}, lease {grid.lease_s:g} s, metrics {'on' if grid.metrics else 'off'}", flush=True)
+    await run_pu(space, nats_url, grid.limits(options.base_limits), grid.replicas, metrics, store_url)
+
+
+async def grid_config_for_pu(space: Space, app: str, nats_url: str, given: Mapping[str, Any],
+                             base_limits: Limits, create: bool = True) -> GridConfig:
+    """The grid's configuration, checked against what this PU was given explicitly (ConfigError naming each
+    setting that differs). Without `create`, waits for it (bounded) instead of writing its own."""
+    given = {"app": app, **given}
+    proposed = GridConfig(space=space.name, partitions=space.partitions, written_by=written_by("spacegrid pu"),
+                          **given)
+    transport, coordination = await open_coordination(nats_url, space.name, proposed.replicas,
+                                                      proposed.heartbeat_timeout_s, base_limits, "spacegrid-pu-config",
+                                                      create)
+    try:
+        grid = (await settle(coordination, proposed))[0] if create else await wait_config(coordination, base_limits)
+    finally:
+        await transport.close()
+    found = conflicts(grid, given)
+    if found:
+        raise refusal(found, grid, "this PU", "Start it without those options: it takes the grid's. To change the "
+                      "grid's, run `spacegrid init --force` with the new values, then restart every PU.")
+    return grid
+
+
+def _watch_launcher() -> None:
+    """Exit at once when the launcher that started this process dies (once per process)."""
+    global _watching_launcher
+    lifeline_fd = lifeline_fd_from_env()
+    if lifeline_fd is not None and not _watching_launcher:
+        _watching_launcher = True
+        watch_lifeline(lifeline_fd, exit_because_launcher_died)
+
+
+_watching_launcher = False
+
+
 async def run_pu(space: Space, nats_url: str, limits: Limits, replicas: int = 1,
                  metrics: tuple[str, int] | None = None, store_url: str | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then leave the grid gracefully (bounded). `metrics` (host, port; port 0: a
     free one) starts a Prometheus endpoint; `store_url` puts a durable store behind the grid. Raises
     GridUnavailable when NATS stays unreachable longer than `limits.pu_nats_lost_exit_s`."""
-    lifeline_fd = lifeline_fd_from_env()
-    if lifeline_fd is not None:
-        watch_lifeline(lifeline_fd, exit_because_launcher_died)
+    _watch_launcher()
     store = None if store_url is None else open_store(store_url, space.name, list(space.maps), limits)
     pu = ProcessingUnit(space, nats_url, limits, replicas, time_limit=TimeLimit(limits.handler_time_limit_s),
                         store=store)
