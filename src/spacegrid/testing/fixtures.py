@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import signal
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -12,6 +15,7 @@ import pytest
 
 from spacegrid.engine.server import NatsServerProcess, NatsServerSpec
 from spacegrid.launcher import DEFAULT_APP, EMBEDDED_STORE, LocalGrid
+from spacegrid.limits import DEFAULT_LIMITS, PU_STOP_KILL_GRACE_S
 
 
 @pytest.fixture
@@ -54,6 +58,37 @@ def grid_factory(tmp_path: Path) -> Iterator[Callable[..., LocalGrid]]:
     finally:
         for grid in grids:
             grid.stop()
+
+
+@pytest.fixture
+def pu_factory(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """start(nats_url, *args, app=..., env=None) -> a `spacegrid pu --nats URL --app APP *args` process (its output
+    in tmp_path/pu-N.log, the path as `.log_path`); each is sent SIGTERM after the test and killed if still there."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(nats_url: str, *args: str, app: str = DEFAULT_APP,
+              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log_path = tmp_path / f"pu-{len(started)}.log"
+        with open(log_path, "ab") as log:
+            pu = subprocess.Popen([sys.executable, "-m", "spacegrid.cli.main", "pu", "--nats", nats_url, "--app", app,
+                                   *args], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                  cwd=tmp_path, env=None if env is None else {**os.environ, **env})
+        pu.log_path = log_path  # type: ignore[attr-defined]
+        started.append(pu)
+        return pu
+
+    try:
+        yield start
+    finally:
+        for pu in started:
+            if pu.poll() is None:
+                pu.send_signal(signal.SIGTERM)
+        for pu in started:
+            try:
+                pu.wait(timeout=DEFAULT_LIMITS.pu_stop_timeout_s + PU_STOP_KILL_GRACE_S)
+            except subprocess.TimeoutExpired:
+                pu.kill()
+                pu.wait()
 
 
 PG_DSN = os.environ.get("SPACEGRID_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
