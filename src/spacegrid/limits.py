@@ -70,6 +70,8 @@ GRID_STOP_TIMEOUT_S: Final = 15.0  # `spacegrid up` stops within this (PU hand-o
 GRID_STOP_TIMEOUT_S_MIN: Final = 3.0
 GRID_STOP_NATS_RESERVE_S_MAX: Final = 3.0  # of the stop bound, kept for stopping nats-server after the PUs
 PU_STOP_MARGIN_S: Final = 1.0  # a PU started by the launcher is told to finish this long before the launcher kills it
+PU_STOP_HANDOFF_SHARE: Final = 0.5  # of a PU's stop bound, at most this share waits for the hand-off (the rest: store
+# flush, replies, closing)
 PU_STOP_KILL_GRACE_S: Final = 2.0  # a PU's own watchdog exits it this long after its stop bound, stuck or not
 PU_NATS_CHECK_INTERVAL_S: Final = 0.25  # how often a PU looks at its NATS connection (lost for how long?)
 NATS_RECONNECT_WAIT_S_MIN: Final = 0.25  # reconnect attempts back off from this...

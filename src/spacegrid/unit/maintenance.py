@@ -15,11 +15,11 @@ from spacegrid.unit.slot import Slot
 
 
 async def eviction_loop(limits: Limits, member_id: str, active: Callable[[], list[Slot]], backups: Backups,
-                        appender: Appender) -> None:
+                        appender: Appender, stopping: Callable[[], bool]) -> None:
     """Expire entries past their TTL (a delete through the log, so backups and the store follow) and drop
     persisted entries from memory where a map is over its bounds or idle (on backups too)."""
     expiries = 0
-    while True:
+    while not stopping():
         await asyncio.sleep(limits.eviction_interval_s)
         for slot in active():
             for map_name, key, version in slot.state.expired(limits.eviction_scan_max):
@@ -33,9 +33,9 @@ async def eviction_loop(limits: Limits, member_id: str, active: Callable[[], lis
             backup.state.evict(limits.eviction_scan_max)
 
 
-async def prune_backups_loop(limits: Limits, store: Store, backups: Backups) -> None:
+async def prune_backups_loop(limits: Limits, store: Store, backups: Backups, stopping: Callable[[], bool]) -> None:
     """Backups learn from the store what their owner persisted, so their unpersisted-writes set stays small."""
-    while True:
+    while not stopping():
         await asyncio.sleep(limits.backup_prune_interval_s)
         try:
             for partition, backup in list(backups.held.items()):

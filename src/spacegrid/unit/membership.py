@@ -89,11 +89,13 @@ class MembershipAgent:
         self.on_declared_dead()
 
     async def run(self) -> None:
-        """The heartbeat loop (a task of the PU until it stops)."""
-        while True:
+        """The heartbeat loop, until `stopping` (a flag, not only cancellation: on Python 3.11 a cancellation
+        that meets a completing `asyncio.wait_for`, in nats-py too, is swallowed, and the loop would go on)."""
+        while not self.stopping:
             try:
-                await asyncio.wait_for(self._beat_now.wait(), self.limits.heartbeat_interval_s)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(self.limits.heartbeat_interval_s):
+                    await self._beat_now.wait()
+            except TimeoutError:
                 pass
             self._beat_now.clear()
             try:

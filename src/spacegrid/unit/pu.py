@@ -72,6 +72,7 @@ class ProcessingUnit:
         self.started_s = time.time()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._stop_task: asyncio.Future[None] | None = None
 
     # ---- starting ------------------------------------------------------------------------------------------
 
@@ -108,14 +109,18 @@ class ProcessingUnit:
         if self.pump is not None:
             assert self.store is not None
             self._spawn(self.pump.run(self.driver.active_slots), "pump")
-            self._spawn(maintenance.prune_backups_loop(self.limits, self.store, self.backups), "prune-backups")
+            self._spawn(maintenance.prune_backups_loop(self.limits, self.store, self.backups, self._is_stopping),
+                        "prune-backups")
         if any(m.eviction is not None for m in self.space.maps.values()):
             self._spawn(maintenance.eviction_loop(self.limits, self.member_id, self.driver.active_slots, self.backups,
-                                                  self.appender), "eviction")
+                                                  self.appender, self._is_stopping), "eviction")
         self._tasks.append(await coord.watch(coord.members, ">", self.membership.on_member))
         self._tasks.append(await coord.watch(coord.table, self.names.table_key, self.membership.on_table_entry))
         self._spawn(self.membership.run(), "heartbeat")
         log.info("PU %s serving space %s", self.member_id, self.space.name)
+
+    def _is_stopping(self) -> bool:
+        return self._stopping
 
     def _spawn(self, coroutine: Any, name: str) -> None:
         self._tasks.append(asyncio.create_task(coroutine, name=name))
@@ -161,12 +166,14 @@ class ProcessingUnit:
 
     # ---- stopping ------------------------------------------------------------------------------------------
 
-    async def leave(self) -> None:
+    async def leave(self, handoff_timeout_s: float | None = None) -> None:
         """Graceful shutdown: ask the coordinator to move everything this PU owns or backs up to others (live
-        migration: each new owner catches up first), wait until the table shows none left, then stop."""
+        migration: each new owner catches up first), wait until the table shows none left (at most
+        `handoff_timeout_s`, by default limits.handoff_timeout_s), then stop."""
         self.membership.leaving = True
         self.membership.beat_now()
-        deadline_s = time.monotonic() + self.limits.handoff_timeout_s
+        handoff_timeout_s = self.limits.handoff_timeout_s if handoff_timeout_s is None else handoff_timeout_s
+        deadline_s = time.monotonic() + handoff_timeout_s
         while time.monotonic() < deadline_s:
             table = self.membership.table
             if not self.membership.others_live() or not (table.owned_by(self.member_id)
@@ -174,19 +181,28 @@ class ProcessingUnit:
                 break
             await asyncio.sleep(self.limits.heartbeat_interval_s / 2)
         else:
-            log.warning("hand-off not finished within %.0fs; stopping anyway", self.limits.handoff_timeout_s)
+            log.warning("hand-off not finished within %.0fs; stopping anyway", handoff_timeout_s)
         await self.stop()
 
     async def stop(self) -> None:
-        """Leave the grid: stop heartbeating, let in-flight appends finish, persist, hand partitions back."""
-        if self._stopping:
-            return
-        self._stopping = True
+        """Leave the grid: stop heartbeating, let in-flight appends finish, persist, hand partitions back. Runs
+        once; a caller that is cancelled (a bounded stop) leaves it running, and a second call waits for it."""
+        if self._stop_task is None:
+            self._stopping = True
+            self._stop_task = asyncio.ensure_future(self._stop())
+        await asyncio.shield(self._stop_task)
+
+    async def _stop(self) -> None:
         self.membership.stopping = True
         self.driver.stopping = True  # no more acquisitions
-        for task in self._tasks:
+        if self.pump is not None:
+            self.pump.stopping = True
+            self.pump.kick.set()
+        for task in self._tasks:  # the loops also end on the flags: a swallowed cancellation can't keep them
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        _, running = await asyncio.wait(self._tasks, timeout=self.limits.append_timeout_s) if self._tasks else ((), ())
+        if running:
+            log.warning("stopping with tasks still running: %s", sorted(task.get_name() for task in running))
         await self.membership.goodbye()
         self.backups.stop_all()
         await self.appender.wait_idle(self.limits.append_timeout_s)

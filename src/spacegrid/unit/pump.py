@@ -64,14 +64,16 @@ class Pump:
         self.kick = asyncio.Event()
         self.counters = {"store_rows": 0, "store_flushes": 0, "store_errors": 0, "dead_letters": 0, "log_trims": 0}
         self.available = True  # False while the store fails: the lag grows, the grid keeps serving
+        self.stopping = False  # run() ends at its next round (see MembershipAgent.run on cancellation)
         self._concurrency = asyncio.Semaphore(store.concurrency)
 
     async def run(self, owned: Callable[[], Iterable[Pumped]]) -> None:
-        """Flush forever; started as a task by the PU and cancelled when it stops."""
-        while True:
+        """Flush until `stopping`; started as a task by the PU, stopped (and cancelled) when it stops."""
+        while not self.stopping:
             try:
-                await asyncio.wait_for(self.kick.wait(), self.limits.write_behind_delay_s)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(self.limits.write_behind_delay_s):
+                    await self.kick.wait()
+            except TimeoutError:
                 pass
             self.kick.clear()
             try:

@@ -30,7 +30,13 @@ from spacegrid.lifeline import (
     lifeline_fd_from_env,
     watch_lifeline,
 )
-from spacegrid.limits import DEFAULT_LIMITS, PU_NATS_CHECK_INTERVAL_S, PU_STOP_KILL_GRACE_S, Limits
+from spacegrid.limits import (
+    DEFAULT_LIMITS,
+    PU_NATS_CHECK_INTERVAL_S,
+    PU_STOP_HANDOFF_SHARE,
+    PU_STOP_KILL_GRACE_S,
+    Limits,
+)
 from spacegrid.observability.prometheus import serve_metrics
 from spacegrid.space import Space
 from spacegrid.store import open_store
@@ -197,7 +203,8 @@ async def _leave_bounded(pu: ProcessingUnit, limits: Limits) -> None:
     """Hand everything off and stop, within limits.pu_stop_timeout_s; past it, a plain stop with what is left."""
     deadline_s = time.monotonic() + limits.pu_stop_timeout_s
     try:
-        await asyncio.wait_for(pu.leave(), limits.pu_stop_timeout_s)
+        handoff_timeout_s = min(limits.handoff_timeout_s, PU_STOP_HANDOFF_SHARE * limits.pu_stop_timeout_s)
+        await asyncio.wait_for(pu.leave(handoff_timeout_s), limits.pu_stop_timeout_s)
         return
     except TimeoutError:
         log.warning("PU %s: hand-off not done within %.0f s (--stop-timeout-s); stopping", pu.member_id,
