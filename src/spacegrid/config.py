@@ -18,16 +18,17 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from spacegrid.errors import ConfigError, GridUnavailable
 from spacegrid.limits import DEFAULT_LIMITS, MEMBER_TTL_HEARTBEAT_TIMEOUTS, MEMBER_TTL_S_MIN, Limits
 
 log = logging.getLogger("spacegrid.config")
+T = TypeVar("T")
 
 CONFIG_FORMAT: Final = 1  # the wire form's version; a reader refuses a newer one
 NO_STORE: Final = "none"
@@ -343,9 +344,27 @@ async def read(coordination: Any) -> tuple[GridConfig | None, int]:
     return (None if wire is None else GridConfig.from_wire(wire)), revision
 
 
-async def settle(coordination: Any, proposed: GridConfig) -> tuple[GridConfig, bool]:
+async def _answered(step: Callable[[], Awaitable[T]], limits: Limits) -> T:
+    """`step()`, again while JetStream does not answer (GridUnavailable), up to limits.bootstrap_timeout_s."""
+    deadline_s = time.monotonic() + limits.bootstrap_timeout_s
+    while True:
+        try:
+            return await step()
+        except GridUnavailable as exc:
+            if time.monotonic() > deadline_s:
+                raise
+            log.info("JetStream not ready yet (%s); retrying", exc)
+            await asyncio.sleep(limits.bootstrap_retry_s)
+
+
+async def settle(coordination: Any, proposed: GridConfig, limits: Limits = DEFAULT_LIMITS) -> tuple[GridConfig, bool]:
     """The grid's configuration: the stored one, or `proposed`, written create-only if there is none (a lost race
-    reads the winner's). Returns it and whether this call wrote it."""
+    reads the winner's). Returns it and whether this call wrote it. Retried while JetStream does not answer (safe:
+    the write is create-only)."""
+    return await _answered(lambda: _settle_once(coordination, proposed), limits)
+
+
+async def _settle_once(coordination: Any, proposed: GridConfig) -> tuple[GridConfig, bool]:
     stored, _ = await read(coordination)
     if stored is None:
         if await coordination.create_config(proposed.to_wire()) is not None:
@@ -364,7 +383,11 @@ async def wait_config(coordination: Any, limits: Limits = DEFAULT_LIMITS) -> Gri
     limits.bootstrap_timeout_s."""
     deadline_s = time.monotonic() + limits.bootstrap_timeout_s
     while True:
-        stored, _ = await read(coordination)
+        try:
+            stored, _ = await read(coordination)
+        except GridUnavailable as exc:  # JetStream electing its leaders (a cluster that just started)
+            log.info("the grid's configuration can't be read yet (%s); retrying", exc)
+            stored = None
         if stored is not None:
             return stored
         if time.monotonic() > deadline_s:
@@ -384,8 +407,9 @@ async def initialize(nats_url: str, proposed: GridConfig, force: bool = False,
     transport, coordination = await open_coordination(nats_url, proposed.space, proposed.replicas,
                                                       proposed.heartbeat_timeout_s, limits, "spacegrid-init")
     try:
-        await transport.ensure_stream(Names(proposed.space), proposed.replicas, 2 * limits.append_bytes_max)
-        stored, revision = await read(coordination)
+        await _answered(lambda: transport.ensure_stream(Names(proposed.space), proposed.replicas,
+                                                        2 * limits.append_bytes_max), limits)
+        stored, revision = await _answered(lambda: read(coordination), limits)
         if stored is None:
             if await coordination.create_config(proposed.to_wire()) is not None:
                 return proposed, "created"

@@ -151,6 +151,9 @@ class Coordination:
             entry = await self.table.get(CONFIG_KEY)
         except (KeyNotFoundError, NotFoundError):
             return None, 0
+        except NOT_READY as exc:
+            raise GridUnavailable(f"the grid's configuration could not be read: JetStream did not answer ({exc!r})") \
+                from exc
         if not entry.value:
             return None, 0
         wire = codec.decode(entry.value, KV_RECORD_BYTES_MAX)
@@ -159,11 +162,15 @@ class Coordination:
         return wire, int(entry.revision or 0)
 
     async def create_config(self, wire: dict[str, Any]) -> int | None:
-        """Write the configuration only if there is none: its revision, or None if one exists already."""
+        """Write the configuration only if there is none: its revision, or None if one exists already.
+        GridUnavailable if JetStream did not answer (written or not: read it again)."""
         try:
             return int(await self.table.create(CONFIG_KEY, codec.encode(wire)))
         except KeyWrongLastSequenceError:
             return None
+        except NOT_READY as exc:
+            raise GridUnavailable(f"the grid's configuration could not be written: JetStream did not answer "
+                                  f"({exc!r})") from exc
         except Exception as exc:  # nats-py raises BadRequestError for a lost create race on some versions
             if "wrong last sequence" in str(exc) or "key exists" in str(exc):
                 return None

@@ -85,7 +85,10 @@ async def grid_config_for_pu(space: Space, app: str, nats_url: str, given: Mappi
                                                       proposed.heartbeat_timeout_s, base_limits, "spacegrid-pu-config",
                                                       create)
     try:
-        grid = (await settle(coordination, proposed))[0] if create else await wait_config(coordination, base_limits)
+        if create:
+            grid, _ = await settle(coordination, proposed, base_limits)
+        else:
+            grid = await wait_config(coordination, base_limits)
     finally:
         await transport.close()
     found = conflicts(grid, given)
