@@ -216,3 +216,21 @@ def test_a_store_password_never_reaches_the_kv_grid_json_logs_or_pu_arguments(tm
         stop_up(up)
     texts[Path(f"{data_dir}.up.log")] = Path(f"{data_dir}.up.log").read_text(errors="replace")
     assert [path for path, text in texts.items() if PASSWORD in text] == []
+
+
+def test_the_first_bare_pu_writes_its_settings_as_the_grids_and_the_next_takes_them(
+        tmp_path: Path, nats_server: NatsServerProcess, pu_factory: Callable[..., subprocess.Popen[bytes]]) -> None:
+    """On a grid without a configuration, the first `spacegrid pu --store URL --heartbeat-timeout-s 2` writes its
+    settings as the grid's (create-only); a second PU given only --nats and --app serves with that store and that
+    heartbeat timeout."""
+    url = nats_server.url
+    store = f"sqlite://{tmp_path / 'bare.db'}"
+    pu_factory(url, "--store", store, "--heartbeat-timeout-s", "2", app=APP)
+    members(url, 1)
+    stored = stored_config(url)
+    assert stored is not None and stored.store == store and stored.heartbeat_timeout_s == 2.0
+    assert stored.written_by.startswith("spacegrid pu")
+    pu_factory(url, app=APP)
+    joined = members(url, 2)
+    assert all(m.get("store_available") is True for m in joined), joined
+    assert {float(r["heartbeat_timeout_s"]) for r in asyncio.run(_member_records(url))} == {2.0}

@@ -94,6 +94,8 @@ def up(pus: int, data_dir: Path, app: str | None, nats_url: str | None, port: in
         console.print(f"  NATS      {grid.url}")
         console.print(f"  store     {grid.store_url or 'none (in memory and the log only)'}")
         console.print(f"  grid file {data_dir / 'grid.json'}   logs {data_dir / 'logs'}")
+        console.print(f"  add a PU  spacegrid pu --nats {grid.url} --app {grid.app}   (store, limits, metrics: the "
+                      f"grid's configuration)")
         console.print("  try       spacegrid call create_event E1 '{\"seats\": 100}'   then   spacegrid status")
         console.print("Ctrl-C stops the grid.")
         while True:
