@@ -322,6 +322,7 @@ async def open_coordination(nats_url: str, space: str, replicas: int, heartbeat_
                                         jetstream_timeout_s=limits.jetstream_api_timeout_s)
     deadline_s = time.monotonic() + limits.bootstrap_timeout_s
     try:
+        await transport.wait_jetstream(Names(space), limits.bootstrap_timeout_s, limits.jetstream_probe_timeout_s)
         while True:
             try:
                 coordination = await transport.coordination(Names(space), replicas, create=create,

@@ -3,6 +3,7 @@ probe, JetStream changelog and coordination)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from typing import Any, Protocol
 
 from nats.aio.client import Client as NatsClient
 from nats.errors import NoRespondersError
+from nats.js.errors import NotFoundError
 
 from spacegrid.engine.changelog import Changelog, ensure_stream
 from spacegrid.engine.connection import connect
@@ -107,6 +109,27 @@ class Transport:
         return "" if url is None else f"{url.scheme}://{url.hostname}:{url.port}"
 
     # ---- JetStream ------------------------------------------------------------------------------------------
+
+    async def wait_jetstream(self, names: Names, timeout_s: float, probe_timeout_s: float) -> None:
+        """Until JetStream answers for the space's streams (after a restart a cluster first elects its leaders),
+        probing with short requests so that its first answer is not missed behind a long request timeout;
+        GridUnavailable after `timeout_s`."""
+        js = self._nc.jetstream(timeout=probe_timeout_s)
+        streams = (names.stream, f"KV_{names.members_bucket}", f"KV_{names.table_bucket}")
+        deadline_s = time.monotonic() + timeout_s
+        while True:
+            try:
+                await js.account_info()
+                for stream in streams:
+                    try:
+                        await js.stream_info(stream)
+                    except NotFoundError:
+                        pass  # not created yet: the meta leader answered, which is what counts
+                return
+            except NOT_READY as exc:
+                if time.monotonic() > deadline_s:
+                    raise GridUnavailable(f"JetStream did not answer within {timeout_s:g} s: {exc!r}") from exc
+                await asyncio.sleep(probe_timeout_s / 2)
 
     async def ensure_stream(self, names: Names, replicas: int, max_msg_bytes: int) -> None:
         """Create or check the space's log stream; GridUnavailable while JetStream does not answer."""

@@ -16,7 +16,8 @@ from spacegrid.core.lifecycle import RECOVERING
 from spacegrid.engine.subjects import Names
 from spacegrid.engine.transport import Subscription, Transport
 from spacegrid.errors import ConfigError, GridUnavailable, StoreUnavailable
-from spacegrid.limits import DEFAULT_LIMITS, MEMBER_TTL_HEARTBEAT_TIMEOUTS, MEMBER_TTL_S_MIN, Limits
+from spacegrid.config import member_ttl_s
+from spacegrid.limits import DEFAULT_LIMITS, Limits
 from spacegrid.space import Space
 from spacegrid.store.base import Store
 from spacegrid.unit import maintenance
@@ -127,13 +128,15 @@ class ProcessingUnit:
 
     async def _bootstrap(self) -> Any:
         """Create or open the space's stream and buckets, retrying while JetStream elects its leaders."""
+        await self.transport.wait_jetstream(self.names, self.limits.bootstrap_timeout_s,
+                                            self.limits.jetstream_probe_timeout_s)
         deadline_s = time.monotonic() + self.limits.bootstrap_timeout_s
         while True:
             try:
                 await self.transport.ensure_stream(self.names, self.replicas, 2 * self.limits.append_bytes_max)
                 return await self.transport.coordination(
                     self.names, self.replicas, create=True,
-                    member_ttl_s=max(MEMBER_TTL_S_MIN, MEMBER_TTL_HEARTBEAT_TIMEOUTS * self.limits.heartbeat_timeout_s))
+                    member_ttl_s=member_ttl_s(self.limits.heartbeat_timeout_s))
             except GridUnavailable as exc:  # JetStream not ready: timeouts, no responders, leader elections
                 if time.monotonic() > deadline_s:
                     raise GridUnavailable(f"JetStream did not answer within {self.limits.bootstrap_timeout_s}s: "
