@@ -187,7 +187,7 @@ class LocalGrid:
         for _ in range(pus):  # they wait for the grid's configuration, written or checked meanwhile
             self.add_pu()
         if self.config is None:
-            self._write_config()
+            self.write_config()
         self.write_grid_file()
 
     def _given(self) -> dict[str, Any]:
@@ -217,7 +217,9 @@ class LocalGrid:
             raise refusal(found, grid, "spacegrid up", f"Start it without those options to keep the grid's settings "
                           f"(`spacegrid up --data-dir {self.data_dir}`), or give a new --data-dir for a new grid.")
 
-    def _write_config(self) -> None:
+    def write_config(self) -> None:
+        """Write the grid's configuration to KV if it has none (as start() does; again after NATS was replaced by
+        an empty one: a cold start over the store), else check that this grid's settings agree with it."""
         self.config = asyncio.run(self._settle_config())
         (self.data_dir / CONFIG_MIRROR).write_text(json.dumps(self.config.to_wire(), indent=2) + "\n")
 

@@ -12,7 +12,9 @@ from spacegrid import codec
 
 async def collect_replies(url: str, subject: str, data: bytes, replies_expected: int, timeout_s: float = 5.0,
                           before_wait: Callable[[], Awaitable[None]] | None = None) -> list[Any]:
-    """Send one message and gather reply items (they may come in several messages) until there are enough."""
+    """Send one message and gather reply items (they may come in several messages) until there are enough.
+    `before_wait` runs once the server holds the message (a flush returns only after the server processed what was
+    sent before it, so the message is queued for its subscriber, even a stopped one)."""
     nc = await nats.connect(url)
     replies: list[Any] = []
     got_all = asyncio.Event()
@@ -26,6 +28,7 @@ async def collect_replies(url: str, subject: str, data: bytes, replies_expected:
         inbox = nc.new_inbox()
         await nc.subscribe(inbox, cb=on_reply)
         await nc.publish(subject, data, reply=inbox)
+        await nc.flush()
         if before_wait is not None:
             await before_wait()
         await asyncio.wait_for(got_all.wait(), timeout_s)

@@ -15,33 +15,8 @@ from spacegrid.launcher import LocalGrid
 from spacegrid.testing.apps import APP, space
 from spacegrid.testing.eventually import eventually, eventually_sync
 from spacegrid.testing.fixtures import TEST_PU_ARGS
+from tests.integration.rawnats import collect_replies
 from tests.integration.workload import FaultAt, History, check_history, write_load
-
-
-async def send_then(url: str, subject: str, data: bytes, replies_expected: int, then: Callable[[], None],
-                    timeout_s: float = 10.0) -> list[Any]:
-    """Send one message; once the server has it (a flush returns only after the server processed what was sent
-    before it, so the message is queued for its subscriber, even a stopped one), call then(); gather the reply
-    items until there are enough."""
-    nc = await nats.connect(url)
-    replies: list[Any] = []
-    got_all = asyncio.Event()
-
-    async def on_reply(msg: Any) -> None:
-        replies.extend(codec.decode(msg.data, 1 << 24))
-        if len(replies) >= replies_expected:
-            got_all.set()
-
-    try:
-        inbox = nc.new_inbox()
-        await nc.subscribe(inbox, cb=on_reply)
-        await nc.publish(subject, data, reply=inbox)
-        await nc.flush()
-        then()
-        await asyncio.wait_for(got_all.wait(), timeout_s)
-        return replies
-    finally:
-        await nc.close()
 
 
 def test_full_grid_sigkill_and_restart_loses_no_acknowledged_write(grid_factory: Callable[..., LocalGrid]) -> None:
@@ -138,8 +113,10 @@ def test_paused_deposed_pu_cannot_acknowledge_a_write(grid_factory: Callable[...
             protocol.request(1, protocol.OP_PUT, partition, "kv", key, "from-the-past", None, "stale-op-1"),
             protocol.request(2, protocol.OP_GET, partition, "kv", seeded_key),
         ])
-        replies = await send_then(grid.url, Names(space.name).pu_subject(paused_id), request, 2,
-                                  lambda: paused.signal(signal.SIGCONT))
+        async def resume() -> None:
+            paused.signal(signal.SIGCONT)
+
+        replies = await collect_replies(grid.url, Names(space.name).pu_subject(paused_id), request, 2, 10.0, resume)
         async with await Client.connect(grid.space, grid.url) as client:
             return replies, await client.get("kv", key)
 

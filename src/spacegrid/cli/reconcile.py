@@ -22,6 +22,7 @@ from spacegrid.cli.common import (
     resolve,
 )
 from spacegrid.errors import ConfigError
+from spacegrid.config import read_store_password, with_store_password
 from spacegrid.reconcile import REPAIR_DIRECTIONS, PartitionReport, Reconciler
 from spacegrid.reconcile import reconcile as run_reconcile
 
@@ -31,6 +32,9 @@ from spacegrid.reconcile import reconcile as run_reconcile
 @nats_option
 @app_option
 @click.option("--store", "store_url", default=None, help="Store URL; default: from grid.json.")
+@click.option("--store-password-file", type=click.Path(path_type=Path), default=None,
+              help="The store's password (default: $SPACEGRID_STORE_PASSWORD, else DATA_DIR/store.password), as the "
+                   "PUs find it.")
 @click.option("--map", "map_names", multiple=True, help="Only this map (repeatable); default: every persisted map.")
 @click.option("--partition", "partitions", type=int, multiple=True, help="Only this partition (repeatable).")
 @click.option("--repair", type=click.Choice(REPAIR_DIRECTIONS), default=None,
@@ -39,7 +43,7 @@ from spacegrid.reconcile import reconcile as run_reconcile
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @connect_timeout_option
 def reconcile(data_dir: Path, nats_url: str | None, app: str | None, store_url: str | None,
-              map_names: tuple[str, ...], partitions: tuple[int, ...], repair: str | None, as_json: bool,
+              store_password_file: Path | None, map_names: tuple[str, ...], partitions: tuple[int, ...], repair: str | None, as_json: bool,
               connect_timeout_s: float) -> None:
     """Compare grid and store (per-partition digests, then key by key where they differ); exits 4 on drift left."""
     from spacegrid.store import open_store
@@ -49,6 +53,7 @@ def reconcile(data_dir: Path, nats_url: str | None, app: str | None, store_url: 
         store_url = read_running_grid_file(data_dir).get("store")
     if not store_url:
         raise ConfigError("no store to reconcile with: pass --store URL (the grid.json of this grid names none)")
+    store_url = with_store_password(store_url, read_store_password(store_password_file, data_dir))
     maps = list(map_names) or [m.name for m in space.maps.values() if m.persistence != "none"]
     for name in maps:
         space.map_def(name)
