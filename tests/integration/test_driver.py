@@ -24,6 +24,7 @@ from spacegrid.unit.driver import Driver
 from spacegrid.unit.membership import MembershipAgent
 from spacegrid.unit.replies import Replies
 from spacegrid.unit.serving import PING, Server
+from spacegrid.unit.slot import Slot
 
 space = Space("drivertest", partitions=4, backup_count=0)
 space.map("kv")
@@ -69,17 +70,17 @@ async def start_unit(url: str, member_id: str, limits: Limits = LIMITS) -> Unit:
     await changelog.start()
     replies = Replies(transport, limits)
     holder: dict[str, Driver] = {}
-    appender = Appender(changelog, limits, replies, serving=lambda slot: holder["d"].serving(slot),
+    slots: dict[int, Slot] = {}
+    appender = Appender(changelog, limits, replies,
                         on_settled=lambda slot, error: holder["d"].append_settled(slot, error), kick_store=lambda: None)
     backups = Backups(changelog, space, limits, nullcontext, None)
     membership = MembershipAgent(transport, coord, names, member_id, limits, space.partitions, 0, info=lambda: {},
                                  on_table=lambda: None, on_declared_dead=lambda: None)
     membership.lease_until_s = float("inf")  # no heartbeats here: reads are always within the lease
-    server = Server(space, limits, member_id, transport, replies, appender, backups, None,
-                    slot_of=lambda p: holder["d"].slot_of(p), serving=lambda slot: holder["d"].serving(slot),
+    server = Server(space, limits, member_id, transport, replies, appender, backups, None, slots,
                     lease_valid=membership.lease_valid, table_version=lambda: membership.table.version)
     driver = Driver(space, limits, names, member_id, nullcontext, transport, changelog, None, backups, appender,
-                    membership, server.on_message)
+                    membership, server.on_message, slots)
     holder["d"] = driver
     await transport.subscribe(names.pu_subject(member_id), server.on_message)
     return Unit(member_id, transport, driver, membership, appender, server)

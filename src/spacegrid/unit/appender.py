@@ -24,12 +24,10 @@ class Appender:
     called after every append of a partition that is no longer served, and after every failed one."""
 
     def __init__(self, changelog: Changelog, limits: Limits, replies: Replies,
-                 serving: Callable[[Slot], bool], on_settled: Callable[[Slot, SpacegridError | None], None],
-                 kick_store: Callable[[], None]) -> None:
+                 on_settled: Callable[[Slot, SpacegridError | None], None], kick_store: Callable[[], None]) -> None:
         self.changelog = changelog
         self.limits = limits
         self.replies = replies
-        self.serving = serving
         self.on_settled = on_settled
         self.kick_store = kick_store
         self.waiting = 0  # replies waiting for a commit (or for the store), on every slot together
@@ -37,17 +35,13 @@ class Appender:
         self._queue: deque[Slot] = deque()  # each slot at most once (slot.queued): bounded by the partition count
         self._in_flight: set[asyncio.Task[None]] = set()
 
-    @property
-    def full(self) -> bool:
-        return self.waiting >= self.limits.waiters_max
-
     def wait(self, slot: Slot, wait_lsn: int, reply_to: str, req_id: int, outcome: Outcome) -> None:
         """Answer once the partition committed `wait_lsn`."""
         slot.waiters.append((wait_lsn, reply_to, req_id, outcome))
         self.waiting += 1
 
     def schedule(self, slot: Slot) -> None:
-        if slot.appending or slot.queued or not slot.state.unsent or not self.serving(slot):
+        if slot.appending or slot.queued or not slot.state.unsent or not slot.serving:
             return
         slot.queued = True
         self._queue.append(slot)
@@ -63,7 +57,7 @@ class Appender:
         while self._queue and len(self._in_flight) < self.limits.appends_in_flight_max:
             slot = self._queue.popleft()
             slot.queued = False
-            if not slot.state.unsent or not self.serving(slot):
+            if not slot.state.unsent or not slot.serving:
                 continue
             slot.appending = True
             task = loop.create_task(self._append(slot))
@@ -91,7 +85,7 @@ class Appender:
         self.counters["records"] += batch.record_count
         self._release_waiters(slot, slot.state.on_append_committed())
         slot.mark_unpersisted()
-        if self.serving(slot):
+        if slot.serving:
             self.schedule(slot)
         else:
             self.on_settled(slot, None)

@@ -36,7 +36,7 @@ class Driver:
     def __init__(self, space: Space, limits: Limits, names: Names, member_id: str,
                  time_limit: Callable[[], AbstractContextManager[Any]], transport: Transport, changelog: Changelog,
                  store: Store | None, backups: Backups, appender: Appender, membership: MembershipAgent,
-                 on_request: MessageHandler) -> None:
+                 on_request: MessageHandler, slots: dict[int, Slot]) -> None:
         self.space = space
         self.limits = limits
         self.names = names
@@ -50,7 +50,7 @@ class Driver:
         self.membership = membership
         self.on_request = on_request
         self.lifecycle = lc.Lifecycle()
-        self.slots: dict[int, Slot] = {}
+        self.slots = slots  # shared with the server, which reads it; only the driver changes it
         self.stopping = False
         self.counters = {"acquired": 0, "released": 0, "promoted": 0, "fenced": 0, "loaded_rows": 0}
         self._subs: dict[tuple[int, int], Subscription] = {}
@@ -62,12 +62,8 @@ class Driver:
     def slot_of(self, partition: int) -> Slot | None:
         return self.slots.get(partition)
 
-    def serving(self, slot: Slot) -> bool:
-        record = self.lifecycle.records.get(slot.partition)
-        return record is not None and record.attempt == slot.attempt and record.state is lc.State.ACTIVE
-
     def active_slots(self) -> list[Slot]:
-        return [slot for slot in self.slots.values() if self.serving(slot)]
+        return [slot for slot in self.slots.values() if slot.serving]
 
     def partitions_in(self, *states: lc.State) -> list[int]:
         return self.lifecycle.in_state(*states)
@@ -140,8 +136,12 @@ class Driver:
                                  start_seq=slot.start_seq))
 
     def _handle(self, event: lc.Event) -> None:
+        slot = self.slots.get(event.partition)
         for instruction in self.lifecycle.handle(event):
             self._perform(instruction)
+        if slot is not None:  # the serving flag follows the lifecycle (a new slot starts not serving)
+            record = self.lifecycle.records.get(slot.partition)
+            slot.serving = record is not None and record.attempt == slot.attempt and record.state is lc.State.ACTIVE
 
     # ---- instructions --------------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from spacegrid.unit.membership import MembershipAgent
 from spacegrid.unit.pump import Pump
 from spacegrid.unit.replies import Replies
 from spacegrid.unit.serving import Server
+from spacegrid.unit.slot import Slot
 
 log = logging.getLogger("spacegrid.pu")
 
@@ -86,7 +87,8 @@ class ProcessingUnit:
         await self._open_store()
         coord = await self._bootstrap()
         self.replies = Replies(self.transport, self.limits)
-        self.appender = Appender(self.changelog, self.limits, self.replies, serving=lambda slot: self.driver.serving(slot),
+        slots: dict[int, Slot] = {}
+        self.appender = Appender(self.changelog, self.limits, self.replies,
                                  on_settled=lambda slot, error: self.driver.append_settled(slot, error),
                                  kick_store=self._kick_store)
         self.pump = None if self.store is None else Pump(self.store, self.changelog, self.space, self.limits,
@@ -97,13 +99,11 @@ class ProcessingUnit:
                                           on_table=lambda: self.driver.reconcile(),
                                           on_declared_dead=self._on_declared_dead)
         self.server = Server(self.space, self.limits, self.member_id, self.transport, self.replies, self.appender,
-                             self.backups, self.store, slot_of=lambda p: self.driver.slot_of(p),
-                             serving=lambda slot: self.driver.serving(slot),
-                             lease_valid=self.membership.lease_valid,
+                             self.backups, self.store, slots, lease_valid=self.membership.lease_valid,
                              table_version=lambda: self.membership.table.version)
         self.driver = Driver(self.space, self.limits, self.names, self.member_id, self.time_limit, self.transport,
                              self.changelog, self.store, self.backups, self.appender, self.membership,
-                             self.server.on_message)
+                             self.server.on_message, slots)
         self._request_sub: Subscription = await self.transport.subscribe(self.names.pu_subject(self.member_id),
                                                                          self.server.on_message)
         await self.membership.heartbeat()  # the member is announced once it listens

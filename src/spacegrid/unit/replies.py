@@ -26,10 +26,6 @@ class Replies:
         self._out: dict[str, list[bytes]] = {}
         self._flush_scheduled = False
 
-    @property
-    def full(self) -> bool:
-        return self.pending >= self.limits.replies_pending_max
-
     def send(self, reply_to: str, item: bytes) -> None:
         if not reply_to:
             return

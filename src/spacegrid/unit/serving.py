@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from spacegrid import codec, protocol
@@ -39,8 +39,7 @@ class Server:
 
     def __init__(self, space: Space, limits: Limits, member_id: str, transport: Transport, replies: Replies,
                  appender: Appender, backups: Backups, store: Store | None,
-                 slot_of: Callable[[int], Slot | None], serving: Callable[[Slot], bool],
-                 lease_valid: Callable[[], bool], table_version: Callable[[], int]) -> None:
+                 slots: Mapping[int, Slot], lease_valid: Callable[[], bool], table_version: Callable[[], int]) -> None:
         self.space = space
         self.limits = limits
         self.member_id = member_id
@@ -49,8 +48,7 @@ class Server:
         self.appender = appender
         self.backups = backups
         self.store = store
-        self.slot_of = slot_of
-        self.serving = serving
+        self.slots = slots  # the driver's: every partition's current attempt
         self.lease_valid = lease_valid
         self.table_version = table_version
         self.loading = 0  # requests waiting for a read-through, on every slot together
@@ -145,8 +143,8 @@ class Server:
         return slot
 
     def _owned(self, partition: int) -> Slot:
-        slot = self.slot_of(partition)
-        if slot is None or not self.serving(slot):
+        slot = self.slots.get(partition)
+        if slot is None or not slot.serving:
             raise (NotOwner if slot is None else PartitionUnavailable)(
                 f"PU {self.member_id} does not serve partition {partition} (table v{self.table_version()})")
         return slot
@@ -154,7 +152,9 @@ class Server:
     def _check_capacity(self, slot: Slot) -> None:
         """Refuse a write before applying it when this PU's queues are full: nothing was applied, the client
         backs off and retries."""
-        if self.appender.full or self.replies.full or len(slot.state.unsent) >= self.limits.partition_backlog_ops_max:
+        limits = self.limits
+        if (self.appender.waiting >= limits.waiters_max or self.replies.pending >= limits.replies_pending_max
+                or len(slot.state.unsent) >= limits.partition_backlog_ops_max):
             raise Overloaded(f"PU {self.member_id} is at its bounds ({self.appender.waiting} replies waiting for "
                              f"commits, {self.replies.pending} unsent, {len(slot.state.unsent)} writes not appended "
                              f"on partition {slot.partition}): back off and retry")

@@ -27,6 +27,7 @@ class Slot:
     promoted: bool = False
     handoff: tuple[str, int] | None = None  # (previous owner, table version that moved it) to wait for
     waiters: deque[Waiter] = field(default_factory=deque)
+    serving: bool = False  # the lifecycle has this attempt Active (kept by the driver after every event)
     appending: bool = False
     queued: bool = False
     loading: dict[tuple[str, str], list[tuple[Any, str]]] = field(default_factory=dict)  # read-through waiters
