@@ -62,3 +62,13 @@ def test_every_module_says_what_it_owns() -> None:
     missing = [str(path.relative_to(PACKAGE)) for path in _modules()
                if path.read_text().strip() and ast.get_docstring(ast.parse(path.read_text())) is None]
     assert missing == []
+
+
+def test_every_test_says_what_it_checks() -> None:
+    """Every test function under tests/ opens with a docstring saying what behaviour it verifies."""
+    tests_dir = Path(__file__).resolve().parents[1]
+    missing = [f"{path.relative_to(tests_dir)}::{node.name}" for path in sorted(tests_dir.rglob("test_*.py"))
+               for node in ast.walk(ast.parse(path.read_text()))
+               if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test_")
+               and ast.get_docstring(node) is None]
+    assert missing == []
