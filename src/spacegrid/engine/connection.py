@@ -48,8 +48,8 @@ def install_uvloop() -> bool:
 
 
 def reconnect_wait_s(attempt: int, rng: random.Random | None = None) -> float:
-    """How long to wait before reconnect attempt `attempt` (1, 2, ...) of one outage: the first at once, then
-    0.25 s doubling up to 2 s, each +-20%."""
+    """How long to wait before round `attempt` (1, 2, ...) of reconnect attempts through the server pool in one
+    outage: the first at once, then 0.25 s doubling up to 2 s, each +-20%."""
     if attempt <= 1:
         return 0.0
     wait_s = min(NATS_RECONNECT_WAIT_S_MAX, NATS_RECONNECT_WAIT_S_MIN * 2 ** (attempt - 2))
@@ -156,9 +156,12 @@ async def connect(url: str, name: str, connect_timeout_s: float = DEFAULT_LIMITS
             await on_reconnect()
 
     def next_server(pool: list[Server], info: Any) -> tuple[Server | None, float]:
+        """Every server of the (shuffled) pool once without waiting, then the next round after a backoff: a
+        cluster node that died is skipped for a live one at once."""
         outage.lost()  # a reconnect can start without a disconnected callback (e.g. force_reconnect)
         outage.attempts += 1
-        return pool[(outage.attempts - 1) % len(pool)], reconnect_wait_s(outage.attempts)
+        round_index, position = divmod(outage.attempts - 1, len(pool))
+        return pool[position], reconnect_wait_s(round_index + 1) if position == 0 else 0.0
 
     server_timeout_s = max(0.1, min(SERVER_TIMEOUT_S_MAX, connect_timeout_s))
     attempt = asyncio.ensure_future(nc.connect(
