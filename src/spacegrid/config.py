@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
+from spacegrid.durability import Fsync
 from spacegrid.errors import ConfigError, GridUnavailable
 from spacegrid.limits import DEFAULT_LIMITS, MEMBER_TTL_HEARTBEAT_TIMEOUTS, MEMBER_TTL_S_MIN, Limits
 
@@ -32,7 +33,7 @@ T = TypeVar("T")
 
 CONFIG_FORMAT: Final = 1  # the wire form's version; a reader refuses a newer one
 NO_STORE: Final = "none"
-SERVER_DEFAULT: Final = "server default"  # durability when nats-server's sync_interval was not set
+NOT_RECORDED: Final = "not recorded"  # durability of a grid whose NATS is run by someone else and init did not say
 STORE_PASSWORD_ENV: Final = "SPACEGRID_STORE_PASSWORD"
 STORE_PASSWORD_FILE: Final = "store.password"  # under the data dir, mode 0600
 PARTITIONS_MAX: Final = 4096
@@ -45,7 +46,7 @@ GRID_LIMITS: Final = ("heartbeat_interval_s", "lease_s", "heartbeat_timeout_s", 
 # How each setting is given, for messages: "--lease-s", or where it comes from.
 OPTIONS: Final = {
     "app": "--app", "space": "the space's name (Space(NAME, ...))", "partitions": "partitions (the space definition's Space(..., partitions=N))",
-    "store": "--store", "replicas": "--replicas", "durability": "--sync-interval",
+    "store": "--store", "replicas": "--replicas", "durability": "--fsync",
     "metrics": "--metrics/--no-metrics (or --metrics-port)", "metrics_host": "--metrics-host",
     **{name: "--" + name.replace("_", "-") for name in GRID_LIMITS},
 }
@@ -60,7 +61,7 @@ class GridConfig:
     partitions: int
     store: str = NO_STORE  # a store URL without any password, or "none"
     replicas: int = 1  # of the log stream and the KV buckets
-    durability: str = SERVER_DEFAULT  # "sync_interval=always" etc.: recorded, not enforced (nats-server's own)
+    durability: str = NOT_RECORDED  # "fsync=always", "fsync=interval:1s": recorded, not enforced (nats-server's own)
     heartbeat_interval_s: float = DEFAULT_LIMITS.heartbeat_interval_s
     lease_s: float = DEFAULT_LIMITS.lease_s
     heartbeat_timeout_s: float = DEFAULT_LIMITS.heartbeat_timeout_s
@@ -192,7 +193,8 @@ def written_by(command: str) -> str:
 
 
 def durability_of(sync_interval: str | None) -> str:
-    return SERVER_DEFAULT if sync_interval is None else f"sync_interval={sync_interval}"
+    """The durability setting recorded for nats-servers run with this `sync_interval` (None: JetStream's default)."""
+    return f"fsync={Fsync.from_sync_interval(sync_interval).label}"
 
 
 # ---- store URLs and their passwords --------------------------------------------------------------------------
@@ -416,7 +418,10 @@ async def initialize(nats_url: str, proposed: GridConfig, force: bool = False,
                 return proposed, "created"
             stored, revision = await read(coordination)
             assert stored is not None, "create refused, so a configuration exists"
-        found = conflicts(stored, proposed.settings())
+        given = proposed.settings()
+        if proposed.durability == NOT_RECORDED:  # init without --fsync says nothing about it
+            del given["durability"]
+        found = conflicts(stored, given)
         if not found:
             return stored, "unchanged"
         if stored.partitions != proposed.partitions or not force:

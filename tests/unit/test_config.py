@@ -26,7 +26,7 @@ def test_round_trip_through_msgpack_and_json_keeps_every_setting() -> None:
     """to_wire carries the format version; from_wire of its msgpack or JSON form gives an equal config, with floats
     written as integers read back as floats."""
     original = config(store="postgresql://app@db:5432/shop?search_path=s1", replicas=3, lease_s=1.0,
-                      heartbeat_timeout_s=2.0, catch_ups_max=2, metrics=False, durability="sync_interval=always",
+                      heartbeat_timeout_s=2.0, catch_ups_max=2, metrics=False, durability="fsync=always",
                       written_by="test")
     wire = original.to_wire()
     assert wire["format"] == CONFIG_FORMAT

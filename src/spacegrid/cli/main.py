@@ -21,8 +21,9 @@ from spacegrid.cli.chaos import chaos
 from spacegrid.cli.common import (app_option, connect_timeout_option, console, data_dir_option, deadline_option, fail,
                                   given_settings, given_store, grid_limit_options, lock_data_dir, nats_option,
                                   parse_json, print_json, resolve, within_connect_bound, with_client)
-from spacegrid.config import (NO_STORE, OPTIONS, STORE_PASSWORD_ENV, STORE_PASSWORD_FILE, GridConfig, durability_of,
-                              written_by)
+from spacegrid.durability import DEFAULT_FSYNC, INTERVAL_DEFAULT, Fsync
+from spacegrid.config import (NO_STORE, NOT_RECORDED, OPTIONS, STORE_PASSWORD_ENV, STORE_PASSWORD_FILE, GridConfig,
+                              durability_of, written_by)
 from spacegrid.cli.reconcile import reconcile
 from spacegrid.engine.connection import install_uvloop
 from spacegrid.errors import SpacegridError
@@ -52,23 +53,26 @@ def cli(log_level: str) -> None:
               help="Durable store: a postgresql://... or sqlite:///... URL, 'embedded' (SQLite under --data-dir) "
                    "or 'none' [default: the grid's; a new grid's: embedded]. A password in the URL is kept in "
                    f"DATA_DIR/{STORE_PASSWORD_FILE} (0600), never in the grid's configuration.")
-@click.option("--sync-interval", default=None,
-              help="The embedded nats-server's fsync policy: 'always' (fsync before each ack) or a duration like "
-                   "'2m' [default: the server's, 2m]. Recorded in the grid's configuration.")
+@click.option("--fsync", "fsync", default=DEFAULT_FSYNC.label, show_default=True,
+              help="When the embedded nats-server fsyncs the log: 'always' (before acknowledging a write: a power cut "
+                   "loses nothing acknowledged) or 'interval[:DURATION]' (acknowledge first, fsync every DURATION, "
+                   f"default {INTERVAL_DEFAULT}: faster, a power cut can lose that much). docs/durability.md; "
+                   "recorded in the grid's configuration.")
 @grid_limit_options
 @click.option("--ready-timeout-s", type=float, default=120.0, show_default=True)
 @click.option("--stop-timeout-s", type=click.FloatRange(GRID_STOP_TIMEOUT_S_MIN, 3600), default=GRID_STOP_TIMEOUT_S,
               show_default=True, help="Ctrl-C or SIGTERM stops the grid within this (PU hand-off and store drain "
                                       "included); what still runs then is killed.")
 def up(pus: int, data_dir: Path, app: str | None, nats_url: str | None, port: int | None, nats_cluster: str,
-       store_url: str | None, sync_interval: str | None, ready_timeout_s: float, stop_timeout_s: float,
+       store_url: str | None, fsync: str, ready_timeout_s: float, stop_timeout_s: float,
        **limits: Any) -> None:
     """Run a grid here: an embedded nats-server (unless --nats), PUS processing units and the app (Ctrl-C stops it).
     The data dir is locked while it runs; its processes die with it, even on SIGKILL. A new grid gets a configuration
     (store, limits, durability, metrics) that every PU takes; a restart on the same data dir must agree with it."""
     pu_args = [arg for name, value in given_settings(limits).items() for arg in (OPTIONS[name], str(value))]
     grid = LocalGrid(data_dir, app or last_app(data_dir) or DEFAULT_APP, nats_url=nats_url, nats_port=port,
-                     nats_cluster=int(nats_cluster), store=store_url, sync_interval=sync_interval, pu_args=pu_args,
+                     nats_cluster=int(nats_cluster), store=store_url, sync_interval=Fsync.parse(fsync).sync_interval,
+                     pu_args=pu_args,
                      stop_timeout_s=stop_timeout_s)
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops the grid as Ctrl-C does, wherever the launcher is
     try:
@@ -200,15 +204,17 @@ def _grid_file_app(data_dir: Path) -> str | None:
                    f"through ${STORE_PASSWORD_ENV} or --store-password-file, never here.")
 @click.option("--replicas", type=click.IntRange(1, 5), default=1, show_default=True,
               help="Stream and KV replicas (3 on a NATS cluster).")
-@click.option("--sync-interval", default=None,
-              help="Record the fsync policy your nats-servers run with ('always', '2m'); informational.")
+@click.option("--fsync", "fsync", default=None,
+              help="Record the fsync policy your nats-servers run with: 'always' (their jetstream block says "
+                   "sync_interval: always) or 'interval:DURATION' (sync_interval: DURATION; JetStream's default is "
+                   "interval:2m). Informational; see docs/durability.md.")
 @grid_limit_options
 @click.option("--metrics/--no-metrics", default=True, show_default=True, help="PUs serve Prometheus metrics.")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="The address PUs serve metrics on.")
 @click.option("--force", is_flag=True, help="Replace a configuration that differs (every PU must be restarted).")
 @click.option("--show", is_flag=True, help="Print the grid's configuration as JSON; change nothing.")
 @connect_timeout_option
-def init(nats_url: str, app: str, store_url: str, replicas: int, sync_interval: str | None, metrics: bool,
+def init(nats_url: str, app: str, store_url: str, replicas: int, fsync: str | None, metrics: bool,
          metrics_host: str, force: bool, show: bool, connect_timeout_s: float, **limits: Any) -> None:
     """Write the configuration of a production grid (NATS run by someone else) into its KV: store, replicas,
     durability, limits, metrics. Its PUs then need only `spacegrid pu --nats URL --app M:S`. Creates the space's
@@ -228,7 +234,9 @@ def init(nats_url: str, app: str, store_url: str, replicas: int, sync_interval: 
         console.print(f"[yellow]the store password in --store was not written anywhere[/yellow]: give it to each PU "
                       f"through ${STORE_PASSWORD_ENV} or --store-password-file (a file of mode 0600)")
     proposed = GridConfig(app=app, space=space.name, partitions=space.partitions, store=store or NO_STORE,
-                          replicas=replicas, durability=durability_of(sync_interval), metrics=metrics,
+                          replicas=replicas,
+                          durability=NOT_RECORDED if fsync is None else durability_of(Fsync.parse(fsync).sync_interval),
+                          metrics=metrics,
                           metrics_host=metrics_host, written_by=written_by("spacegrid init"), **given_settings(limits))
     grid, outcome = asyncio.run(config.initialize(nats_url, proposed, force, base))
     if outcome == "replaced":
