@@ -8,7 +8,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Self
 
 V1_ROOT: Final = Path("/sys/fs/cgroup/cpu")
 V2_ROOT: Final = Path("/sys/fs/cgroup")
@@ -98,7 +98,7 @@ class CpuGroups:
         self.parent = self.root / f"{PARENT_PREFIX}{os.getpid()}"
         self.groups: dict[str, CpuGroup] = {}
 
-    def __enter__(self) -> CpuGroups:
+    def __enter__(self) -> Self:
         self.parent.mkdir(exist_ok=False)
         if self.version == "v2":
             _enable_cpu(self.root)

@@ -42,14 +42,14 @@ from typing import Any, Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cpuquota import CpuGroups, ThrottleStats, remove_stale  # noqa: E402
+from cpuquota import CpuGroups, ThrottleStats, remove_stale
 
-from spacegrid.benchmark.grid_target import GridProcesses, GridTarget  # noqa: E402
-from spacegrid.benchmark.measure import RunSpec, measure  # noqa: E402
-from spacegrid.benchmark.pg_target import PgTarget  # noqa: E402
-from spacegrid.benchmark.workload import ACK_BEFORE_FSYNC, FSYNC_BEFORE_ACK, events_for  # noqa: E402
-from spacegrid.engine.connection import install_uvloop  # noqa: E402
-from spacegrid.launcher import DEFAULT_APP, LocalGrid  # noqa: E402
+from spacegrid.benchmark.grid_target import GridProcesses, GridTarget
+from spacegrid.benchmark.measure import RunSpec, measure
+from spacegrid.benchmark.pg_target import PgTarget
+from spacegrid.benchmark.workload import ACK_BEFORE_FSYNC, FSYNC_BEFORE_ACK, events_for
+from spacegrid.engine.connection import install_uvloop
+from spacegrid.launcher import DEFAULT_APP, LocalGrid
 
 PG_DSN_DEFAULT: Final = os.environ.get("SPACEGRID_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 READY_TIMEOUT_S: Final = 120.0
@@ -348,7 +348,7 @@ def _short(result: dict[str, Any]) -> str:
 
 def _commit() -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, check=False,
                               cwd=Path(__file__).resolve().parent).stdout.strip() or None
     except (OSError, subprocess.TimeoutExpired):
         return None
