@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from spacegrid.cli.bench import bench
 from spacegrid.cli.chaos import chaos
 from spacegrid.cli.common import (app_option, connect_timeout_option, console, data_dir_option, deadline_option, fail,
                                   given_settings, given_store, grid_limit_options, lock_data_dir, nats_option,
@@ -393,6 +394,7 @@ def status(data_dir: Path, nats_url: str | None, app: str | None, as_json: bool,
     out.print(partitions)
 
 
+cli.add_command(bench)
 cli.add_command(chaos)
 cli.add_command(reconcile)
 
