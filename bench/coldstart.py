@@ -29,7 +29,7 @@ from typing import Any, Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from storefill import MAP, FilledStore, grid_over, key_of, member_pids, rss_bytes, value_of
+from storefill import MAP, FilledStore, grid_over, key_of, member_pids, rss_bytes, value_of  # noqa: I001
 
 from spacegrid.client.client import Client
 from spacegrid.examples.tickets import space as tickets_space

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Self
 
 from spacegrid import codec
 from spacegrid.examples.tickets import space as tickets_space
@@ -65,7 +65,7 @@ class FilledStore:
         self.fill_s = 0.0
         self.value_bytes_mean = len(codec.encode(value_of(entries // 2)))
 
-    async def __aenter__(self) -> FilledStore:
+    async def __aenter__(self) -> Self:
         import asyncpg
 
         db = await asyncpg.connect(self.dsn)
@@ -121,7 +121,7 @@ class FilledStore:
 def _now() -> Any:
     import datetime
 
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 _NOW: Final = _now()
