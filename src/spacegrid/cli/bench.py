@@ -39,7 +39,8 @@ DURATION_S_MAX: Final = 3600.0
               help="Redis URL [default: $SPACEGRID_BENCH_REDIS]; keys under a prefix of the run's own, deleted "
                    "afterwards; appendonly and appendfsync are set for the run and restored.")
 @click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Measure the grid running from this data dir (its grid.json) as target 'grid'.")
+              help="Measure the grid running from this data dir (its grid.json) as target 'grid'. It must serve "
+                   "spacegrid.examples.tickets; the run's events (keys bench-<hex>-E*) stay in it.")
 @click.option("--nats", "nats_url", default=None, help="Measure the grid at this NATS URL as target 'grid'.")
 @click.option("--quick", is_flag=True, help=f"{QUICK[0]:g} s warm-up + {QUICK[1]:g} s measured per target "
                                             f"[default: {FULL[0]:g} + {FULL[1]:g}].")
