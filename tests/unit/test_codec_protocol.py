@@ -256,3 +256,18 @@ def test_replies_are_typed_and_validated_on_decode():
     for bad in ([1, 2], ["a", 0, None], [1, 5, None], [1, "not_owner", "msg"]):
         with pytest.raises(DecodeError):
             protocol.decode_reply(bad)
+
+
+def test_a_deliverys_stream_sequence_and_pending_count_are_read_off_its_ack_subject():
+    """delivery_position agrees with nats-py's Metadata for both ack-subject forms and refuses anything else."""
+    from nats.aio.msg import Msg
+
+    from spacegrid.engine.changelog import delivery_position
+
+    v1 = "$JS.ACK.SG_t.consumer1.1.4127.12.1733150000000000000.7"
+    v2 = "$JS.ACK._.ACCHASH.SG_t.consumer1.1.4127.12.1733150000000000000.7.rnd"
+    for reply in (v1, v2):
+        meta = Msg.Metadata._from_reply(reply)
+        assert delivery_position(reply) == (meta.sequence.stream, meta.num_pending) == (4127, 7)
+    with pytest.raises(ValueError):
+        delivery_position("_INBOX.abc.1")

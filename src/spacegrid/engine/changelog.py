@@ -142,7 +142,7 @@ class Changelog:
 
         async def on_message(msg: Msg) -> None:
             nonlocal last
-            seq = msg.metadata.sequence.stream
+            seq, _ = delivery_position(msg.reply)
             if done.done() or seq <= last:
                 return
             try:
@@ -173,12 +173,11 @@ class Changelog:
         state = {"last": after_seq, "broken": False}
 
         async def on_message(msg: Msg) -> None:
-            meta = msg.metadata
-            seq = meta.sequence.stream
+            seq, pending = delivery_position(msg.reply)
             if state["broken"] or seq <= state["last"]:
                 return
             try:
-                apply(seq, codec.decode(msg.data, size_max_bytes), meta.num_pending)
+                apply(seq, codec.decode(msg.data, size_max_bytes), pending)
             except Exception:
                 state["broken"] = True
                 log.exception("following partition %d stopped at seq %d", partition, seq)
@@ -200,6 +199,19 @@ class Changelog:
             pending_msgs_limit=REPLAY_PENDING_MSGS_MAX,
             pending_bytes_limit=REPLAY_PENDING_BYTES_MAX,
         )
+
+def delivery_position(reply: str) -> tuple[int, int]:
+    """(stream sequence, messages still pending) of a message a JetStream consumer delivered, read off its ack
+    subject without building nats-py's Metadata (dates, dataclasses: a noticeable share of a backup's CPU).
+    `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>` (9 tokens) or the 12-token form with a
+    domain and an account hash after ACK."""
+    tokens = reply.split(".")
+    if len(tokens) == 9:
+        return int(tokens[5]), int(tokens[8])
+    if len(tokens) >= 11 and tokens[0] == "$JS" and tokens[1] == "ACK":
+        return int(tokens[7]), int(tokens[10])
+    raise ValueError(f"not a JetStream delivery: {reply!r}")
+
 
 def _parse_ack(msg: Msg) -> int | SpacegridError:
     if not msg.data:
