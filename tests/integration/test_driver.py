@@ -187,7 +187,7 @@ def test_a_deposed_owner_never_acknowledges_a_write(nats_url: str) -> None:
         assert (req_id, status) == (7, "fenced")
         assert first.driver.counters["fenced"] == 1
         # its re-acquisition under the stale table replays the newer marker and gives up: never served again
-        await eventually(lambda: _assert(first.driver.slot_of(partition) is None))
+        await eventually(lambda: _assert(first.driver.slots.get(partition) is None))
         get = codec.decode(protocol.request(8, protocol.OP_GET, partition, "kv", key), 1 << 20)
         [[_, status, value]] = await ask(second.transport, Names(space.name).pu_subject("pu-b"), get)
         assert (status, value) == (protocol.OK, None), "the fenced write was not applied"

@@ -242,9 +242,10 @@ class Lifecycle:
         record = self.records.get(partition)
         return State.RELEASED if record is None else record.state
 
-    def serving(self, partition: int) -> bool:
+    def serving(self, partition: int, attempt: int | None = None) -> bool:
+        """The partition is Active (in this attempt, if given): its requests may be served."""
         record = self.records.get(partition)
-        return record is not None and record.state is State.ACTIVE
+        return record is not None and record.state is State.ACTIVE and attempt in (None, record.attempt)
 
     def in_state(self, *states: State) -> list[int]:
         return sorted(p for p, record in self.records.items() if record.state in states)

@@ -103,11 +103,6 @@ class Transport:
         """How long the connection to NATS has been lost; 0.0 while connected."""
         return 0.0 if self._lost_at_s is None else time.monotonic() - self._lost_at_s
 
-    @property
-    def connected_url(self) -> str:
-        url = self._nc.connected_url
-        return "" if url is None else f"{url.scheme}://{url.hostname}:{url.port}"
-
     # ---- JetStream ------------------------------------------------------------------------------------------
 
     async def wait_jetstream(self, names: Names, timeout_s: float, probe_timeout_s: float) -> None:

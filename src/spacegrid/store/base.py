@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from spacegrid.core.rows import Row, digest_of
+from spacegrid.core.rows import Row
 from spacegrid.errors import ClosedError, ConfigError
 
 IDENTIFIER_BYTES_MAX: Final = 63  # PostgreSQL truncates longer identifiers (silently, but for a NOTICE)

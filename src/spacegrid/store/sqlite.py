@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from spacegrid.errors import SpacegridError, StaleWrite, StoreRejected, StoreUnavailable
-from spacegrid.store.base import (SCHEMA_TABLE, SCHEMA_VERSION, DeadLetter, Dialect, Progress, Row, Store, digest_of,
+from spacegrid.core.rows import digest_of
+from spacegrid.store.base import (SCHEMA_TABLE, SCHEMA_VERSION, DeadLetter, Dialect, Progress, Row, Store,
                                   migration_statements, newest_per_key, quoted)
 
 T = TypeVar("T")

@@ -59,9 +59,6 @@ class Driver:
 
     # ---- queries -------------------------------------------------------------------------------------------
 
-    def slot_of(self, partition: int) -> Slot | None:
-        return self.slots.get(partition)
-
     def active_slots(self) -> list[Slot]:
         return [slot for slot in self.slots.values() if slot.serving]
 
@@ -140,8 +137,7 @@ class Driver:
         for instruction in self.lifecycle.handle(event):
             self._perform(instruction)
         if slot is not None:  # the serving flag follows the lifecycle (a new slot starts not serving)
-            record = self.lifecycle.records.get(slot.partition)
-            slot.serving = record is not None and record.attempt == slot.attempt and record.state is lc.State.ACTIVE
+            slot.serving = self.lifecycle.serving(slot.partition, slot.attempt)
 
     # ---- instructions --------------------------------------------------------------------------------------
 
