@@ -19,6 +19,7 @@ from spacegrid.errors import (
     PartitionUnavailable,
     RequestError,
     SpacegridError,
+    StoreError,
     StoreUnavailable,
 )
 from spacegrid.limits import Limits
@@ -186,6 +187,8 @@ class Server:
             slot.state.load_key(map_name, key, None if row is None or row.value is None else (row.value, row.version))
         except StoreUnavailable as exc:
             failure = PartitionUnavailable(f"{map_name}[{key!r}] is not in memory and the store is unavailable: {exc}")
+        except StoreError as exc:  # the store refused the read itself: the waiters get it, none is left waiting
+            failure = exc
         waiting = slot.loading.pop(item, [])
         self.loading -= len(waiting)
         touched: set[Slot] = set()
