@@ -38,6 +38,7 @@ class Limits:
     partition_backlog_ops_max: int = 50_000  # a partition's writes applied and not yet appended: past it, Overloaded
     bootstrap_timeout_s: float = 60.0  # a starting PU waits this long at most for JetStream and for its store
     bootstrap_retry_s: float = 0.25  # between attempts while it waits
+    first_table_settle_s: float = 0.3  # a new grid's first table waits until no member joined for this long
     jetstream_probe_timeout_s: float = 0.25  # one "does JetStream answer yet?" request while a PU or up waits for it
     catch_ups_max: int = 1  # backups of one PU catching up with the log at once (paces live migration; measured)
     write_behind_delay_s: float = 0.1  # the pump persists each partition's new writes at most this long after

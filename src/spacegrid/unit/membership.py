@@ -48,6 +48,7 @@ class MembershipAgent:
         self.stopping = False
         self.counters = {"rejoins": 0, "failovers": 0}
         self._revision = 0
+        self._members_changed_at_s = time.monotonic()
         self._beat_now = asyncio.Event()
         self._coordinating = asyncio.Lock()
 
@@ -121,6 +122,8 @@ class MembershipAgent:
             changed = self.membership.remove(member_id)
         else:
             changed = self.membership.observe(member_id, self.coord.decode_member(value), time.monotonic(), revision)
+        if changed:
+            self._members_changed_at_s = time.monotonic()
         if changed and not self.stopping:
             await self.coordinate()
 
@@ -180,6 +183,8 @@ class MembershipAgent:
             if not await self._remove_dead():
                 return
             live = self.membership.live(time.monotonic())
+            if self.table.version == 0 and time.monotonic() - self._members_changed_at_s < self.limits.first_table_settle_s:
+                return  # a new grid: PUs starting together all register first, so each loads its share once
             info = self.membership.info
             proposal = next_table(
                 self.table, live, backup_count=self.backup_count,
