@@ -179,9 +179,12 @@ class ProcessingUnit:
         deadline_s = time.monotonic() + handoff_timeout_s
         while time.monotonic() < deadline_s:
             table = self.membership.table
-            if not self.membership.others_live() or not (table.owned_by(self.member_id)
-                                                         or table.backed_up_by(self.member_id)):
-                break
+            owned = table.owned_by(self.member_id)
+            if not owned and not table.backed_up_by(self.member_id):
+                break  # everything handed off
+            if not self.membership.others_live() and all(p in self.driver.slots and self.driver.slots[p].serving
+                                                          for p in owned):
+                break  # nobody left to take over: stop once this PU serves what it owns, so the flush covers it
             await asyncio.sleep(self.limits.heartbeat_interval_s / 2)
         else:
             log.warning("hand-off not finished within %.0fs; stopping anyway", handoff_timeout_s)
