@@ -81,11 +81,10 @@ class Driver:
         for partition in decided.release:
             self.release(partition, f"table v{table.version} gives it to {table.owner(partition)}", stimulus_id)
         for partition, epoch in decided.acquire:
-            record = self.lifecycle.records.get(partition)
-            if record is not None and record.state is lc.State.RELEASING:
-                continue  # acquired again once its last append settled (the next round)
-            if record is not None:
+            if partition in self.lifecycle.records:
                 self.release(partition, f"re-acquiring at epoch {epoch}", stimulus_id)
+            if partition in self.lifecycle.records:
+                continue  # releasing with an append in flight: acquired again once it settled (a later round)
             self._acquire(partition, epoch, stimulus_id)
         self.backups.sync(set(table.backed_up_by(self.member_id)) - self.slots.keys())
 
