@@ -11,6 +11,8 @@ acknowledged when its appends are. Layouts:
   per-partition  one subject per partition; a tick makes one fenced append per partition it touches (all at once)
   per-pu         one subject per PU incarnation; a tick is one fenced append holding every record, partition-tagged
   atomic-batch   one subject per partition, the tick's messages in one JetStream atomic batch, each fenced
+  claims         one subject per PU, fenced on the last sequence of every partition's ownership claim
+                 (Nats-Expected-Last-Subject-Sequence-Subject: <stream>.claim.*), as the grid does (ADR 0009)
 
 Replay: the time to rebuild one partition from a log of `--replay-ticks` ticks, reading its own subject
 (per-partition, atomic-batch) or every record of the PU's subject and keeping that partition's (per-pu).
@@ -41,7 +43,8 @@ from spacegrid.engine.server import NatsServerProcess, NatsServerSpec
 PARTITIONS = 64
 RECORD = b"x" * 100
 FENCE = "Nats-Expected-Last-Subject-Sequence"
-LAYOUTS = ("per-partition", "per-pu", "atomic-batch")
+LAYOUTS = ("per-partition", "per-pu", "atomic-batch", "claims")
+FENCE_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
 console = Console(stderr=True)
 
 
@@ -64,10 +67,18 @@ class Log:
 
     async def append(self, tick: dict[int, list[bytes]]) -> int:
         """Append one tick; returns the number of JetStream appends (messages) it took."""
-        if self.layout == "per-pu":
+        if self.layout in ("per-pu", "claims"):
             subject = f"{self.stream.lower()}.pu.1"
             payload = msgpack.packb([[p, records] for p, records in tick.items()])
-            ack = await self.js.publish(subject, payload, headers={FENCE: str(self.last.get(subject, 0))})
+            if self.layout == "claims":
+                claims = f"{self.stream.lower()}.claim.*"
+                if claims not in self.last:  # one claim per partition, as after a grid's start
+                    for partition in range(PARTITIONS):
+                        self.last[claims] = (await self.js.publish(f"{self.stream.lower()}.claim.{partition}", b"c")).seq
+                headers = {FENCE: str(self.last[claims]), FENCE_SUBJECT: claims}
+            else:
+                headers = {FENCE: str(self.last.get(subject, 0))}
+            ack = await self.js.publish(subject, payload, headers=headers)
             self.last[subject] = ack.seq
             return 1
         if self.layout == "per-partition":
@@ -137,7 +148,7 @@ async def run_cell(url: str, layout: str, records_per_tick: int, seconds: float,
 
 async def replay_one(js: Any, log: Log, stream: str, partition: int) -> tuple[float, int]:
     """Read everything one partition's recovery must read, with an ordered push consumer (the grid's replay path)."""
-    subject = f"{stream.lower()}.pu.1" if log.layout == "per-pu" else log.subject(partition)
+    subject = f"{stream.lower()}.pu.1" if log.layout in ("per-pu", "claims") else log.subject(partition)
     got = 0
     done = asyncio.Event()
     total = await _count(js, stream, subject)
@@ -145,7 +156,7 @@ async def replay_one(js: Any, log: Log, stream: str, partition: int) -> tuple[fl
     async def on_message(msg: Any) -> None:
         nonlocal got
         got += 1
-        if log.layout == "per-pu":  # keep only this partition's records
+        if log.layout in ("per-pu", "claims"):  # keep only this partition's records
             _ = [records for p, records in msgpack.unpackb(msg.data) if p == partition]
         if got >= total:
             done.set()

@@ -71,9 +71,14 @@ class PartitionUnavailable(RoutingError):
 
 
 class Fenced(RoutingError):
-    """The owner's append was rejected by the log fence: it was deposed; nothing was applied."""
+    """The owner's append was rejected by the log fence: it was deposed; nothing was applied. `last_seq`: the
+    sequence the fence found (what the appender must catch up with), 0 when not known."""
 
     code = "fenced"
+
+    def __init__(self, message: str, last_seq: int = 0) -> None:
+        super().__init__(message)
+        self.last_seq = last_seq
 
 
 class Overloaded(NotApplied):

@@ -19,7 +19,8 @@ class Limits:
     append_records_max: int = 512
     append_bytes_max: int = 512 * KIB
     append_timeout_s: float = 5.0
-    appends_in_flight_max: int = 32
+    appends_in_flight_max: int = 2  # a PU's log messages in flight at once (each holds many partitions' writes)
+    claim_attempts_max: int = 20  # a new owner's compare-and-set claim of a partition, retried while others land
     handler_time_limit_s: float = 1.0
     call_deadline_s: float = 10.0
     attempt_timeout_s: float = 2.0
@@ -46,7 +47,7 @@ class Limits:
     store_retry_backoff_s_max: float = 5.0  # backoff between attempts while the store is unavailable
     store_load_batch_rows: int = 2000  # rows per read when a partition is loaded from the store
     store_flush_on_stop_s: float = 30.0  # a stopping PU tries this long to persist what the store lacks
-    log_trim_interval_s: float = 1.0  # a partition's log is trimmed behind the store at most this often
+    log_trim_interval_s: float = 1.0  # the log is trimmed behind the store at most this often
     log_trim_age_s: float = 30.0  # ...and only up to what was persisted this long ago (> a client's call deadline)
     backup_prune_interval_s: float = 1.0  # backups read the store's position this often
     eviction_interval_s: float = 0.25  # how often entries are expired and bounded maps evicted down to size
@@ -62,7 +63,8 @@ class Limits:
         assert self.write_bytes_max < self.append_bytes_max <= self.request_payload_bytes_max
         assert self.heartbeat_interval_s < self.lease_s <= self.heartbeat_timeout_s
         assert self.attempt_timeout_s <= self.call_deadline_s
-        assert self.catch_ups_max >= 1 and self.append_records_max >= 1 and self.dedup_window_ops >= 1 and self.appends_in_flight_max >= 1
+        assert self.catch_ups_max >= 1 and self.append_records_max >= 1 and self.dedup_window_ops >= 1 and self.appends_in_flight_max >= 1 \
+            and self.claim_attempts_max >= 1
 
 
 DEFAULT_LIMITS: Final = Limits()
@@ -92,4 +94,5 @@ NATS_PENDING_BYTES_MAX: Final = 64 * MIB  # what one connection buffers while NA
 LOG_DUPLICATE_WINDOW_S: Final = 120.0  # JetStream's Msg-Id deduplication window of the log stream
 REPLAY_PENDING_MSGS_MAX: Final = 65536  # a replay or backup consumer's undelivered messages held client-side...
 REPLAY_PENDING_BYTES_MAX: Final = 256 * MIB  # ...and bytes
+CLAIM_BYTES_MAX: Final = 1 * KIB  # one ownership claim (epoch, member id), encoded
 REPLY_MESSAGE_BYTES_MAX: Final = 8 * MIB  # one batched reply message a client accepts (the embedded max_payload)

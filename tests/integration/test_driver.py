@@ -20,6 +20,7 @@ from spacegrid.space import Space
 from spacegrid.testing.eventually import eventually
 from spacegrid.unit.appender import Appender
 from spacegrid.unit.backups import Backups
+from spacegrid.unit.claims import ClaimView
 from spacegrid.unit.driver import Driver
 from spacegrid.unit.membership import MembershipAgent
 from spacegrid.unit.replies import Replies
@@ -51,6 +52,7 @@ class Unit:
     transport: GatedTransport
     driver: Driver
     membership: MembershipAgent
+    claims: ClaimView
     appender: Appender
     server: Server
 
@@ -66,12 +68,19 @@ async def start_unit(url: str, member_id: str, limits: Limits = LIMITS) -> Unit:
     transport.gate.set()
     await transport.ensure_stream(names, 1, 2 * limits.append_bytes_max)
     coord = await transport.coordination(names, create=True)
-    changelog = transport.changelog(names, limits.append_timeout_s)
+    changelog = transport.changelog(names, member_id, limits.append_timeout_s)
     await changelog.start()
-    replies = Replies(transport, limits)
     holder: dict[str, Driver] = {}
+
+    def claimed_elsewhere(partition: int) -> None:  # claims are delivered from before the driver exists
+        if "d" in holder:
+            holder["d"].claimed_elsewhere(partition)
+
+    claims = ClaimView(changelog, member_id, claimed_elsewhere)
+    await claims.start(limits.bootstrap_timeout_s, limits.bootstrap_retry_s)
+    replies = Replies(transport, limits)
     slots: dict[int, Slot] = {}
-    appender = Appender(changelog, limits, replies,
+    appender = Appender(changelog, claims, limits, replies,
                         on_settled=lambda slot, error: holder["d"].append_settled(slot, error), kick_store=lambda: None)
     backups = Backups(changelog, space, limits, nullcontext, None)
     membership = MembershipAgent(transport, coord, names, member_id, limits, space.partitions, 0, info=lambda: {},
@@ -83,7 +92,7 @@ async def start_unit(url: str, member_id: str, limits: Limits = LIMITS) -> Unit:
                     membership, server.on_message, slots)
     holder["d"] = driver
     await transport.subscribe(names.pu_subject(member_id), server.on_message)
-    return Unit(member_id, transport, driver, membership, appender, server)
+    return Unit(member_id, transport, driver, membership, claims, appender, server)
 
 
 @pytest.fixture
@@ -117,8 +126,8 @@ def run(coro: object) -> None:
 
 
 def test_a_partition_recovers_fences_and_serves(nats_url: str) -> None:
-    """Given the table, the driver replays, appends its ownership marker and serves writes that are acknowledged
-    only once appended; the partition's own subject answers."""
+    """Given the table, the driver claims each partition in the log, replays up to its claim and serves writes
+    that are acknowledged only once appended; the partition's own subject answers."""
 
     async def main() -> None:
         unit = await start_unit(nats_url, "pu-a")
@@ -169,28 +178,66 @@ def test_release_during_the_subscribe_leaves_no_subscription(nats_url: str) -> N
     run(main())
 
 
+async def activated(second: Unit) -> Unit:
+    """The unit claims every partition at epoch 2 under a table of its own, and serves them all."""
+    second.set_table(table(2, "pu-b", 2))
+    await eventually(lambda: _assert(second.driver.partitions_in(State.ACTIVE) == list(range(space.partitions))))
+    return second
+
+
 def test_a_deposed_owner_never_acknowledges_a_write(nats_url: str) -> None:
-    """A second PU claims the partitions at a newer epoch (its marker goes into the log); the first PU, whose
-    table is stale, answers its next write Fenced (not applied) and drops the partition."""
+    """A second PU claims the partitions at a newer epoch while the first PU's view of the claims lags behind (its
+    claim watch is paused): the first PU's next write is appended fenced on the claims it had seen, the log refuses
+    it, and once its view caught up it answers Fenced (not applied) and drops every partition; its re-acquisition
+    under the stale table finds the newer claims and gives up, so it never serves them again."""
 
     async def main() -> None:
         first = await start_unit(nats_url, "pu-a")
         first.set_table(table(1, "pu-a", 1))
         await eventually(lambda: _assert(first.driver.partitions_in(State.ACTIVE) == list(range(space.partitions))))
-        second = await start_unit(nats_url, "pu-b")
-        second.set_table(table(2, "pu-b", 2))
-        await eventually(lambda: _assert(second.driver.partitions_in(State.ACTIVE) == list(range(space.partitions))))
+        await first.claims.stop()  # the claims pu-b appends are not seen by pu-a: only the log's fence stops it
+        second = await activated(await start_unit(nats_url, "pu-b"))
         key = "k2"
         partition = space.partition_of("kv", key)
         put = codec.decode(protocol.request(7, protocol.OP_PUT, partition, "kv", key, "stale", None, "op-7"), 1 << 20)
-        [[req_id, status, _]] = await ask(first.transport, Names(space.name).pu_subject("pu-a"), put)
+        reply = asyncio.ensure_future(ask(first.transport, Names(space.name).pu_subject("pu-a"), put))
+        await eventually(lambda: _assert(first.appender.counters["fence_retries"] == 1))  # the log refused it
+        await first.claims.start(LIMITS.bootstrap_timeout_s, LIMITS.bootstrap_retry_s)  # the view catches up with the refusal's claim
+        [[req_id, status, _]] = await reply
         assert (req_id, status) == (7, "fenced")
-        assert first.driver.counters["fenced"] == 1
-        # its re-acquisition under the stale table replays the newer marker and gives up: never served again
-        await eventually(lambda: _assert(first.driver.slots.get(partition) is None))
+        assert first.appender.counters["appends"] == 0
+        await eventually(lambda: _assert(first.driver.slots == {}))
+        assert first.driver.counters["fenced"] == space.partitions
         get = codec.decode(protocol.request(8, protocol.OP_GET, partition, "kv", key), 1 << 20)
         [[_, status, value]] = await ask(second.transport, Names(space.name).pu_subject("pu-b"), get)
         assert (status, value) == (protocol.OK, None), "the fenced write was not applied"
+        await first.transport.close()
+        await second.transport.close()
+
+    run(main())
+
+
+def test_a_claim_seen_by_the_owner_drops_its_partitions_at_once(nats_url: str) -> None:
+    """When its claim view delivers another PU's claims, the first PU drops every claimed partition without
+    waiting for a write to be refused, and answers a write for one of them not_owner: nothing applied, nothing
+    appended."""
+
+    async def main() -> None:
+        first = await start_unit(nats_url, "pu-a")
+        first.set_table(table(1, "pu-a", 1))
+        await eventually(lambda: _assert(first.driver.partitions_in(State.ACTIVE) == list(range(space.partitions))))
+        second = await activated(await start_unit(nats_url, "pu-b"))
+        await eventually(lambda: _assert(first.driver.slots == {}))
+        assert first.driver.counters["fenced"] == space.partitions
+        key = "k3"
+        partition = space.partition_of("kv", key)
+        put = codec.decode(protocol.request(9, protocol.OP_PUT, partition, "kv", key, "stale", None, "op-9"), 1 << 20)
+        [[req_id, status, _]] = await ask(first.transport, Names(space.name).pu_subject("pu-a"), put)
+        assert (req_id, status) == (9, "not_owner")
+        assert first.appender.counters["appends"] == 0
+        get = codec.decode(protocol.request(10, protocol.OP_GET, partition, "kv", key), 1 << 20)
+        [[_, status, value]] = await ask(second.transport, Names(space.name).pu_subject("pu-b"), get)
+        assert (status, value) == (protocol.OK, None), "the write to the deposed owner was not applied"
         await first.transport.close()
         await second.transport.close()
 

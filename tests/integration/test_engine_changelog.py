@@ -1,5 +1,6 @@
-"""The partition changelog (engine/changelog.py) against a real nats-server: fenced appends accepted and rejected,
-the last sequence, replay of a range, following, trimming, and appends that get no acknowledgement."""
+"""The space's log (engine/changelog.py, ADR 0009) against a real nats-server: appends to a PU's own subject fenced
+on the last ownership claim of any partition, claims by compare-and-set, the last sequence, replay of every PU's
+messages up to a bound, following, watching the claims, trimming, and appends that get no acknowledgement."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from nats.js.errors import NotFoundError
 
 from spacegrid import codec
-from spacegrid.engine.changelog import Changelog, ensure_stream
+from spacegrid.core.logformat import encode_pu_message, parts_of
+from spacegrid.engine.changelog import Changelog, decode_claim, ensure_stream
 from spacegrid.engine.connection import connect
 from spacegrid.engine.subjects import Names
 from spacegrid.errors import CommitUnknown, Fenced, GridUnavailable
@@ -20,18 +23,20 @@ from spacegrid.testing.eventually import eventually
 NAMES = Names("cl")
 SIZE_MAX_BYTES = 1 << 20
 APPEND_TIMEOUT_S = 5.0
+CLAIM_ATTEMPTS_MAX = 20
 
 
 @asynccontextmanager
-async def opened(url: str, names: Names = NAMES, with_stream: bool = True,
+async def opened(url: str, member_id: str = "pu-a", names: Names = NAMES, with_stream: bool = True,
                  append_timeout_s: float = APPEND_TIMEOUT_S) -> AsyncIterator[Changelog]:
-    """A started Changelog on a raw connection (and the space's stream, unless with_stream is False)."""
-    nc = await connect(url, "test-changelog")
+    """A started Changelog of PU `member_id` on a raw connection of its own (and the space's stream, unless
+    with_stream is False)."""
+    nc = await connect(url, f"test-changelog-{member_id}")
     try:
         js = nc.jetstream()
         if with_stream:
             await ensure_stream(js, names, replicas=1, max_msg_bytes=SIZE_MAX_BYTES)
-        changelog = Changelog(nc, js, names, append_timeout_s)
+        changelog = Changelog(nc, js, names, member_id, append_timeout_s)
         await changelog.start()
         try:
             yield changelog
@@ -45,122 +50,237 @@ def run(main: Callable[[], Awaitable[None]], timeout_s: float = 30.0) -> None:
     asyncio.run(asyncio.wait_for(main(), timeout_s))
 
 
+def message(partition: int, value: Any) -> bytes:
+    """A PU message with one part: the partition's value."""
+    return encode_pu_message([(partition, codec.encode(value))])
+
+
+def decoded(pu_message: Any) -> list[tuple[int, Any]]:
+    """[(partition, value)] of a decoded PU message."""
+    return [(partition, codec.decode(part, SIZE_MAX_BYTES)) for partition, part in parts_of(pu_message)]
+
+
+async def claims_seq(changelog: Changelog) -> int:
+    """What an append is fenced on: the last claim of any partition (0: none)."""
+    return await changelog.last_sequence(changelog.names.claim_wildcard)
+
+
 async def append_values(changelog: Changelog, partition: int, values: list[Any]) -> list[int]:
-    """Append each value, fenced on the partition's previous message; returns their sequences."""
-    seqs: list[int] = []
-    last = await changelog.last_sequence(partition)
-    for value in values:
-        last = await changelog.append(partition, codec.encode(value), last)
-        seqs.append(last)
-    return seqs
+    """Append one message per value (one part, for `partition`), fenced on the current claims; their sequences."""
+    fence = await claims_seq(changelog)
+    return [await changelog.append(message(partition, value), fence) for value in values]
 
 
-async def replayed(changelog: Changelog, partition: int, after_seq: int, until_seq: int,
-                   timeout_s: float = 5.0) -> list[tuple[int, Any]]:
-    """What replay feeds for (after_seq, until_seq]: [(seq, decoded message)]."""
-    applied: list[tuple[int, Any]] = []
-    await changelog.replay(partition, after_seq, until_seq, lambda seq, message: applied.append((seq, message)),
-                           SIZE_MAX_BYTES, timeout_s)
-    return applied
+async def replayed(changelog: Changelog, after_seq: int, until_seq: int,
+                   timeout_s: float = 5.0) -> tuple[list[tuple[int, list[tuple[int, Any]]]], int]:
+    """What replay feeds for after_seq and until_seq, [(seq, [(partition, value)])], and what it returns."""
+    fed: list[tuple[int, list[tuple[int, Any]]]] = []
+    last = await changelog.replay(after_seq, until_seq, lambda seq, msg: fed.append((seq, decoded(msg))),
+                                  SIZE_MAX_BYTES, timeout_s)
+    return fed, last
 
 
-def test_an_append_fenced_on_the_subjects_last_sequence_is_accepted(nats_url: str) -> None:
-    """An append whose expected sequence is the partition subject's last one is accepted and returns the new
-    stream sequence; the fence is per partition (another partition's messages do not move it), and
-    last_sequence reports the subject's last message, 0 for a partition that has none."""
+async def subject_of(changelog: Changelog, seq: int) -> str:
+    return (await changelog.js.get_msg(changelog.names.stream, seq)).subject
+
+
+def test_an_append_fenced_on_the_current_claims_sequence_is_accepted(nats_url: str) -> None:
+    """An append fenced on the last claim of any partition (0 while there is none) is accepted, lands on the PU's
+    own subject and returns its stream sequence; PU messages (its own or another PU's) do not move the fence, and
+    last_sequence reports a subject's or a filter's last message, 0 when there is none."""
 
     async def main() -> None:
-        async with opened(nats_url) as changelog:
-            assert await changelog.last_sequence(0) == 0
-            first = await changelog.append(0, codec.encode("a"), 0)
-            other = await changelog.append(1, codec.encode("x"), 0)  # partition 1 is still empty for the fence
-            second = await changelog.append(0, codec.encode("b"), first)
+        async with opened(nats_url, "pu-a") as a, opened(nats_url, "pu-b") as b:
+            assert await claims_seq(a) == 0
+            assert await a.last_sequence(NAMES.pu_log_wildcard) == 0
+            first = await a.append(message(0, "a"), 0)
+            other = await b.append(message(1, "x"), 0)  # PU messages are no claims: the fence is still at 0
+            second = await a.append(message(0, "b"), 0)
             assert 0 < first < other < second
-            assert await changelog.last_sequence(0) == second
-            assert await changelog.last_sequence(1) == other
-            assert await changelog.last_sequence(2) == 0
+            assert await subject_of(a, first) == NAMES.pu_log_subject("pu-a")
+            assert await subject_of(a, other) == NAMES.pu_log_subject("pu-b")
+            claim = await a.claim(0, 1, "pu-a", CLAIM_ATTEMPTS_MAX)
+            assert claim is not None and claim > second
+            third = await a.append(message(0, "c"), claim)
+            assert third > claim
+            assert await a.last_sequence(NAMES.pu_log_subject("pu-a")) == third
+            assert await a.last_sequence(NAMES.pu_log_subject("pu-b")) == other
+            assert await a.last_sequence(NAMES.pu_log_wildcard) == third
+            assert await a.last_sequence(NAMES.claim_subject(0)) == claim
+            assert await a.last_sequence(NAMES.claim_subject(1)) == 0
+            assert await claims_seq(b) == claim
 
     run(main)
 
 
-def test_an_append_on_a_stale_sequence_is_fenced_and_not_applied(nats_url: str) -> None:
-    """An append whose expected sequence is not the subject's last one (someone appended since, or the subject is
-    not empty) raises Fenced, and the log is unchanged: a deposed owner can acknowledge nothing."""
+def test_an_append_fenced_on_an_older_claim_is_refused_after_another_members_claim(nats_url: str) -> None:
+    """Once another member claimed a partition (any partition: the fence covers every claim), an append fenced on
+    the older claims sequence raises Fenced whose last_seq is the new claim's sequence, and nothing is appended;
+    the same append fenced on that sequence is accepted. An append fenced on 0 is refused once any claim exists."""
 
     async def main() -> None:
-        async with opened(nats_url) as changelog:
-            first, second = await append_values(changelog, 0, ["mine", "new owner's marker"])
-            with pytest.raises(Fenced):
-                await changelog.append(0, codec.encode("stale"), first)
-            with pytest.raises(Fenced):
-                await changelog.append(0, codec.encode("stale"), 0)
-            assert await changelog.last_sequence(0) == second
-            assert await replayed(changelog, 0, 0, second) == [(first, "mine"), (second, "new owner's marker")]
-            assert await changelog.append(0, codec.encode("next"), second) > second  # the right fence still works
+        async with opened(nats_url, "pu-a") as a, opened(nats_url, "pu-b") as b:
+            own = await a.claim(0, 1, "pu-a", CLAIM_ATTEMPTS_MAX)
+            assert own is not None
+            mine = await a.append(message(0, "mine"), own)
+            theirs = await b.claim(1, 1, "pu-b", CLAIM_ATTEMPTS_MAX)  # another partition's claim
+            assert theirs is not None and theirs > mine
+            with pytest.raises(Fenced) as refused:
+                await a.append(message(0, "stale"), own)
+            assert refused.value.last_seq == theirs
+            assert await a.last_sequence(NAMES.pu_log_wildcard) == mine, "the refused append was not applied"
+            accepted = await a.append(message(0, "after"), theirs)
+            assert accepted > theirs
+
+            taken = await b.claim(0, 2, "pu-b", CLAIM_ATTEMPTS_MAX)  # the deposing claim of a's own partition
+            assert taken is not None and taken > accepted
+            with pytest.raises(Fenced) as deposed:
+                await a.append(message(0, "deposed"), theirs)
+            assert deposed.value.last_seq == taken
+            with pytest.raises(Fenced) as unclaimed:
+                await a.append(message(0, "no claim seen"), 0)
+            assert unclaimed.value.last_seq == taken
+            assert await a.last_sequence(NAMES.pu_log_wildcard) == accepted
+            fed, _ = await replayed(a, 0, taken)
+            assert fed == [(mine, [(0, "mine")]), (accepted, [(0, "after")])]
 
     run(main)
 
 
-def test_replay_feeds_exactly_the_partitions_messages_in_the_range(nats_url: str) -> None:
-    """replay(after_seq, until_seq) feeds the partition's messages with after_seq < seq <= until_seq, in order, and
-    none of another partition's; it returns the last sequence fed, does nothing for an empty range, and raises
-    GridUnavailable when until_seq is not reached within its timeout."""
+def test_a_claim_is_a_compare_and_set_on_the_partitions_last_claim(nats_url: str) -> None:
+    """claim() appends [epoch, member] to the partition's claim subject unless its last claim is at a greater
+    epoch (then it returns None and appends nothing); claims in a row, at equal or greater epochs and by either
+    member, each succeed with increasing sequences, PU messages between them do not disturb them, other
+    partitions' claims are independent, and concurrent claims both land (the loser of the race reads again)."""
+
+    async def main() -> None:
+        async with opened(nats_url, "pu-a") as a, opened(nats_url, "pu-b") as b:
+            first = await a.claim(0, 2, "pu-a", CLAIM_ATTEMPTS_MAX)
+            assert first is not None
+            assert await b.claim(0, 1, "pu-b", CLAIM_ATTEMPTS_MAX) is None
+            last = await a.js.get_last_msg(NAMES.stream, NAMES.claim_subject(0))
+            assert (int(last.seq), decode_claim(last.data)) == (first, (2, "pu-a")), "the lower epoch appended nothing"
+            await append_values(a, 0, ["between"])
+            second = await b.claim(0, 2, "pu-b", CLAIM_ATTEMPTS_MAX)
+            assert second is not None and second > first
+            third = await a.claim(0, 3, "pu-a", CLAIM_ATTEMPTS_MAX)
+            assert third is not None and third > second
+            last = await a.js.get_last_msg(NAMES.stream, NAMES.claim_subject(0))
+            assert (int(last.seq), decode_claim(last.data)) == (third, (3, "pu-a"))
+            other = await b.claim(1, 1, "pu-b", CLAIM_ATTEMPTS_MAX)  # partition 0's epoch 3 does not matter here
+            assert other is not None and other > third
+            raced = await asyncio.gather(a.claim(2, 5, "pu-a", CLAIM_ATTEMPTS_MAX),
+                                         b.claim(2, 5, "pu-b", CLAIM_ATTEMPTS_MAX))
+            assert None not in raced and len(set(raced)) == 2 and min(raced) > other  # type: ignore[type-var]
+            assert await a.last_sequence(NAMES.claim_subject(2)) == max(raced)  # type: ignore[type-var]
+
+    run(main)
+
+
+def test_replay_feeds_every_pus_messages_in_stream_order_up_to_until_seq(nats_url: str) -> None:
+    """replay(after_seq, until_seq) feeds the messages of every PU subject with after_seq < seq <= until_seq, in
+    stream order, and no claim; it returns until_seq, and when the log ends before until_seq it feeds the rest and
+    returns until_seq."""
+
+    async def main() -> None:
+        async with opened(nats_url, "pu-a") as a, opened(nats_url, "pu-b") as b:
+            seqs: list[int] = []
+            expected: list[tuple[int, list[tuple[int, Any]]]] = []
+            for i in range(3):  # the two PUs' messages interleaved
+                (seq,) = await append_values(a, 0, [f"a{i}"])
+                expected.append((seq, [(0, f"a{i}")]))
+                (seq,) = await append_values(b, 1, [f"b{i}"])
+                expected.append((seq, [(1, f"b{i}")]))
+            seqs = [seq for seq, _ in expected]
+            assert await replayed(a, seqs[1], seqs[4]) == (expected[2:5], seqs[4])
+            assert await replayed(b, 0, seqs[-1]) == (expected, seqs[-1])
+
+            assert await b.claim(1, 1, "pu-b", CLAIM_ATTEMPTS_MAX) is not None  # not fed: claims are no PU messages
+            (later,) = await append_values(a, 0, ["after the claim"])
+            fed, last = await replayed(b, seqs[3], later)
+            assert (fed, last) == (expected[4:] + [(later, [(0, "after the claim")])], later)
+            fed, last = await replayed(b, later, later + 100)  # nothing after `later`: returns at once
+            assert (fed, last) == ([], later + 100)
+            fed, last = await replayed(b, seqs[-1], later + 100)  # the log ends before until_seq
+            assert (fed, last) == ([(later, [(0, "after the claim")])], later + 100)
+
+    run(main)
+
+
+def test_replay_stops_at_an_until_seq_that_is_no_pu_message(nats_url: str) -> None:
+    """replay(after_seq, until_seq) where until_seq is a claim (as a new owner's replay up to its own claim is) and
+    PU messages follow it feeds nothing after until_seq and returns until_seq; likewise when no PU message at all
+    lies in the range."""
+
+    async def main() -> None:
+        async with opened(nats_url, "pu-a") as a, opened(nats_url, "pu-b") as b:
+            seqs = await append_values(a, 0, ["a0", "a1"])
+            claim = await b.claim(0, 1, "pu-b", CLAIM_ATTEMPTS_MAX)
+            assert claim is not None
+            await append_values(a, 1, ["after the claim"])
+            assert await replayed(b, 0, claim) == ([(seqs[0], [(0, "a0")]), (seqs[1], [(0, "a1")])], claim)
+            assert await replayed(b, seqs[1], claim) == ([], claim)
+
+    run(main)
+
+
+def test_replay_of_an_empty_log_returns_at_once(nats_url: str) -> None:
+    """On a log with no PU message (claims only, or nothing at all), replay feeds nothing and returns until_seq
+    without waiting for its timeout."""
 
     async def main() -> None:
         async with opened(nats_url) as changelog:
-            seqs = []
-            for i in range(5):  # interleaved with partition 1's messages
-                seqs += await append_values(changelog, 0, [i])
-                await append_values(changelog, 1, [f"other{i}"])
-            fed: list[tuple[int, Any]] = []
-            last = await changelog.replay(0, seqs[1], seqs[3], lambda seq, message: fed.append((seq, message)),
-                                          SIZE_MAX_BYTES, 5.0)
-            assert fed == [(seqs[2], 2), (seqs[3], 3)] and last == seqs[3]
-            assert await replayed(changelog, 0, 0, seqs[4]) == list(zip(seqs, range(5)))
-            assert await changelog.replay(0, seqs[3], seqs[3], lambda *_: pytest.fail("fed"), SIZE_MAX_BYTES, 5.0) \
-                == seqs[3]
-            with pytest.raises(GridUnavailable, match="did not reach"):
-                await replayed(changelog, 0, seqs[4], seqs[4] + 100, timeout_s=0.5)
+            loop = asyncio.get_running_loop()
+            started_s = loop.time()
+            assert await replayed(changelog, 0, 0, timeout_s=30) == ([], 0)
+            claim = await changelog.claim(0, 1, "pu-a", CLAIM_ATTEMPTS_MAX)
+            assert claim is not None
+            assert await replayed(changelog, 0, claim, timeout_s=30) == ([], claim)
+            assert loop.time() - started_s < 5, "replay waited for its timeout"
 
     run(main)
 
 
 def test_follow_feeds_the_existing_messages_then_each_new_one(nats_url: str) -> None:
-    """follow(after_seq) feeds the partition's messages after after_seq, then each message appended later, with
-    the count the server still has to deliver (0 once caught up), until unsubscribed."""
+    """follow(after_seq) feeds every PU's messages after after_seq, with their subject and the count the server
+    still has to deliver (0 once caught up), then each message appended later, never a claim, until unsubscribed."""
 
     async def main() -> None:
-        async with opened(nats_url) as changelog:
-            seqs = await append_values(changelog, 0, ["a", "b", "c"])
-            await append_values(changelog, 1, ["other"])
-            fed: list[tuple[int, Any, int]] = []
-            sub = await changelog.follow(0, seqs[0], lambda seq, message, pending: fed.append((seq, message, pending)),
-                                         SIZE_MAX_BYTES, on_broken=lambda: pytest.fail("broken"))
+        async with opened(nats_url, "pu-a") as a, opened(nats_url, "pu-b") as b:
+            seqs = await append_values(a, 0, ["a", "b"])
+            assert await b.claim(1, 1, "pu-b", CLAIM_ATTEMPTS_MAX) is not None
+            seqs += await append_values(b, 1, ["c"])
+            fed: list[tuple[int, str, list[tuple[int, Any]], int]] = []
+            sub = await a.follow(seqs[0], lambda seq, subject, msg, pending: fed.append((seq, subject, decoded(msg),
+                                                                                           pending)),
+                                 SIZE_MAX_BYTES, on_broken=lambda: pytest.fail("broken"))
 
             async def caught_up(count: int) -> None:
                 assert len(fed) == count, fed
 
             await eventually(lambda: caught_up(2), timeout_s=5)
-            assert [(seq, message) for seq, message, _ in fed] == [(seqs[1], "b"), (seqs[2], "c")]
-            assert fed[-1][2] == 0
-            (fourth,) = await append_values(changelog, 0, ["d"])
+            assert [entry[:3] for entry in fed] == [(seqs[1], NAMES.pu_log_subject("pu-a"), [(0, "b")]),
+                                                    (seqs[2], NAMES.pu_log_subject("pu-b"), [(1, "c")])]
+            assert fed[-1][3] == 0
+            (fourth,) = await append_values(b, 1, ["d"])
             await eventually(lambda: caught_up(3), timeout_s=5)
-            assert fed[-1] == (fourth, "d", 0)
+            assert fed[-1] == (fourth, NAMES.pu_log_subject("pu-b"), [(1, "d")], 0)
             await sub.unsubscribe()
 
     run(main)
 
 
 def test_follow_stops_at_a_message_it_cannot_decode_and_reports_it(nats_url: str) -> None:
-    """A message that does not decode stops the feed: on_broken is called once and nothing after it is fed."""
+    """A message on a PU subject that does not decode stops the feed: on_broken is called once and nothing after
+    it is fed."""
 
     async def main() -> None:
         async with opened(nats_url) as changelog:
             (good,) = await append_values(changelog, 0, ["good"])
-            await changelog.js.publish(NAMES.log_subject(0), b"\xc1")  # 0xc1 is never valid msgpack
+            await changelog.js.publish(NAMES.pu_log_subject("pu-broken"), b"\xc1")  # 0xc1 is never valid msgpack
             fed: list[int] = []
             broken: list[int] = []
-            sub = await changelog.follow(0, 0, lambda seq, message, pending: fed.append(seq), SIZE_MAX_BYTES,
+            sub = await changelog.follow(0, lambda seq, subject, msg, pending: fed.append(seq), SIZE_MAX_BYTES,
                                          on_broken=lambda: broken.append(len(fed)))
             (last,) = await append_values(changelog, 0, ["after"])
 
@@ -175,46 +295,91 @@ def test_follow_stops_at_a_message_it_cannot_decode_and_reports_it(nats_url: str
     run(main)
 
 
-def test_trim_drops_the_partitions_messages_before_the_kept_one_only(nats_url: str) -> None:
-    """trim(keep_from_seq) deletes the partition's messages before keep_from_seq and keeps that one and later
-    ones; other partitions keep all theirs, and an append fenced on the last sequence is still accepted."""
+def test_watch_claims_delivers_the_existing_claims_then_each_new_one(nats_url: str) -> None:
+    """watch_claims feeds every claim already in the log, then each new one, as (seq, partition, epoch, member),
+    in order and never a PU message; a claim that does not decode is delivered as partition -1 (it still fences)."""
 
     async def main() -> None:
-        async with opened(nats_url) as changelog:
-            seqs = await append_values(changelog, 0, ["a", "b", "c", "d"])
-            others = await append_values(changelog, 1, ["x", "y"])
-            await changelog.trim(0, seqs[2])
-            assert await replayed(changelog, 0, 0, seqs[3]) == [(seqs[2], "c"), (seqs[3], "d")]
-            assert await replayed(changelog, 1, 0, others[1]) == [(others[0], "x"), (others[1], "y")]
-            assert await changelog.last_sequence(0) == seqs[3]
-            assert await changelog.append(0, codec.encode("e"), seqs[3]) > seqs[3]
+        async with opened(nats_url, "pu-a") as a, opened(nats_url, "pu-b") as b:
+            first = await a.claim(0, 1, "pu-a", CLAIM_ATTEMPTS_MAX)
+            await append_values(a, 0, ["not a claim"])
+            second = await b.claim(1, 1, "pu-b", CLAIM_ATTEMPTS_MAX)
+            seen: list[tuple[int, int, int, str]] = []
+            sub = await a.watch_claims(lambda seq, partition, epoch, member: seen.append((seq, partition, epoch,
+                                                                                          member)))
+
+            async def seen_count(count: int) -> None:
+                assert len(seen) == count, seen
+
+            await eventually(lambda: seen_count(2), timeout_s=5)
+            assert seen == [(first, 0, 1, "pu-a"), (second, 1, 1, "pu-b")]
+            await append_values(b, 1, ["still not a claim"])
+            third = await b.claim(0, 2, "pu-b", CLAIM_ATTEMPTS_MAX)
+            await eventually(lambda: seen_count(3), timeout_s=5)
+            assert seen[-1] == (third, 0, 2, "pu-b")
+            garbage = await a.js.publish(NAMES.claim_subject(3), b"\xc1")
+            await eventually(lambda: seen_count(4), timeout_s=5)
+            assert seen[-1] == (garbage.seq, -1, 0, "")
+            await sub.unsubscribe()
+
+    run(main)
+
+
+def test_trim_drops_older_pu_messages_and_keeps_every_claim(nats_url: str) -> None:
+    """trim(keep_from_seq) deletes every PU subject's messages before keep_from_seq and keeps that one and later
+    ones; claims before it stay (the fence reads them), and an append fenced on the last claim is still accepted."""
+
+    async def main() -> None:
+        async with opened(nats_url, "pu-a") as a, opened(nats_url, "pu-b") as b:
+            early_claim = await a.claim(0, 1, "pu-a", CLAIM_ATTEMPTS_MAX)
+            assert early_claim is not None
+            seqs = await append_values(a, 0, ["a0", "a1"])
+            seqs += await append_values(b, 1, ["b0"])
+            late_claim = await b.claim(1, 1, "pu-b", CLAIM_ATTEMPTS_MAX)
+            assert late_claim is not None
+            seqs += await append_values(a, 0, ["a2"])
+            seqs += await append_values(b, 1, ["b1"])
+            await a.trim(seqs[2])
+            fed, _ = await replayed(a, 0, seqs[-1])
+            assert fed == [(seqs[2], [(1, "b0")]), (seqs[3], [(0, "a2")]), (seqs[4], [(1, "b1")])]
+            for gone in seqs[:2]:
+                with pytest.raises(NotFoundError):
+                    await a.js.get_msg(NAMES.stream, gone)
+            kept = await a.js.get_msg(NAMES.stream, early_claim)
+            assert kept.subject == NAMES.claim_subject(0) and decode_claim(kept.data) == (1, "pu-a")
+            assert await a.last_sequence(NAMES.claim_subject(0)) == early_claim
+            assert await claims_seq(a) == late_claim
+            assert await a.last_sequence(NAMES.pu_log_subject("pu-a")) == seqs[3]
+            assert await a.append(message(0, "a3"), late_claim) > seqs[-1]
 
     run(main)
 
 
 def test_an_append_without_a_stream_fails_at_once_with_grid_unavailable(nats_url: str) -> None:
-    """An append to a subject no stream takes is answered by NATS (no responders): GridUnavailable, well before
-    the append timeout, never a hang."""
+    """An append (or a claim) to a subject no stream takes is answered by NATS (no responders): GridUnavailable,
+    well before the append timeout, never a hang."""
 
     async def main() -> None:
         async with opened(nats_url, names=Names("nostream"), with_stream=False, append_timeout_s=30.0) as changelog:
             with pytest.raises(GridUnavailable, match="did not take the append"):
-                await asyncio.wait_for(changelog.append(0, codec.encode("a"), 0), 10)
+                await asyncio.wait_for(changelog.append(message(0, "a"), 0), 10)
+            with pytest.raises(GridUnavailable, match="did not take the append"):
+                await asyncio.wait_for(changelog.claim(0, 1, "pu-a", CLAIM_ATTEMPTS_MAX), 10)
 
     run(main)
 
 
 def test_an_append_nobody_acknowledges_is_commit_unknown_after_the_timeout(nats_url: str) -> None:
-    """An append that gets no acknowledgement within append_timeout_s (here a plain subscriber takes the subject
-    and never answers) raises CommitUnknown: it may or may not have been applied."""
+    """An append that gets no acknowledgement within append_timeout_s (here a plain subscriber takes the PU's
+    subject and never answers) raises CommitUnknown: it may or may not have been applied."""
 
     async def main() -> None:
         names = Names("silent")
-        async with opened(nats_url, names=names, with_stream=False, append_timeout_s=0.3) as changelog:
-            sink = await changelog.nc.subscribe(names.log_subject(0))
+        async with opened(nats_url, "pu-a", names=names, with_stream=False, append_timeout_s=0.3) as changelog:
+            sink = await changelog.nc.subscribe(names.pu_log_subject("pu-a"))
             await changelog.nc.flush()
             with pytest.raises(CommitUnknown, match="no append acknowledgement"):
-                await changelog.append(0, codec.encode("a"), 0)
+                await changelog.append(message(0, "a"), 0)
             await sink.unsubscribe()
 
     run(main)

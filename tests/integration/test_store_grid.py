@@ -408,8 +408,9 @@ def test_reconcile_finds_and_repairs_drift_both_ways(grid_factory: Callable[...,
     assert reconcile() == (0, [])
 
 
-def subject_sequences(grid: LocalGrid, partition: int) -> tuple[int, int]:
-    """The stream sequences of the first and the last message the log retains for the partition (0, 0: none)."""
+def log_sequences(grid: LocalGrid) -> tuple[int, int]:
+    """The stream sequences of the first and the last PU message (every PU's writes; claims left out) the log
+    retains (0, 0: none). The coordinator trims the whole log behind the lowest store position of all partitions."""
 
     async def read() -> tuple[int, int]:
         nc = NatsClient()
@@ -418,8 +419,8 @@ def subject_sequences(grid: LocalGrid, partition: int) -> tuple[int, int]:
             js = nc.jetstream()
             names = Names(grid.space.name)
             try:
-                first = await js.get_msg(names.stream, seq=1, subject=names.log_subject(partition), next=True)
-                last = await js.get_last_msg(names.stream, names.log_subject(partition))
+                first = await js.get_msg(names.stream, seq=1, subject=names.pu_log_wildcard, next=True)
+                last = await js.get_last_msg(names.stream, names.pu_log_wildcard)
             except NotFoundError:
                 return 0, 0
             return int(first.seq or 0), int(last.seq or 0)
@@ -433,10 +434,10 @@ TRIM_AGE_S = 5.0  # short enough for a test to see a trim, long enough to SIGKIL
 
 
 def test_a_retry_after_every_replica_died_still_applies_once(grid_factory: Callable[..., LocalGrid]) -> None:
-    """An increment is acknowledged and persisted on a partition whose log was trimmed behind the store; every PU
-    is SIGKILLed (owner and backup alike) and the grid restarts from the store plus the log's tail; the client's
-    retry of the same operation id is answered from the rebuilt dedup window, not applied a second time (the log
-    keeps log_trim_age_s of operation ids)."""
+    """An increment is acknowledged and persisted after the log was trimmed behind the store (by the coordinator,
+    behind every partition's store position); every PU is SIGKILLed (owner and backup alike) and the grid restarts
+    from the store plus the log's tail; the client's retry of the same operation id is answered from the rebuilt
+    dedup window, not applied a second time (the log keeps log_trim_age_s of operation ids)."""
     from spacegrid import protocol
     from spacegrid.partitioning import PartitionTable
 
@@ -462,19 +463,20 @@ def test_a_retry_after_every_replica_died_still_applies_once(grid_factory: Calla
 
     asyncio.run(writes("earlier"))
     store_caught_up(grid)
-    untrimmed_first, _ = subject_sequences(grid, partition)
+    untrimmed_first, _ = log_sequences(grid)
+    assert untrimmed_first > 0
 
     def trimmed() -> None:
-        first, _ = subject_sequences(grid, partition)
-        assert first > untrimmed_first, f"the partition's log was not trimmed behind the store (first seq {first})"
+        first, _ = log_sequences(grid)
+        assert first > untrimmed_first, f"the log was not trimmed behind the store (first seq {first})"
 
     eventually_sync(trimmed, timeout_s=TRIM_AGE_S + 20, interval_s=0.2)
 
     assert send()[1:] == [0, 5]
-    _, increment_seq = subject_sequences(grid, partition)
-    asyncio.run(writes("later"))  # so that the increment's log message is not the partition's last one
+    _, increment_seq = log_sequences(grid)  # only this test writes: the increment's message is the last one
+    asyncio.run(writes("later"))  # so that the increment's log message is not the log's last one
     store_caught_up(grid)
-    first, last = subject_sequences(grid, partition)
+    first, last = log_sequences(grid)
     assert first <= increment_seq < last, (
         f"the increment's message (seq {increment_seq}) is not in the retained log {first}..{last}: this run took "
         f"longer than log_trim_age_s ({TRIM_AGE_S} s) between the later writes and the kill")

@@ -9,6 +9,7 @@ import nats
 import pytest
 
 from spacegrid import Client, codec, protocol
+from spacegrid.core.logformat import encode_pu_message, parts_of
 from spacegrid.engine.changelog import Changelog, ensure_stream
 from spacegrid.engine.server import NatsServerProcess
 from spacegrid.engine.subjects import Names
@@ -83,26 +84,35 @@ def test_a_thin_client_reaches_the_owner_through_the_partition_subject(grid_fact
 
 
 def test_the_fence_rejects_a_deposed_writer(nats_server: NatsServerProcess) -> None:
-    """Once a new owner appended its marker, the old owner's append on the stale sequence is rejected."""
+    """Once a new owner's claim of the partition is in the log, the old owner's append fenced on the claims it had
+    seen is rejected (nothing applied), its claim at the older epoch is refused, and the new owner's append fenced
+    on its own claim is accepted; a replay sees both owners' committed messages, not the rejected one."""
 
     async def main() -> None:
         names = Names("fence")
         old_nc, new_nc = await nats.connect(nats_server.url), await nats.connect(nats_server.url)
         try:
             await ensure_stream(old_nc.jetstream(), names, replicas=1, max_msg_bytes=1 << 20)
-            old = Changelog(old_nc, old_nc.jetstream(), names, append_timeout_s=5)
-            new = Changelog(new_nc, new_nc.jetstream(), names, append_timeout_s=5)
+            old = Changelog(old_nc, old_nc.jetstream(), names, "pu-old", append_timeout_s=5)
+            new = Changelog(new_nc, new_nc.jetstream(), names, "pu-new", append_timeout_s=5)
             await old.start()
             await new.start()
-            old_seq = await old.append(3, b"\x90", 0)
-            assert await new.last_sequence(3) == old_seq
-            new_seq = await new.append(3, b"\x91\x01", old_seq)
-            with pytest.raises(Fenced):
-                await old.append(3, b"\x92", old_seq)
-            assert await new.last_sequence(3) == new_seq
-            seen: list[int] = []
-            await new.replay(3, 0, new_seq, lambda seq, message: seen.append(seq), 1 << 20, 5)
-            assert seen == [old_seq, new_seq]
+            old_claim = await old.claim(3, 1, "pu-old", 5)
+            assert old_claim is not None
+            old_seq = await old.append(encode_pu_message([(3, b"\x90")]), old_claim)
+            new_claim = await new.claim(3, 2, "pu-new", 5)
+            assert new_claim is not None and new_claim > old_seq
+            assert await new.last_sequence(names.claim_subject(3)) == new_claim
+            with pytest.raises(Fenced) as refused:
+                await old.append(encode_pu_message([(3, b"\x92")]), old_claim)
+            assert refused.value.last_seq == new_claim
+            assert await old.claim(3, 1, "pu-old", 5) is None, "a claim at an older epoch is refused"
+            assert await new.last_sequence(names.pu_log_wildcard) == old_seq, "the rejected append was not applied"
+            new_seq = await new.append(encode_pu_message([(3, b"\x91\x01")]), new_claim)
+            assert await new.last_sequence(names.pu_log_subject("pu-new")) == new_seq
+            seen: list[tuple[int, list[tuple[int, bytes]]]] = []
+            await new.replay(0, new_seq, lambda seq, message: seen.append((seq, list(parts_of(message)))), 1 << 20, 5)
+            assert seen == [(old_seq, [(3, b"\x90")]), (new_seq, [(3, b"\x91\x01")])]
             await old.stop()
             await new.stop()
         finally:

@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 
 from spacegrid import codec
-from spacegrid.core.partition import PartitionState, encode_owner_marker
+from spacegrid.core.partition import PartitionState
 from spacegrid.errors import (
     EncodeError,
     HandlerError,
@@ -323,6 +323,41 @@ def test_group_commit_batches_writes_made_during_an_append():
     assert state.take_append() is None
 
 
+def test_a_retracted_append_is_taken_again_unchanged():
+    """retract_append puts the in-flight batch back first in line with the same versions: the next take_append
+    gives the same payload and lsn_last, the overlay still shows the pending write meanwhile (and a retry of it
+    is still pending at the same lsn), and once that append is acknowledged the write is committed."""
+    state = new_state()
+    first = state.put("op1", "m", "x@r", {"v": 1}, None)
+    batch = state.take_append()
+    state.retract_append()
+    assert state.inflight is None
+    assert state.execute("r", "read", "x@r", None).value == ({"v": 1}, 1), "the overlay still holds the write"
+    assert state.get("m", "x@r") is None and state.lsn_committed == 0
+    assert state.put("op1", "m", "x@r", "retry", None).wait_lsn == first.wait_lsn, "still pending, same lsn"
+    again = state.take_append()
+    assert again is not None
+    assert (again.payload, again.lsn_last, again.record_count) == (batch.payload, batch.lsn_last, batch.record_count)
+    assert state.take_append() is None, "in flight again"
+    assert state.on_append_committed() == 1
+    assert state.get("m", "x@r") == ({"v": 1}, 1)
+    assert ("m", "x@r") not in state.overlay and "op1" in state.dedup and state.take_append() is None
+
+
+def test_a_retracted_append_stays_ahead_of_writes_made_meanwhile():
+    """Writes made while the retracted append was in flight come after its operations, with the versions they
+    were given: the log order and versions are the ones the writers were answered with."""
+    state = new_state()
+    ok(state.put("op1", "m", "x@r", 1, None))
+    state.take_append()
+    ok(state.put("op2", "m", "y@r", 2, None))
+    state.retract_append()
+    again = state.take_append()
+    assert [op.op_id for op in again.ops] == ["op1", "op2"] and again.lsn_last == 2
+    state.on_append_committed()
+    assert state.get("m", "x@r") == (1, 1) and state.get("m", "y@r") == (2, 2)
+
+
 def test_take_append_is_none_when_nothing_waits():
     """take_append returns None on a fresh partition."""
     assert new_state().take_append() is None
@@ -408,7 +443,7 @@ def test_dedup_window_evicts_the_oldest():
 
 
 def test_replay_rebuilds_the_same_state():
-    """Replaying an owner marker and the appended payloads rebuilds entries, versions, lsn and dedup results."""
+    """Replaying the appended payloads rebuilds entries, versions, lsn, the owner epoch and dedup results."""
     live = new_state()
     live.set_owner_epoch(3)
     ok(live.put("p1", "m", "a@r", {"v": [1, 2]}, None))
@@ -421,7 +456,6 @@ def test_replay_rebuilds_the_same_state():
     payloads.append(commit(live).payload)
 
     fresh = new_state()
-    fresh.replay(codec.decode(encode_owner_marker(3, "pu-a"), 1 << 20))
     for payload in payloads:
         fresh.replay(codec.decode(payload, 1 << 20))
 
@@ -441,14 +475,16 @@ def test_replay_rebuilds_the_same_state():
 
 def test_replay_refuses_an_epoch_going_backwards():
     """replay asserts when a log record carries an older epoch than one already replayed."""
-    live = new_state()
-    live.set_owner_epoch(1)
-    ok(live.put("p1", "m", "a@r", 1, None))
-    payload = commit(live).payload
+    old, new = new_state(), new_state()
+    old.set_owner_epoch(1)
+    new.set_owner_epoch(2)
+    ok(old.put("p1", "m", "a@r", 1, None))
+    ok(new.put("q1", "m", "b@r", 2, None))
+    old_payload, new_payload = commit(old).payload, commit(new).payload
     fresh = new_state()
-    fresh.replay(codec.decode(encode_owner_marker(2, "pu-b"), 1 << 20))
-    with pytest.raises(AssertionError):
-        fresh.replay(codec.decode(payload, 1 << 20))
+    fresh.replay(codec.decode(new_payload, 1 << 20))
+    with pytest.raises(AssertionError, match="log epochs only grow"):
+        fresh.replay(codec.decode(old_payload, 1 << 20))
 
 
 def test_set_owner_epoch_refuses_to_go_backwards():
@@ -587,10 +623,13 @@ def test_a_write_without_an_operation_id_is_refused():
 
 
 def test_replay_reports_the_newest_owner_epoch_of_the_log():
-    """Replaying an ownership marker sets log_epoch, which the lifecycle compares with its claim (a PU with a
-    stale table must not append a marker older than the log's newest epoch)."""
-    state = PartitionState(tickets.space, 0, Limits())
-    state.replay(codec.decode(encode_owner_marker(2, "pu-new"), 1 << 20))
+    """Replaying an owner's writes sets log_epoch to the epoch they were appended at, which the driver reports
+    with ReplayReached (a PU with a stale table must not serve a log holding a newer owner's writes)."""
+    newer = new_state()
+    newer.set_owner_epoch(2)
+    ok(newer.put("p1", "m", "x@r", 1, None))
+    state = new_state()
+    state.replay(codec.decode(commit(newer).payload, 1 << 20))
     assert state.log_epoch == 2
 
 

@@ -1,12 +1,13 @@
 """The partition lifecycle on one PU as a pure state machine: events in, instructions out, no I/O.
 
-A partition the table gives this PU goes Assigned -> (AwaitingHandoff) -> (Loading) -> Replaying -> Fencing ->
+A partition the table gives this PU goes Assigned -> (AwaitingHandoff) -> (Loading) -> Fencing -> Replaying ->
 Subscribing -> Active, and leaves through Releasing (an append still in flight) to Released. The driver
 (unit/driver.py) performs the instructions and reports their results back as events; every event carries a
 stimulus id, and every transition is kept in a bounded log that says why a partition is where it is.
 
 Invariants, asserted after every event:
-- nothing is served before this owner's fence (its ownership marker) is in the log: `serving` only in Active;
+- nothing is served before this owner's claim is in the log and the log was replayed up to it: `serving` only in
+  Active (ADR 0009: the claim fences every earlier owner's appends, so the replay sees all they committed);
 - an Active partition has exactly one subscription, and a partition that is not Active or Subscribing has none
   open from this attempt once the driver has done what it was told;
 - the epoch a partition is claimed at never goes down from one attempt to the next.
@@ -31,15 +32,15 @@ TRANSITION_LOG_MAX: Final = 4096  # transitions kept for debugging (all partitio
 class State(enum.Enum):
     AWAITING_HANDOFF = "awaiting-handoff"  # the previous owner still runs the table that moved it away
     LOADING = "loading"  # reading the store's copy (or, promoted, what the store persisted since)
-    REPLAYING = "replaying"  # applying the log's tail
-    FENCING = "fencing"  # appending the ownership marker fenced on the last sequence replayed
-    SUBSCRIBING = "subscribing"  # fence appended; opening the partition's request subscription
+    FENCING = "fencing"  # appending this owner's claim (compare-and-set on the partition's last claim)
+    REPLAYING = "replaying"  # applying the log's tail, up to the claim
+    SUBSCRIBING = "subscribing"  # replayed up to the claim; opening the partition's request subscription
     ACTIVE = "active"  # serving
     RELEASING = "releasing"  # released while an append was in flight: its waiters are answered when it settles
     RELEASED = "released"  # terminal
 
 
-RECOVERING: Final = frozenset({State.AWAITING_HANDOFF, State.LOADING, State.REPLAYING, State.FENCING, State.SUBSCRIBING})
+RECOVERING: Final = frozenset({State.AWAITING_HANDOFF, State.LOADING, State.FENCING, State.REPLAYING, State.SUBSCRIBING})
 
 
 # ---- events -------------------------------------------------------------------------------------------------
@@ -72,7 +73,9 @@ class HandoffConfirmed(Event):
 
 @dataclass(frozen=True, slots=True)
 class StoreLoaded(Event):
-    """The state holds what the store persisted."""
+    """The state holds what the store persisted; the log's tail to replay starts after `after_seq`."""
+
+    after_seq: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,14 +88,14 @@ class ReplayReached(Event):
 
 @dataclass(frozen=True, slots=True)
 class FenceAppended(Event):
-    """The ownership marker was appended at `seq`."""
+    """This owner's claim was appended at `seq`: no earlier owner can append after it."""
 
     seq: int
 
 
 @dataclass(frozen=True, slots=True)
 class FenceRejected(Event):
-    """The marker's append was rejected by the fence: someone appended since the replay; replay again."""
+    """The partition's last claim is at a newer epoch than ours: our table is stale; give the partition up."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,15 +155,17 @@ class LoadFromStore(Instruction):
 
 @dataclass(frozen=True, slots=True)
 class ReplayLog(Instruction):
-    """Apply the log after `after_seq` up to its current end."""
+    """Apply the partition's records of the log after `after_seq` up to this owner's claim at `until_seq`."""
 
     after_seq: int
+    until_seq: int
 
 
 @dataclass(frozen=True, slots=True)
-class AppendOwnerMarker(Instruction):
+class AppendClaim(Instruction):
+    """Claim the partition at `epoch` in the log (fencing every earlier owner)."""
+
     epoch: int
-    after_seq: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,10 +180,11 @@ class Unsubscribe(Instruction):
 
 @dataclass(frozen=True, slots=True)
 class StartServing(Instruction):
-    """Active from now: owner epoch `epoch`, the fence at `last_seq`."""
+    """Active from now: owner epoch `epoch`, the log replayed to `last_seq`, the claim at `claim_seq`."""
 
     epoch: int
     last_seq: int
+    claim_seq: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +217,8 @@ class PartitionRecord:
     state: State
     with_store: bool
     promoted: bool
-    seq: int = 0  # the log sequence the state has applied (the fence position once Active)
+    seq: int = 0  # the log sequence the state has applied
+    claim_seq: int = 0  # this attempt's claim, once appended
     subscribed: bool = False
 
 
@@ -287,11 +294,11 @@ class Lifecycle:
         if record.with_store:
             record.state = State.LOADING
             return [LoadFromStore(record.partition, record.attempt, stimulus_id, record.promoted)]
-        return self._replay(record, stimulus_id)
+        return self._claim(record, stimulus_id)
 
-    def _replay(self, record: PartitionRecord, stimulus_id: str) -> list[Instruction]:
-        record.state = State.REPLAYING
-        return [ReplayLog(record.partition, record.attempt, stimulus_id, record.seq)]
+    def _claim(self, record: PartitionRecord, stimulus_id: str) -> list[Instruction]:
+        record.state = State.FENCING
+        return [AppendClaim(record.partition, record.attempt, stimulus_id, record.epoch)]
 
     def _step(self, record: PartitionRecord, event: Event) -> list[Instruction]:
         state = record.state
@@ -301,25 +308,27 @@ class Lifecycle:
         if isinstance(event, HandoffConfirmed) and state is State.AWAITING_HANDOFF:
             return self._after_handoff(record, sid)
         if isinstance(event, StoreLoaded) and state is State.LOADING:
-            return self._replay(record, sid)
-        if isinstance(event, ReplayReached) and state is State.REPLAYING:
-            assert event.seq >= record.seq, "sequences only advance"
-            record.seq = event.seq
-            if event.log_epoch > record.epoch:  # a newer owner already claimed it: our table is stale
-                return self._forget(record, sid, retry=False)
-            record.state = State.FENCING
-            return [AppendOwnerMarker(p, a, sid, record.epoch, record.seq)]
+            assert event.after_seq >= record.seq, "sequences only advance"
+            record.seq = event.after_seq
+            return self._claim(record, sid)
         if isinstance(event, FenceRejected) and state is State.FENCING:
-            return self._replay(record, sid)
+            return self._forget(record, sid, retry=False)
         if isinstance(event, FenceAppended) and state is State.FENCING:
-            assert event.seq > record.seq, "sequences only advance"
+            assert event.seq > record.seq, "a claim lands after everything the state has applied"
+            record.claim_seq = event.seq
+            record.state = State.REPLAYING
+            return [ReplayLog(p, a, sid, record.seq, record.claim_seq)]
+        if isinstance(event, ReplayReached) and state is State.REPLAYING:
+            assert event.seq >= record.claim_seq, "the replay reaches the claim"
             record.seq = event.seq
+            if event.log_epoch > record.epoch:  # a newer owner's writes are in the log: our table is stale
+                return self._forget(record, sid, retry=False)
             record.state = State.SUBSCRIBING
             return [Subscribe(p, a, sid)]
         if isinstance(event, SubscriptionReady) and state is State.SUBSCRIBING:
             record.subscribed = True
             record.state = State.ACTIVE
-            return [StartServing(p, a, sid, record.epoch, record.seq)]
+            return [StartServing(p, a, sid, record.epoch, record.seq, record.claim_seq)]
         if isinstance(event, RecoveryFailed) and state in RECOVERING:
             return self._forget(record, sid, retry=True)
         if isinstance(event, Deposed) and state in (State.ACTIVE, State.RELEASING):

@@ -29,7 +29,6 @@ from spacegrid.core.entries import DELETED, VALUE, VERSION, Entry
 from spacegrid.core.rows import Row, digest_of
 
 LOG_WRITES = "w"
-LOG_OWNER = "o"
 
 
 
@@ -61,10 +60,6 @@ class AppendBatch:
     record_count: int
     payload: bytes
     ops: list[PendingOp] = field(repr=False)
-
-
-def encode_owner_marker(epoch: int, member_id: str) -> bytes:
-    return codec.encode([LOG_OWNER, epoch, member_id])
 
 
 class PartitionState:
@@ -151,8 +146,6 @@ class PartitionState:
         kind, epoch = message[0], int(message[1])
         assert epoch >= self.log_epoch, f"log epochs only grow: {epoch} after {self.log_epoch}"
         self.log_epoch = epoch
-        if kind == LOG_OWNER:
-            return
         assert kind == LOG_WRITES, f"unknown log record kind {kind!r}"
         for op_id, result, records in message[2]:
             for map_name, key, version, value, deleted in records:
@@ -290,6 +283,14 @@ class PartitionState:
         self.inflight = AppendBatch(ops[-1].lsn_last, records, payload, ops)
         return self.inflight
 
+    def retract_append(self) -> None:
+        """The in-flight append was refused before it was applied (the fence moved for another partition's claim):
+        its operations wait to be appended again, first in line, with the same versions."""
+        batch = self.inflight
+        assert batch is not None
+        self.unsent.extendleft(reversed(batch.ops))
+        self.inflight = None
+
     def on_append_committed(self) -> int:
         """The in-flight append was acknowledged: commit its writes; returns the new committed lsn."""
         batch = self.inflight
@@ -307,7 +308,7 @@ class PartitionState:
         return self.lsn_committed
 
     def set_owner_epoch(self, epoch: int) -> None:
-        """This PU's ownership marker for `epoch` is in the log: later appends carry it."""
+        """This PU claimed the partition at `epoch` and replayed up to the claim: later appends carry the epoch."""
         assert epoch >= self.log_epoch, "epochs only grow"
         self.log_epoch = epoch
 

@@ -1,4 +1,4 @@
-"""The partition changelog in JetStream: stream set-up, fenced appends acknowledged to our own inbox, and replay."""
+"""The space's log in JetStream: stream set-up, ownership claims, appends fenced on them, replay and trimming."""
 
 from __future__ import annotations
 
@@ -15,14 +15,16 @@ from nats.errors import Error as NatsError
 from nats.js.errors import BadRequestError, NotFoundError
 
 from spacegrid import codec
+from spacegrid.engine.coordination import NOT_READY
 from spacegrid.engine.subjects import Names
-from spacegrid.errors import CommitUnknown, Fenced, GridUnavailable, SpacegridError
-from spacegrid.limits import LOG_DUPLICATE_WINDOW_S, REPLAY_PENDING_BYTES_MAX, REPLAY_PENDING_MSGS_MAX
+from spacegrid.errors import CommitUnknown, DecodeError, Fenced, GridUnavailable, SpacegridError
+from spacegrid.limits import CLAIM_BYTES_MAX, LOG_DUPLICATE_WINDOW_S, REPLAY_PENDING_BYTES_MAX, REPLAY_PENDING_MSGS_MAX
 
 log = logging.getLogger("spacegrid.changelog")
 
 WRONG_LAST_SEQUENCE = 10071
 FENCE_HEADER = "Nats-Expected-Last-Subject-Sequence"
+FENCE_SUBJECT_HEADER = "Nats-Expected-Last-Subject-Sequence-Subject"  # the fence checks this filter instead
 
 
 async def ensure_stream(js: JetStreamContext, names: Names, replicas: int, max_msg_bytes: int) -> None:
@@ -49,13 +51,16 @@ async def ensure_stream(js: JetStreamContext, names: Names, replicas: int, max_m
 
 
 class Changelog:
-    """Appends fenced log messages; acks arrive on one subscription to our own inbox (no future per request
-    in the client library, and a rejected append is an answer, never a hang)."""
+    """One PU incarnation's view of the space's log (ADR 0009): appends to its own subject fenced on the last
+    sequence of every partition's ownership claims, claims by compare-and-set, replay and following of every PU's
+    writes, and trimming. Acks arrive on one subscription to our own inbox (no future per request in the client
+    library, and a rejected append is an answer, never a hang)."""
 
-    def __init__(self, nc: Client, js: JetStreamContext, names: Names, append_timeout_s: float) -> None:
+    def __init__(self, nc: Client, js: JetStreamContext, names: Names, member_id: str, append_timeout_s: float) -> None:
         self.nc = nc
         self.js = js
         self.names = names
+        self.subject = names.pu_log_subject(member_id)
         self.append_timeout_s = append_timeout_s
         self._inbox = nc.new_inbox()
         self._tokens = itertools.count(1)
@@ -73,27 +78,50 @@ class Changelog:
                 future.set_exception(CommitUnknown("changelog closed with the append in flight"))
         self._waiting.clear()
 
-    async def append(self, partition: int, payload: bytes, expected_last_seq: int) -> int:
-        """Append one message to the partition's subject if its last sequence is `expected_last_seq`.
-        Returns the new sequence; raises Fenced (not applied) or CommitUnknown (maybe applied)."""
+    async def append(self, payload: bytes, claims_seq: int) -> int:
+        """Append one message to this PU's subject if no partition was claimed after stream sequence `claims_seq`.
+        Returns its sequence; raises Fenced (not applied; `last_seq` is the newest claim) or CommitUnknown."""
+        return await self._publish(self.subject, payload, {FENCE_HEADER: str(claims_seq),
+                                                           FENCE_SUBJECT_HEADER: self.names.claim_wildcard})
+
+    async def claim(self, partition: int, epoch: int, member_id: str, attempts_max: int) -> int | None:
+        """Append this owner's claim of the partition at `epoch` after its last claim (compare-and-set, retried
+        while other claims land); returns the claim's sequence, or None when a claim at a newer epoch holds it.
+        From that sequence on every append of a previous owner fails its fence."""
+        for _ in range(attempts_max):
+            last_seq, last_epoch = await self._last_claim(partition)
+            if last_epoch > epoch:
+                return None
+            try:
+                return await self._publish(self.names.claim_subject(partition), codec.encode([epoch, member_id]),
+                                           {FENCE_HEADER: str(last_seq)})
+            except Fenced:
+                continue  # another claim landed since we read: read again
+        raise GridUnavailable(f"partition {partition}: {attempts_max} claims in a row lost the race")
+
+    async def _last_claim(self, partition: int) -> tuple[int, int]:
+        """(sequence, epoch) of the partition's last claim; (0, 0) if it has none."""
+        try:
+            message = await self.js.get_last_msg(self.names.stream, self.names.claim_subject(partition))
+        except NotFoundError:
+            return 0, 0
+        except NOT_READY as exc:
+            raise GridUnavailable(f"partition {partition}'s last claim could not be read: {exc!r}") from exc
+        epoch, _ = decode_claim(message.data or b"")
+        return int(message.seq or 0), epoch
+
+    async def _publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> int:
         token = str(next(self._tokens))
         loop = asyncio.get_running_loop()
         future: asyncio.Future[int] = loop.create_future()
         self._waiting[token] = future
         timer = loop.call_later(self.append_timeout_s, self._expire, token)
         try:
-            await self.nc.publish(
-                self.names.log_subject(partition),
-                payload,
-                reply=f"{self._inbox}.{token}",
-                headers={FENCE_HEADER: str(expected_last_seq)},
-            )
-            seq = await future
+            await self.nc.publish(subject, payload, reply=f"{self._inbox}.{token}", headers=headers)
+            return await future
         finally:
             timer.cancel()
             self._waiting.pop(token, None)
-        assert seq > expected_last_seq, "stream sequences only advance"
-        return seq
 
     def _expire(self, token: str) -> None:
         future = self._waiting.pop(token, None)
@@ -110,40 +138,40 @@ class Changelog:
         else:
             future.set_result(future_result)
 
-    async def last_sequence(self, partition: int) -> int:
-        """The stream sequence of the partition subject's last message, 0 if it has none."""
+    async def last_sequence(self, subject: str) -> int:
+        """The stream sequence of the last message on a subject (wildcards allowed), 0 if there is none;
+        GridUnavailable while JetStream does not answer."""
         try:
-            message = await self.js.get_last_msg(self.names.stream, self.names.log_subject(partition))
+            message = await self.js.get_last_msg(self.names.stream, subject)
         except NotFoundError:
             return 0
+        except NOT_READY as exc:
+            raise GridUnavailable(f"the log's last message on {subject} could not be read: {exc!r}") from exc
         return int(message.seq or 0)
 
-    async def trim(self, partition: int, keep_from_seq: int) -> None:
-        """Delete the partition's messages before stream sequence keep_from_seq; that one and later ones stay."""
+    async def trim(self, keep_from_seq: int) -> None:
+        """Delete every PU's writes before stream sequence keep_from_seq (claims stay: the fence needs them)."""
         try:
-            await self.js.purge_stream(self.names.stream, seq=keep_from_seq, subject=self.names.log_subject(partition))
+            await self.js.purge_stream(self.names.stream, seq=keep_from_seq, subject=self.names.pu_log_wildcard)
         except NatsError as exc:
-            raise GridUnavailable(f"trimming partition {partition}'s log failed: {exc}") from exc
+            raise GridUnavailable(f"trimming the log failed: {exc}") from exc
 
-    async def replay(
-        self,
-        partition: int,
-        after_seq: int,
-        until_seq: int,
-        apply: Callable[[int, Any], None],
-        size_max_bytes: int,
-        timeout_s: float,
-    ) -> int:
-        """Feed every message of the partition with after_seq < seq <= until_seq to apply(seq, message)."""
-        if until_seq <= after_seq:
-            return after_seq
+    async def replay(self, after_seq: int, until_seq: int, apply: Callable[[int, Any], None], size_max_bytes: int,
+                     timeout_s: float) -> int:
+        """Feed every PU message after after_seq to apply(seq, message), up to until_seq or, if the log ends
+        before it, to the log's end; returns the last sequence read (until_seq at least)."""
+        if await self.last_sequence(self.names.pu_log_wildcard) <= after_seq:
+            return max(after_seq, until_seq)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         last = after_seq
 
         async def on_message(msg: Msg) -> None:
             nonlocal last
-            seq, _ = delivery_position(msg.reply)
+            seq, pending = delivery_position(msg.reply)
             if done.done() or seq <= last:
+                return
+            if seq > until_seq:  # past the bound (a claim is no PU message: the next one may follow it)
+                done.set_result(None)
                 return
             try:
                 apply(seq, codec.decode(msg.data, size_max_bytes))
@@ -151,25 +179,24 @@ class Changelog:
                 done.set_exception(exc)
                 return
             last = seq
-            if seq >= until_seq:
+            if seq == until_seq or pending == 0:
                 done.set_result(None)
 
-        sub = await self._subscribe_from(partition, after_seq, on_message)
+        sub = await self._subscribe_from(self.names.pu_log_wildcard, after_seq, on_message)
         try:
             await asyncio.wait_for(done, timeout_s)
         except asyncio.TimeoutError:
-            raise GridUnavailable(f"replay of partition {partition} did not reach seq {until_seq} in {timeout_s}s") from None
+            raise GridUnavailable(f"replay of the log did not reach seq {until_seq} in {timeout_s}s") from None
         finally:
             await sub.unsubscribe()
-        return last
+        return max(last, until_seq)
 
-
-    async def follow(self, partition: int, after_seq: int, apply: Callable[[int, Any, int], None],
-                     size_max_bytes: int, on_broken: Callable[[], None]) -> Any:
-        """Feed every message after after_seq, then every new one as it is appended, to apply(seq, message,
-        pending) where pending counts the messages the server still has to deliver; returns the subscription
-        (unsubscribe to stop). A message that fails to decode or apply stops the feed (logged) and calls
-        on_broken()."""
+    async def follow(self, after_seq: int, apply: Callable[[int, str, Any, int], None], size_max_bytes: int,
+                     on_broken: Callable[[], None]) -> Any:
+        """Feed every PU message after after_seq, then every new one as it is appended, to apply(seq, subject,
+        message, pending) where pending counts the messages the server still has to deliver; returns the
+        subscription (unsubscribe to stop). A message that fails to decode or apply stops the feed (logged) and
+        calls on_broken()."""
         state = {"last": after_seq, "broken": False}
 
         async def on_message(msg: Msg) -> None:
@@ -177,20 +204,37 @@ class Changelog:
             if state["broken"] or seq <= state["last"]:
                 return
             try:
-                apply(seq, codec.decode(msg.data, size_max_bytes), pending)
+                apply(seq, msg.subject, codec.decode(msg.data, size_max_bytes), pending)
             except Exception:
                 state["broken"] = True
-                log.exception("following partition %d stopped at seq %d", partition, seq)
+                log.exception("following the log stopped at seq %d", seq)
                 on_broken()
                 return
             state["last"] = seq
 
-        return await self._subscribe_from(partition, after_seq, on_message)
+        return await self._subscribe_from(self.names.pu_log_wildcard, after_seq, on_message)
 
-    async def _subscribe_from(self, partition: int, after_seq: int, on_message: Callable[[Msg], Any]) -> Any:
-        """An ordered push consumer on the partition's subject, starting after after_seq."""
+    async def watch_claims(self, apply: Callable[[int, int, int, str], None]) -> Any:
+        """Feed every partition's claims, then each new one, to apply(seq, partition, epoch, member); returns the
+        subscription. A claim that does not decode is skipped (logged): it fences like any other."""
+        prefix = len(self.names.claim_wildcard) - 1
+
+        async def on_message(msg: Msg) -> None:
+            seq, _ = delivery_position(msg.reply)
+            try:
+                epoch, member = decode_claim(msg.data)
+                partition = int(msg.subject[prefix:])
+            except (SpacegridError, ValueError):
+                log.error("claim at seq %d on %s does not decode; ignored", seq, msg.subject)
+                epoch, member, partition = 0, "", -1
+            apply(seq, partition, epoch, member)
+
+        return await self._subscribe_from(self.names.claim_wildcard, 0, on_message)
+
+    async def _subscribe_from(self, subject: str, after_seq: int, on_message: Callable[[Msg], Any]) -> Any:
+        """An ordered push consumer on the subject (filter), starting after after_seq."""
         return await self.js.subscribe(
-            self.names.log_subject(partition),
+            subject,
             stream=self.names.stream,
             cb=on_message,
             ordered_consumer=True,
@@ -199,6 +243,15 @@ class Changelog:
             pending_msgs_limit=REPLAY_PENDING_MSGS_MAX,
             pending_bytes_limit=REPLAY_PENDING_BYTES_MAX,
         )
+
+
+def decode_claim(data: bytes) -> tuple[int, str]:
+    """(epoch, member) of a claim message; DecodeError if it is not one."""
+    claim = codec.decode(data, CLAIM_BYTES_MAX)
+    if not (isinstance(claim, list) and len(claim) == 2 and isinstance(claim[0], int) and isinstance(claim[1], str)):
+        raise DecodeError(f"not a claim: {claim!r:.80}")
+    return claim[0], claim[1]
+
 
 def delivery_position(reply: str) -> tuple[int, int]:
     """(stream sequence, messages still pending) of a message a JetStream consumer delivered, read off its ack
@@ -225,5 +278,7 @@ def _parse_ack(msg: Msg) -> int | SpacegridError:
     if error is None:
         return int(reply["seq"])
     if error.get("err_code") == WRONG_LAST_SEQUENCE:
-        return Fenced(f"append rejected by the fence: {error.get('description')}")
+        description = str(error.get("description", ""))
+        found = description.rpartition(":")[2].strip()
+        return Fenced(f"append rejected by the fence: {description}", int(found) if found.isdigit() else 0)
     return CommitUnknown(f"append rejected: {error.get('description')} (err_code {error.get('err_code')})")

@@ -17,8 +17,23 @@ class Names:
     def log_wildcard(self) -> str:
         return f"sg.{self.space}.log.>"
 
-    def log_subject(self, partition: int) -> str:
-        return f"sg.{self.space}.log.{partition}"
+    def pu_log_subject(self, member_id: str) -> str:
+        """Where one PU incarnation appends its partitions' writes, one message per tick (ADR 0009)."""
+        return f"sg.{self.space}.log.pu.{member_id}"
+
+    @property
+    def pu_log_wildcard(self) -> str:
+        """Every PU's writes: what a partition's recovery and a backup read, keeping their partitions' records."""
+        return f"sg.{self.space}.log.pu.>"
+
+    def claim_subject(self, partition: int) -> str:
+        """A partition's ownership claims: each new owner appends one before it replays and serves (ADR 0009)."""
+        return f"sg.{self.space}.log.claim.{partition}"
+
+    @property
+    def claim_wildcard(self) -> str:
+        """Every partition's claims: every append is fenced on this filter's last sequence."""
+        return f"sg.{self.space}.log.claim.*"
 
     def pu_subject(self, member_id: str) -> str:
         """Where a smart client sends batches bound for one PU."""

@@ -133,8 +133,8 @@ class Transport:
         except NOT_READY as exc:
             raise GridUnavailable(f"JetStream did not answer: {exc!r}") from exc
 
-    def changelog(self, names: Names, append_timeout_s: float) -> Changelog:
-        return Changelog(self._nc, self._js, names, append_timeout_s)
+    def changelog(self, names: Names, member_id: str, append_timeout_s: float) -> Changelog:
+        return Changelog(self._nc, self._js, names, member_id, append_timeout_s)
 
     async def coordination(self, names: Names, replicas: int = 1, create: bool = False,
                            member_ttl_s: float = 60.0) -> Coordination:

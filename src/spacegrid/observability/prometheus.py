@@ -10,9 +10,11 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 COUNTERS = {
     "requests": "Requests served",
-    "appends": "Fenced appends acknowledged by JetStream",
+    "appends": "Log messages acknowledged by JetStream (one per tick, holding every partition written)",
+    "parts": "Partitions' parts in those messages (parts / appends: partitions per message)",
     "records": "Records written to the log",
-    "fenced": "Appends rejected by the fence (this PU was deposed)",
+    "fence_retries": "Log messages refused because a partition was claimed since; appended again without it",
+    "fenced": "Partitions deposed because another PU claimed them",
     "failovers": "Dead members removed while this PU coordinated",
     "promoted": "Partitions taken over from a hot backup without a full replay",
     "rejoins": "Times this PU found itself declared dead and joined again",
@@ -22,7 +24,7 @@ COUNTERS = {
     "store_flushes": "Store transactions of the write-behind pump that committed",
     "store_errors": "Write-behind attempts that failed because the store was unavailable (retried)",
     "dead_letters": "Entries the store rejected for good, sent to the dead-letter table",
-    "log_trims": "Log trims behind the store",
+    "log_trims": "Log trims behind the store (by the coordinator)",
     "loaded_rows": "Rows loaded from the store by recovering partitions",
     "overloaded": "Requests refused with Overloaded because a queue of this PU was at its bound (limits.py)",
     "bad_requests": "Requests refused as malformed (the caller's fault)",

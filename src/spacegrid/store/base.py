@@ -177,6 +177,11 @@ class Store(ABC):
         """The partition's position; Progress(0, 0) if nothing was persisted."""
 
     @abstractmethod
+    async def log_position(self, partitions: int) -> int:
+        """The lowest log position of partitions 0..partitions-1: the log before it holds nothing the store lacks
+        (0 while a partition has no position yet)."""
+
+    @abstractmethod
     async def persist(self, partition: int, rows: Sequence[Row], lsn: int, seq: int, advance: bool) -> None:
         """One transaction: lock the partition's position and refuse (StaleWrite) if it is past lsn; upsert or
         delete each row where the stored version is older; with advance, move the position to (lsn, seq).

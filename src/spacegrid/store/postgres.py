@@ -115,6 +115,12 @@ class PostgresStore(Store):
             f"SELECT lsn, seq FROM {quoted(self.tables.progress)} WHERE partition = $1", partition))
         return Progress(0, 0) if found is None else Progress(int(found["lsn"]), int(found["seq"]))
 
+    async def log_position(self, partitions: int) -> int:
+        found = await self._with(lambda db: db.fetchrow(
+            f"SELECT count(*) AS n, min(seq) AS low FROM {quoted(self.tables.progress)} WHERE partition < $1",
+            partitions))
+        return 0 if found is None or int(found["n"]) < partitions else int(found["low"])
+
     async def persist(self, partition: int, rows: Sequence[Row], lsn: int, seq: int, advance: bool) -> None:
         assert lsn >= 0 and seq >= 0
         progress = quoted(self.tables.progress)

@@ -105,6 +105,12 @@ class SqliteStore(Store):
             f"SELECT lsn, seq FROM {quoted(self.tables.progress)} WHERE partition = ?", (partition,)).fetchone())
         return Progress(0, 0) if found is None else Progress(int(found[0]), int(found[1]))
 
+    async def log_position(self, partitions: int) -> int:
+        found = await self._run(lambda db: db.execute(
+            f"SELECT count(*), min(seq) FROM {quoted(self.tables.progress)} WHERE partition < ?",
+            (partitions,)).fetchone())
+        return 0 if found is None or int(found[0]) < partitions else int(found[1])
+
     async def persist(self, partition: int, rows: Sequence[Row], lsn: int, seq: int, advance: bool) -> None:
         assert lsn >= 0 and seq >= 0
         progress = quoted(self.tables.progress)

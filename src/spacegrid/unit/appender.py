@@ -1,5 +1,6 @@
-"""Group commit on one PU: owned partitions' pending writes appended under the fence, a bounded number at once,
-and the replies that wait for those commits (write-through ones also for the store)."""
+"""Group commit on one PU: its partitions' pending writes appended together, one log message per tick fenced on the
+claims (ADR 0009), a bounded number at once, and the replies that wait for those commits (write-through ones also
+for the store)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import logging
 from collections import deque
 from collections.abc import Callable
 
-from spacegrid.core.partition import Outcome
+from spacegrid.core.logformat import encode_pu_message
+from spacegrid.core.partition import AppendBatch, Outcome
 from spacegrid.engine.changelog import Changelog
-from spacegrid.errors import SpacegridError
-from spacegrid.limits import Limits
+from spacegrid.errors import Fenced, SpacegridError
+from spacegrid.limits import KIB, Limits
+from spacegrid.unit.claims import ClaimView
 from spacegrid.unit.replies import Replies
 from spacegrid.unit.slot import Slot
 
@@ -19,19 +22,24 @@ log = logging.getLogger("spacegrid.appender")
 
 
 class Appender:
-    """`schedule(slot)` after a slot gains pending writes. At most `limits.appends_in_flight_max` appends run at
-    once, so under load each carries more writes (group commit across the wait). `on_settled(slot, error)` is
-    called after every append of a partition that is no longer served, and after every failed one."""
+    """`schedule(slot)` after a slot gains pending writes. Each log message holds the pending writes of every
+    partition queued (one part per partition, ADR 0009), fenced on the claims this PU has seen; at most
+    `limits.appends_in_flight_max` messages are in flight, and a partition is in at most one of them, so under load
+    each message carries more (group commit across partitions and across the wait). `on_settled(slot, error)` is
+    called after every append of a partition that is no longer served or was claimed by another PU, and after
+    every failed one."""
 
-    def __init__(self, changelog: Changelog, limits: Limits, replies: Replies,
+    def __init__(self, changelog: Changelog, claims: ClaimView, limits: Limits, replies: Replies,
                  on_settled: Callable[[Slot, SpacegridError | None], None], kick_store: Callable[[], None]) -> None:
         self.changelog = changelog
+        self.claims = claims
         self.limits = limits
         self.replies = replies
         self.on_settled = on_settled
         self.kick_store = kick_store
         self.waiting = 0  # replies waiting for a commit (or for the store), on every slot together
-        self.counters = {"appends": 0, "records": 0}
+        self.counters = {"appends": 0, "records": 0, "parts": 0, "fence_retries": 0}
+        self.last_seq = 0  # the newest log message this PU appended
         self._queue: deque[Slot] = deque()  # each slot at most once (slot.queued): bounded by the partition count
         self._in_flight: set[asyncio.Task[None]] = set()
 
@@ -45,7 +53,8 @@ class Appender:
             return
         slot.queued = True
         self._queue.append(slot)
-        self._start()
+        if len(self._in_flight) < self.limits.appends_in_flight_max:
+            asyncio.get_running_loop().call_soon(self._start)  # after this tick's requests: one message for all
 
     async def wait_idle(self, timeout_s: float) -> None:
         """Until no append is in flight (bounded)."""
@@ -55,37 +64,83 @@ class Appender:
     def _start(self) -> None:
         loop = asyncio.get_running_loop()
         while self._queue and len(self._in_flight) < self.limits.appends_in_flight_max:
+            entries = self._take_message()
+            if not entries:
+                continue
+            task = loop.create_task(self._append(entries, self.claims.seen_seq))
+            self._in_flight.add(task)
+            task.add_done_callback(self._on_done)
+
+    def _take_message(self) -> list[tuple[Slot, AppendBatch]]:
+        """One message's worth of queued partitions' pending writes (under 2 x append_bytes_max)."""
+        entries: list[tuple[Slot, AppendBatch]] = []
+        size_bytes = 0
+        while self._queue and size_bytes < self.limits.append_bytes_max - KIB:
             slot = self._queue.popleft()
             slot.queued = False
             if not slot.state.unsent or not slot.serving:
                 continue
+            if self.claims.claimed_away(slot.partition, slot.claim_seq):
+                self.on_settled(slot, Fenced(f"partition {slot.partition} was claimed by another PU"))
+                continue
+            batch = slot.state.take_append()
+            assert batch is not None
             slot.appending = True
-            task = loop.create_task(self._append(slot))
-            self._in_flight.add(task)
-            task.add_done_callback(self._on_done)
+            entries.append((slot, batch))
+            size_bytes += len(batch.payload)
+        return entries
 
     def _on_done(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
         self._start()
 
-    async def _append(self, slot: Slot) -> None:
-        """Append one message of the partition's pending writes, fenced on its previous one; then queue the rest."""
-        batch = slot.state.take_append()
-        assert batch is not None
+    async def _append(self, entries: list[tuple[Slot, AppendBatch]], claims_seq: int) -> None:
+        """Append one message of the partitions' pending writes; then queue what they have behind it."""
+        payload = encode_pu_message([(slot.partition, batch.payload) for slot, batch in entries])
         try:
-            seq = await self.changelog.append(slot.partition, batch.payload, slot.last_seq)
-        except SpacegridError as exc:
-            slot.appending = False
-            self.on_settled(slot, exc)
+            seq = await self.changelog.append(payload, claims_seq)
+        except Fenced as exc:
+            await self._refused(entries, exc)
             return
-        assert seq > slot.last_seq, "a partition's log sequence only advances"
-        slot.last_seq = seq
-        slot.appending = False
+        except SpacegridError as exc:
+            for slot, _ in entries:
+                slot.appending = False
+                self.on_settled(slot, exc)
+            return
+        self.last_seq = max(self.last_seq, seq)
         self.counters["appends"] += 1
-        self.counters["records"] += batch.record_count
-        self._release_waiters(slot, slot.state.on_append_committed())
-        slot.mark_unpersisted()
-        if slot.serving:
+        self.counters["parts"] += len(entries)
+        for slot, batch in entries:
+            assert seq > slot.last_seq, "a partition's log position only advances"
+            slot.last_seq = seq
+            slot.appending = False
+            self.counters["records"] += batch.record_count
+            self._release_waiters(slot, slot.state.on_append_committed())
+            slot.mark_unpersisted()
+            self._after(slot)
+
+    async def _refused(self, entries: list[tuple[Slot, AppendBatch]], error: Fenced) -> None:
+        """A claim landed after the one the message was fenced on: nothing of it was applied. Once the claims are
+        seen up to the refusal's, partitions claimed by another PU are deposed; the others append again."""
+        self.counters["fence_retries"] += 1
+        try:
+            await self.claims.wait_seen(error.last_seq, self.limits.append_timeout_s)
+        except SpacegridError as exc:
+            log.warning("append refused and the claims cannot be read (%s): deposing its partitions", exc)
+            for slot, _ in entries:
+                slot.appending = False
+                self.on_settled(slot, error)
+            return
+        for slot, _ in entries:
+            slot.appending = False
+            slot.state.retract_append()
+            self._after(slot)
+
+    def _after(self, slot: Slot) -> None:
+        """A slot's append settled: queue what follows, or tell the driver the partition is gone."""
+        if self.claims.claimed_away(slot.partition, slot.claim_seq):
+            self.on_settled(slot, Fenced(f"partition {slot.partition} was claimed by another PU"))
+        elif slot.serving:
             self.schedule(slot)
         else:
             self.on_settled(slot, None)

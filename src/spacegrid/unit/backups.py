@@ -10,8 +10,11 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from spacegrid import codec
+from spacegrid.core.logformat import parts_of
 from spacegrid.core.partition import PartitionState
 from spacegrid.engine.changelog import Changelog
+from spacegrid.errors import SpacegridError
 from spacegrid.unit.pump import load_from_store
 from spacegrid.limits import Limits
 from spacegrid.store.base import Store
@@ -26,32 +29,21 @@ class Backup:
 
     partition: int
     state: PartitionState
-    applied_seq: int = 0
-    target_seq: int = 0  # the subject's last sequence when following began: ready once applied this far
-    pending_records: int = 0
-    behind_since_s: float | None = None
+    applied_seq: int = 0  # the state holds this partition's records of every log message up to here
+    target_seq: int = 0  # the log's last message when it was loaded: ready once the follower is this far
+    loaded: bool = False  # filled from the store (if any); its records after applied_seq come from the follower
+    covered: bool = False  # the running follower started at or before applied_seq: it feeds this replica
     detached: bool = False  # handed over for promotion: late deliveries must not touch the state any more
-    sub: Any = None
     task: asyncio.Task[None] | None = field(default=None, repr=False)
-
-    @property
-    def ready(self) -> bool:
-        """Caught up with the log as it stood when following began, and not behind now."""
-        return self.sub is not None and self.applied_seq >= self.target_seq and self.pending_records == 0
-
-    def lag(self, now_s: float) -> tuple[int, float]:
-        """(records, seconds) this replica is behind the log."""
-        if self.pending_records == 0 and self.applied_seq >= self.target_seq:
-            return 0, 0.0
-        records = max(self.pending_records, self.target_seq - self.applied_seq)
-        return records, 0.0 if self.behind_since_s is None else now_s - self.behind_since_s
 
 
 class Backups:
-    """The backups one PU holds; started and stopped to match the partition table. At most
-    `limits.catch_ups_max` of them catch up with the log at once (migration throttling: a joining PU does not
-    replay every partition at the same time, which would starve the partitions it already serves); the others
-    wait in order. Ownership moves only to a ready backup, so this also paces live migration."""
+    """The backups one PU holds; started and stopped to match the partition table. One follower reads every
+    PU's log messages and applies the parts of the partitions held here (ADR 0009); a backup joins it once loaded
+    from the store (the follower restarts from the lowest position a replica needs; replicas skip what they have).
+    At most `limits.catch_ups_max` backups load at once (migration throttling: a joining PU does not load every
+    partition at the same time, which would starve the partitions it already serves); the others wait in order.
+    Ownership moves only to a ready backup, so this also paces live migration."""
 
     def __init__(self, changelog: Changelog, space: Space, limits: Limits,
                  time_limit: Callable[[], AbstractContextManager[Any]], store: Store | None = None) -> None:
@@ -62,6 +54,13 @@ class Backups:
         self.time_limit = time_limit
         self.held: dict[int, Backup] = {}
         self.waiting: deque[int] = deque()  # held, not started yet: started in order as catch-ups finish
+        self.counters = {"backup_follower_restarts": 0, "backup_messages": 0, "backup_parts_applied": 0}
+        self._follower: Any = None
+        self._follower_seq = 0  # the last log message the follower delivered (and applied to covered replicas)
+        self._follower_pending = 0  # messages the server still had to deliver then
+        self._behind_since_s: float | None = None
+        self._refollow_task: asyncio.Task[None] | None = None
+        self._generation = 0  # of the follower: deliveries of a stopped one (still in flight) are ignored
 
     def sync(self, wanted: set[int]) -> None:
         """Follow exactly the partitions in `wanted`."""
@@ -73,10 +72,52 @@ class Backups:
             self.held[partition] = Backup(partition, state)
             self.waiting.append(partition)
         self._start_waiting()
+        if not self.held:
+            self._stop_follower()
+
+    def ready(self, backup: Backup) -> bool:
+        """Caught up with the log as it stood when loaded, and not behind now."""
+        return backup.covered and self._follower_seq >= backup.target_seq and self._follower_pending == 0
 
     def catching_up(self) -> int:
         """Backups started and not ready yet."""
-        return sum(1 for backup in self.held.values() if backup.task is not None and not backup.ready)
+        return sum(1 for backup in self.held.values() if backup.task is not None and not self.ready(backup))
+
+    def take(self, partition: int) -> Backup | None:
+        """Stop following a partition and hand its replica over (promotion); None if not held or not following.
+        Its applied_seq is then where its replay must start."""
+        backup = self.held.pop(partition, None)
+        if backup is None:
+            return None
+        covered = backup.covered
+        if covered:
+            backup.applied_seq = max(backup.applied_seq, self._follower_seq)
+        backup.detached = True
+        self._stop(backup)
+        return backup if covered else None
+
+    def ready_partitions(self) -> list[int]:
+        return sorted(p for p, backup in self.held.items() if self.ready(backup))
+
+    def lag(self) -> dict[int, tuple[int, float]]:
+        now_s = time.monotonic()
+        return {p: self.lag_of(backup, now_s) for p, backup in self.held.items()}
+
+    def lag_of(self, backup: Backup, now_s: float) -> tuple[int, float]:
+        """(records, seconds) this replica is behind the log."""
+        if self.ready(backup):
+            return 0, 0.0
+        records = max(self._follower_pending, backup.target_seq - max(backup.applied_seq, self._follower_seq), 1)
+        return records, 0.0 if self._behind_since_s is None else now_s - self._behind_since_s
+
+    def stop_all(self) -> None:
+        for backup in self.held.values():
+            self._stop(backup)
+        self.held.clear()
+        self.waiting.clear()
+        self._stop_follower()
+
+    # ---- loading -------------------------------------------------------------------------------------------
 
     def _start_waiting(self) -> None:
         slots = self.limits.catch_ups_max - self.catching_up()
@@ -84,73 +125,118 @@ class Backups:
             backup = self.held.get(self.waiting.popleft())
             if backup is None or backup.task is not None:
                 continue  # stopped (or already started) since it was queued
-            backup.task = asyncio.create_task(self._start(backup), name=f"backup:{backup.partition}")
+            backup.task = asyncio.create_task(self._load(backup), name=f"backup:{backup.partition}")
             slots -= 1
 
-    def take(self, partition: int) -> Backup | None:
-        """Stop following a partition and hand its replica over (promotion); None if not held or not started."""
-        backup = self.held.pop(partition, None)
-        if backup is None:
-            return None
-        backup.detached = True
-        self._stop(backup)
-        return backup if backup.sub is not None else None
-
-    def ready_partitions(self) -> list[int]:
-        return sorted(p for p, backup in self.held.items() if backup.ready)
-
-    def lag(self) -> dict[int, tuple[int, float]]:
-        now_s = time.monotonic()
-        return {p: backup.lag(now_s) for p, backup in self.held.items()}
-
-    def stop_all(self) -> None:
-        for backup in self.held.values():
-            self._stop(backup)
-        self.held.clear()
-        self.waiting.clear()
-
-    async def _start(self, backup: Backup) -> None:
+    async def _load(self, backup: Backup) -> None:
         try:
             if self.store is not None:
                 progress = await self.store.progress(backup.partition)
                 await load_from_store(self.store, backup.state, progress.lsn, self.limits.store_load_batch_rows)
-            backup.target_seq = await self.changelog.last_sequence(backup.partition)
-            backup.behind_since_s = time.monotonic() if backup.target_seq else None
-
-            def apply(seq: int, message: Any, pending: int) -> None:
-                if backup.detached:
-                    return
-                backup.state.replay(message)
-                assert seq > backup.applied_seq, "sequences only advance"
-                backup.applied_seq = seq
-                backup.pending_records = pending
-                if pending == 0 and seq >= backup.target_seq:
-                    backup.behind_since_s = None
-                    if self.waiting:
-                        self._start_waiting()
-                elif backup.behind_since_s is None:
-                    backup.behind_since_s = time.monotonic()
-
-            backup.sub = await self.changelog.follow(backup.partition, 0, apply, 2 * self.limits.append_bytes_max,
-                                                     on_broken=lambda: self._restart(backup))
+                backup.applied_seq = progress.seq
+            backup.target_seq = await self.changelog.last_sequence(self.changelog.names.pu_log_wildcard)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.warning("backup of partition %d could not start (%s); will retry", backup.partition, exc)
             if self.held.get(backup.partition) is backup:
                 del self.held[backup.partition]
-        self._start_waiting()  # ready at once (an empty log), or failed: either way it holds no slot any more
+            self._start_waiting()
+            return
+        backup.loaded = True
+        if self._follower is not None and backup.applied_seq >= self._follower_seq:
+            backup.covered = True  # the follower has not passed its position: it feeds it from here
+            if self._behind_since_s is None and backup.target_seq > self._follower_seq:
+                self._behind_since_s = time.monotonic()
+        else:
+            self._refollow()
+        self._start_waiting()
 
-    def _restart(self, backup: Backup) -> None:
-        """Following broke (the log was trimmed past this replica): drop it; the next sync starts it afresh."""
+    # ---- the follower --------------------------------------------------------------------------------------
+
+    def _refollow(self) -> None:
+        """(Re)start the follower from the lowest position a loaded replica needs (once, however often asked)."""
+        if self._refollow_task is None or self._refollow_task.done():
+            self._refollow_task = asyncio.create_task(self._restart_follower(), name="backups:follow")
+
+    async def _restart_follower(self) -> None:
+        while True:
+            loaded = [b for b in self.held.values() if b.loaded and not b.detached]
+            if not loaded:
+                return
+            for backup in loaded:
+                if backup.covered:
+                    backup.applied_seq = max(backup.applied_seq, self._follower_seq)
+                backup.covered = False
+            start_seq = min(backup.applied_seq for backup in loaded)
+            self._stop_follower()
+            self._follower_seq, self._follower_pending = start_seq, 0
+            self._behind_since_s = time.monotonic()
+            generation = self._generation
+            for backup in loaded:
+                backup.covered = True  # before the first delivery: it may come before follow() returns
+            try:
+                self._follower = await self.changelog.follow(
+                    start_seq, lambda *delivery: self._apply(generation, *delivery), 2 * self.limits.append_bytes_max,
+                    on_broken=lambda: self._broken() if generation == self._generation else None)
+            except Exception as exc:  # the connection is closing or lost: the next sync starts over
+                log.warning("following the log for backups failed (%s)", exc)
+                for backup in loaded:
+                    self._drop(backup)
+                return
+            self.counters["backup_follower_restarts"] += 1
+            uncovered = [b for b in self.held.values() if b.loaded and not b.covered and not b.detached]
+            if not uncovered:
+                self._start_waiting()
+                return
+
+    def _apply(self, generation: int, seq: int, _subject: str, message: Any, pending: int) -> None:
+        if generation != self._generation:
+            return
+        self._follower_seq, self._follower_pending = seq, pending
+        self.counters["backup_messages"] += 1
+        # (this PU's own messages too: they hold partitions it owned before it became their backup)
+        size_max_bytes = self.limits.append_bytes_max
+        for partition, part in parts_of(message):
+            backup = self.held.get(partition)
+            if backup is None or not backup.covered or backup.detached or seq <= backup.applied_seq:
+                continue
+            try:
+                backup.state.replay(codec.decode(part, size_max_bytes))
+            except SpacegridError as exc:  # a gap (the log was trimmed past it): load it afresh
+                log.warning("backup of partition %d stopped at seq %d (%s); reloading it", partition, seq, exc)
+                self._drop(backup)
+                self.sync(self.held.keys() | {partition})
+                continue
+            backup.applied_seq = seq
+            self.counters["backup_parts_applied"] += 1
+        if pending == 0:
+            self._behind_since_s = None
+            if self.waiting:
+                self._start_waiting()
+        elif self._behind_since_s is None:
+            self._behind_since_s = time.monotonic()
+
+    def _broken(self) -> None:
+        """A log message did not decode: every replica drops (the next sync starts them afresh)."""
+        for backup in list(self.held.values()):
+            self._drop(backup)
+        self._stop_follower()
+
+    def _drop(self, backup: Backup) -> None:
         if self.held.get(backup.partition) is backup:
             del self.held[backup.partition]
             self._stop(backup)
 
     def _stop(self, backup: Backup) -> None:
+        backup.covered = False
         if backup.task is not None and not backup.task.done():
             backup.task.cancel()
-        if backup.sub is not None:
-            asyncio.ensure_future(backup.sub.unsubscribe())
-        if self.waiting and backup.task is not None and not backup.ready:
-            asyncio.get_running_loop().call_soon(self._start_waiting)  # its catch-up slot is free
+        if self.waiting and backup.task is not None:
+            asyncio.get_running_loop().call_soon(self._start_waiting)  # its catch-up slot may be free
+
+    def _stop_follower(self) -> None:
+        self._generation += 1
+        if self._follower is not None:
+            asyncio.ensure_future(self._follower.unsubscribe())
+            self._follower = None

@@ -1,5 +1,5 @@
 """The lifecycle driver of one PU: turns table changes and I/O results into core.lifecycle events, and performs the
-instructions that come out (hand-off waits, store loads, replays, fence markers, subscriptions, replies)."""
+instructions that come out (hand-off waits, store loads, claims, replays, subscriptions, replies)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from typing import Any
 
 from spacegrid.core import lifecycle as lc
 from spacegrid.core.ownership import plan
-from spacegrid.core.partition import PartitionState, encode_owner_marker
+from spacegrid.core.logformat import parts_of
+from spacegrid.core.partition import PartitionState
+from spacegrid import codec
 from spacegrid.engine.changelog import Changelog
 from spacegrid.engine.subjects import Names
 from spacegrid.engine.transport import MessageHandler, Subscription, Transport
@@ -100,6 +102,15 @@ class Driver:
         for partition in list(self.slots):
             self.release(partition, reason, stimulus_id)
 
+    def claimed_elsewhere(self, partition: int) -> None:
+        """From the claim view: another PU claimed the partition. A served one with no append in flight is dropped
+        now (nothing of its pending writes was appended); one with an append in flight once that settles."""
+        slot = self.slots.get(partition)
+        if slot is None or not slot.serving or slot.appending or \
+                not self.appender.claims.claimed_away(partition, slot.claim_seq):
+            return
+        self.append_settled(slot, Fenced(f"partition {partition} was claimed by another PU"))
+
     def append_settled(self, slot: Slot, error: SpacegridError | None) -> None:
         """From the appender: an append of a partition no longer served settled, or an append failed."""
         if error is None:
@@ -157,6 +168,7 @@ class Driver:
         if isinstance(ins, lc.StartServing):
             slot.state.set_owner_epoch(ins.epoch)
             slot.last_seq = ins.last_seq
+            slot.claim_seq = ins.claim_seq
             slot.mark_unpersisted()
             self.counters["acquired"] += 1
         elif isinstance(ins, lc.FailWaiters):
@@ -205,29 +217,49 @@ class Driver:
             await self.membership.wait_adopted(*slot.handoff)
             return lc.HandoffConfirmed(p, a, self._stimulus("handoff"))
         if isinstance(ins, lc.LoadFromStore):
-            await self._catch_up_with_store(slot, ins.promoted)
-            return lc.StoreLoaded(p, a, self._stimulus("loaded"))
+            after_seq = await self._catch_up_with_store(slot, ins.promoted)
+            return lc.StoreLoaded(p, a, self._stimulus("loaded"), after_seq)
+        if isinstance(ins, lc.AppendClaim):
+            seq = await self.changelog.claim(p, ins.epoch, self.member_id, self.limits.claim_attempts_max)
+            if seq is None:
+                return lc.FenceRejected(p, a, self._stimulus("claimed-at-newer-epoch"))
+            return lc.FenceAppended(p, a, self._stimulus("claimed"), seq)
         if isinstance(ins, lc.ReplayLog):
-            seq = await self.changelog.replay(
-                p, ins.after_seq, await self.changelog.last_sequence(p), lambda _, message: slot.state.replay(message),
-                2 * self.limits.append_bytes_max, self.limits.replay_timeout_s)
+            if self.store is not None and slot.persist.seq >= ins.until_seq:
+                await self._forget_stale_position(slot, ins.until_seq)
+            size_max_bytes = self.limits.append_bytes_max
+
+            def apply(_: int, message: Any) -> None:
+                for partition, part in parts_of(message):
+                    if partition == p:
+                        slot.state.replay(codec.decode(part, size_max_bytes))
+
+            seq = await self.changelog.replay(ins.after_seq, ins.until_seq, apply, 2 * size_max_bytes,
+                                              self.limits.replay_timeout_s)
             return lc.ReplayReached(p, a, self._stimulus("replayed"), seq, slot.state.log_epoch)
-        if isinstance(ins, lc.AppendOwnerMarker):
-            try:
-                seq = await self.changelog.append(p, encode_owner_marker(ins.epoch, self.member_id), ins.after_seq)
-            except Fenced:
-                return lc.FenceRejected(p, a, self._stimulus("fence-rejected"))
-            return lc.FenceAppended(p, a, self._stimulus("fenced"), seq)
         raise AssertionError(f"not an I/O instruction: {ins}")
 
-    async def _catch_up_with_store(self, slot: Slot, promoted: bool) -> None:
+    async def _forget_stale_position(self, slot: Slot, claim_seq: int) -> None:
+        """The store's log position of the partition is past its claim: it comes from an earlier stream (NATS lost
+        its data, the store kept it). Reset it to 0 so that nothing of this stream is trimmed on its account; the
+        pump moves it up again once the partition is persisted or idle."""
+        assert self.store is not None
+        log.warning("partition %d: the store's log position %d is past its claim at %d: from an earlier log; reset",
+                    slot.partition, slot.persist.seq, claim_seq)
+        await self.store.persist(slot.partition, (), slot.persist.lsn, 0, advance=True)
+        slot.persist.seq = 0
+
+    async def _catch_up_with_store(self, slot: Slot, promoted: bool) -> int:
         """A new owner learns what the store holds: a promoted backup forgets the writes persisted since it
-        loaded; a fresh state is loaded from the store (the log holds only what the store may lack)."""
+        loaded; a fresh state is loaded from the store (the log holds only what the store may lack, and the
+        operation ids of its retained tail). Returns the log position the replay starts after."""
         assert self.store is not None
         progress = await self.store.progress(slot.partition)
         slot.persist.lsn = progress.lsn
+        slot.persist.seq = progress.seq
         if promoted:
             slot.state.on_persisted(progress.lsn)
-        else:
-            loaded = await load_from_store(self.store, slot.state, progress.lsn, self.limits.store_load_batch_rows)
-            self.counters["loaded_rows"] += loaded  # not `+= await`: that reads the counter before awaiting
+            return slot.start_seq
+        loaded = await load_from_store(self.store, slot.state, progress.lsn, self.limits.store_load_batch_rows)
+        self.counters["loaded_rows"] += loaded  # not `+= await`: that reads the counter before awaiting
+        return 0  # the whole retained tail: it rebuilds the operation ids of the last log_trim_age_s (retries)

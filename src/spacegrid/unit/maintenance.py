@@ -39,7 +39,7 @@ async def prune_backups_loop(limits: Limits, store: Store, backups: Backups, sto
         await asyncio.sleep(limits.backup_prune_interval_s)
         try:
             for partition, backup in list(backups.held.items()):
-                if backup.sub is not None:
+                if backup.loaded:
                     backup.state.on_persisted((await store.progress(partition)).lsn)
         except StoreUnavailable:
             pass  # the next round prunes

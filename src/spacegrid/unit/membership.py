@@ -168,6 +168,10 @@ class MembershipAgent:
 
     # ---- the coordinator -----------------------------------------------------------------------------------
 
+    def is_coordinator(self) -> bool:
+        """This PU is the live member that coordinates (and trims the log) as far as it knows."""
+        return coordinator(self.membership.live(time.monotonic())) == self.member_id
+
     async def coordinate(self) -> None:
         """If this PU is the coordinator, remove dead members by compare-and-set and write a fair table."""
         async with self._coordinating:

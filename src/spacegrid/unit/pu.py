@@ -23,6 +23,7 @@ from spacegrid.store.base import Store
 from spacegrid.unit import maintenance
 from spacegrid.unit.appender import Appender
 from spacegrid.unit.backups import Backups
+from spacegrid.unit.claims import ClaimView
 from spacegrid.unit.driver import Driver
 from spacegrid.unit.membership import MembershipAgent
 from spacegrid.unit.pump import Pump
@@ -82,17 +83,20 @@ class ProcessingUnit:
         self.transport = await Transport.connect(self.nats_url, f"pu:{self.member_id}",
                                                  connect_timeout_s=self.limits.connect_timeout_s,
                                                  jetstream_timeout_s=self.limits.jetstream_api_timeout_s)
-        self.changelog = self.transport.changelog(self.names, self.limits.append_timeout_s)
+        self.changelog = self.transport.changelog(self.names, self.member_id, self.limits.append_timeout_s)
         await self.changelog.start()
         await self._open_store()
         coord = await self._bootstrap()
+        self.claims = ClaimView(self.changelog, self.member_id, self._claimed_elsewhere)
+        await self.claims.start(self.limits.bootstrap_timeout_s, self.limits.bootstrap_retry_s)
         self.replies = Replies(self.transport, self.limits)
         slots: dict[int, Slot] = {}
-        self.appender = Appender(self.changelog, self.limits, self.replies,
+        self.appender = Appender(self.changelog, self.claims, self.limits, self.replies,
                                  on_settled=lambda slot, error: self.driver.append_settled(slot, error),
                                  kick_store=self._kick_store)
         self.pump = None if self.store is None else Pump(self.store, self.changelog, self.space, self.limits,
-                                                         self.appender.on_persisted)
+                                                         self.appender.on_persisted,
+                                                         trims=self._trims)
         self.backups = Backups(self.changelog, self.space, self.limits, self.time_limit, self.store)
         self.membership = MembershipAgent(self.transport, coord, self.names, self.member_id, self.limits,
                                           self.space.partitions, self.space.backup_count, self._member_info,
@@ -159,6 +163,16 @@ class ProcessingUnit:
                 log.warning("store %s unavailable (%s); retrying", self.store.url, exc)
                 await asyncio.sleep(self.limits.bootstrap_retry_s)
 
+    def _trims(self) -> bool:
+        """This PU trims the log: it coordinates, and every partition was claimed in this log (a position the
+        store kept from an earlier log is reset by the partition's claim before it can count)."""
+        return self.membership.is_coordinator() and len(self.claims.last) >= self.space.partitions
+
+    def _claimed_elsewhere(self, partition: int) -> None:
+        driver: Driver | None = getattr(self, "driver", None)  # claims are delivered from before it exists
+        if driver is not None:
+            driver.claimed_elsewhere(partition)
+
     def _kick_store(self) -> None:
         assert self.pump is not None, "write-through outcomes exist only with a store"
         self.pump.kick.set()
@@ -215,6 +229,7 @@ class ProcessingUnit:
         await self._flush_store()
         self.driver.release_all("PU stopping")
         await self.replies.flush()
+        await self.claims.stop()
         await self.changelog.stop()
         await self.transport.drain()
         if self.store is not None:
@@ -254,6 +269,7 @@ class ProcessingUnit:
             **self._store_statistics(),
             "table_version": self.membership.table.version,
             **self.server.counters, **self.appender.counters, **self.driver.counters, **self.membership.counters,
+            **self.backups.counters,
         }
 
     def _map_statistics(self) -> dict[str, dict[str, int]]:

@@ -36,10 +36,7 @@ class PersistState:
     """One owned partition's write-behind position: what the store holds, when the log was trimmed, retries."""
 
     lsn: int = 0  # the store holds every write with version <= lsn
-    seq: int = 0  # the log message holding lsn: the log is trimmed up to (not including) it
-    trimmed_seq: int = 0
-    trimmed_at_s: float = 0.0
-    persisted_at: deque[tuple[float, int]] = field(default_factory=deque)  # (when, seq) of each advance, oldest first
+    seq: int = 0  # the log message holding lsn (or a later one): the partition's replay starts after it
     unpersisted_since_s: float | None = None  # when the oldest write the store lacks was committed
     retry_at_s: float = 0.0
     backoff_s: float = 0.0
@@ -55,9 +52,13 @@ class Pump:
     each owned partition with unpersisted writes is persisted under the store's progress fence."""
 
     def __init__(self, store: Store, changelog: Changelog, space: Space, limits: Limits,
-                 on_advance: Callable[[Any], None]) -> None:
+                 on_advance: Callable[[Any], None], trims: Callable[[], bool]) -> None:
         self.store = store
         self.on_advance = on_advance  # called with the slot whose store position advanced
+        self.trims = trims  # whether this PU trims the log now (one PU of the grid does: the coordinator)
+        self._positions: deque[tuple[float, int]] = deque()  # (when, the store's lowest log position), oldest first
+        self._trimmed_seq = 0
+        self._advance_at_s = 0.0  # quiet partitions' positions move up (and the log is trimmed) at most this often
         self.changelog = changelog
         self.space = space
         self.limits = limits
@@ -91,9 +92,13 @@ class Pump:
         due = [slot for slot in slots if slot.state.dirty and not slot.persist.deposed
                and (retry_now or now_s >= slot.persist.retry_at_s)]
         results = await asyncio.gather(*(self._flush_limited(slot) for slot in due))
-        for slot in slots:  # a partition that went quiet still gets its last trim
-            if not slot.state.dirty:
-                await self._maybe_trim(slot)
+        if now_s >= self._advance_at_s:
+            self._advance_at_s = now_s + self.limits.log_trim_interval_s
+            log_end = await self._log_end()
+            for slot in slots:
+                if not slot.state.dirty and not slot.persist.deposed:
+                    await self._advance_position(slot, log_end)
+            await self._maybe_trim(log_end)
         return all(results) and all(not slot.state.dirty for slot in slots if not slot.persist.deposed)
 
     async def _flush_limited(self, slot: Pumped) -> bool:
@@ -140,14 +145,12 @@ class Pump:
         self.counters["store_rows"] += len(rows)
         self.counters["store_flushes"] += 1
         self._advance(slot, lsn, seq, snapshot_s)
-        await self._maybe_trim(slot)
         return True
 
     def _advance(self, slot: Pumped, lsn: int, seq: int, snapshot_s: float) -> None:
         persist = slot.persist
         assert lsn >= persist.lsn, "the store's position only advances"
         persist.lsn, persist.seq = lsn, max(seq, persist.seq)
-        persist.persisted_at.append((time.monotonic(), persist.seq))
         slot.state.on_persisted(lsn)
         persist.unpersisted_since_s = snapshot_s if slot.state.dirty else None
         self.on_advance(slot)
@@ -180,28 +183,60 @@ class Pump:
             except Exception:  # a failing hook must not stop the pump
                 log.exception("dead-letter hook %r failed for %s[%r]", hook, row.map, row.key)
 
-    async def _maybe_trim(self, slot: Pumped) -> None:
-        """Drop the log messages the store holds, keeping the last persisted one (the fence needs the subject's
-        last message), at most every log_trim_interval_s per partition, and only what was persisted log_trim_age_s
-        ago: the log's tail keeps the operation ids of that long, so a client's retry after a failure of owner and
-        backups alike is still recognised (the dedup window is rebuilt from the tail on recovery)."""
-        persist = slot.persist
-        now_s = time.monotonic()
-        if now_s - persist.trimmed_at_s < self.limits.log_trim_interval_s:
-            return
-        old_enough_s = now_s - self.limits.log_trim_age_s
-        trim_to = persist.trimmed_seq
-        while persist.persisted_at and persist.persisted_at[0][0] <= old_enough_s:
-            trim_to = max(trim_to, persist.persisted_at.popleft()[1])
-        if trim_to <= persist.trimmed_seq:
+    async def _log_end(self) -> int:
+        """The log's last PU message (0 if it cannot be read now)."""
+        try:
+            return await self.changelog.last_sequence(self.changelog.names.pu_log_wildcard)
+        except Exception as exc:  # JetStream busy or away: positions and trims wait for the next round
+            log.info("reading the log's end failed (%s)", exc)
+            return 0
+
+    async def _advance_position(self, slot: Pumped, log_end: int) -> None:
+        """A partition with nothing to persist and nothing appending moves its store position up to the log's end
+        as read before this check (none of its records can be past it but committed ones the store holds), so that
+        quiet partitions do not hold the trimming of the log back."""
+        state, persist = slot.state, slot.persist
+        target = max(slot.last_seq, log_end)
+        if persist.seq >= target or state.unsent or state.inflight is not None or state.dirty:
             return
         try:
-            await self.changelog.trim(slot.partition, trim_to)
-        except (SpacegridError, asyncio.TimeoutError) as exc:
-            log.info("partition %d: log trim failed (%s); retried after the next flush", slot.partition, exc)
-            persist.persisted_at.appendleft((old_enough_s, trim_to))
+            await self.store.persist(slot.partition, (), state.lsn_committed, target, advance=True)
+        except StaleWrite:
+            persist.deposed = True
             return
-        persist.trimmed_seq, persist.trimmed_at_s = trim_to, now_s
+        except StoreError:
+            return  # the next round tries again
+        persist.lsn, persist.seq = max(persist.lsn, state.lsn_committed), target
+
+    async def _maybe_trim(self, log_end: int) -> None:
+        """Drop the log messages every partition's store position is past, at most every log_trim_interval_s, and
+        only up to where the positions were log_trim_age_s ago: the log's tail keeps the operation ids of that
+        long, so a client's retry after a failure of owner and backups alike is still recognised (the dedup
+        window is rebuilt from the tail on recovery). Claims are never trimmed: the fence reads them."""
+        now_s = time.monotonic()
+        if log_end == 0 or not self.trims():
+            return
+        try:
+            position = await self.store.log_position(self.space.partitions)
+        except StoreError:
+            return
+        if position > log_end:  # a position from an earlier log (NATS lost its data): not this log's
+            log.warning("the store's lowest log position %d is past the log's end %d: not trimming", position,
+                        log_end)
+            return
+        self._positions.append((now_s, position))
+        trim_to = self._trimmed_seq
+        while self._positions and self._positions[0][0] <= now_s - self.limits.log_trim_age_s:
+            trim_to = max(trim_to, self._positions.popleft()[1])
+        if trim_to <= self._trimmed_seq:
+            return
+        try:
+            await self.changelog.trim(trim_to)
+        except (SpacegridError, asyncio.TimeoutError) as exc:
+            log.info("log trim failed (%s); retried next round", exc)
+            self._positions.appendleft((now_s - self.limits.log_trim_age_s, trim_to))
+            return
+        self._trimmed_seq = trim_to
         self.counters["log_trims"] += 1
 
 

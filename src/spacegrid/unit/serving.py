@@ -205,11 +205,11 @@ class Server:
 
     def _serve_backup_read(self, reply_to: str, request: protocol.GetBackup) -> None:
         backup = self.backups.held.get(request.partition)
-        if backup is None or backup.sub is None:
+        if backup is None or not backup.covered:
             raise NotOwner(f"PU {self.member_id} holds no backup of partition {request.partition} "
                            f"(table v{self.table_version()})")
         self._check_route(request.map, request.key, request.partition)
-        lag_records, lag_s = backup.lag(time.monotonic())
+        lag_records, lag_s = self.backups.lag_of(backup, time.monotonic())
         try:
             entry = backup.state.get_encoded(request.map, request.key)
         except NotLoaded:

@@ -16,13 +16,14 @@ Waiter = tuple[int, str, int, Outcome]  # (log position it waits for, reply subj
 @dataclass(eq=False)
 class Slot:
     """One attempt at holding a partition (see core.lifecycle): the state the lifecycle says is served only
-    once Active, the last sequence appended (the fence), replies waiting for commits, read-through waiters."""
+    once Active, its claim and log position, replies waiting for commits, read-through waiters."""
 
     partition: int
     attempt: int
     epoch: int
     state: PartitionState
-    last_seq: int = 0
+    last_seq: int = 0  # the last log message holding this partition's writes (or its claim): the store's position
+    claim_seq: int = 0  # this attempt's ownership claim: a later claim by another PU deposes it
     start_seq: int = 0  # a promoted backup has applied the log so far: replay starts after it
     promoted: bool = False
     handoff: tuple[str, int] | None = None  # (previous owner, table version that moved it) to wait for
