@@ -8,8 +8,8 @@ Each grid is a fresh LocalGrid (store none, embedded nats-server, spacegrid.exam
 into its own cgroup right after it starts (unlimited while the events are loaded, then limited to the quota for the
 warm-up and the measured window). The client and nats-server run outside the quotas. The driver is
 spacegrid.benchmark's (closed loop, 70% availability, 25% reserve of 1-4 seats, 5% release, the ticket invariant
-checked after every run); the offered load grows with the PU count: 64 + 8 x N requests in flight (72 at 1 PU, 128
-at 8) and events sized for N x the expected per-PU rate.
+checked after every run); the offered load grows with the PU count: 64 x N requests in flight (64 at 1 PU, 512
+at 8: each PU is offered the same load at every size, as a scale-out test adds clients with members) and events sized for N x the expected per-PU rate.
 
 The control: PostgreSQL (asyncpg, one statement per operation, synchronous_commit off by default so that it is CPU-
 bound like the grid), its pool's backends (pg_backend_pid()) in one cgroup with N x the quota. Its throughput per
@@ -54,8 +54,7 @@ from spacegrid.launcher import DEFAULT_APP, LocalGrid
 PG_DSN_DEFAULT: Final = os.environ.get("SPACEGRID_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 READY_TIMEOUT_S: Final = 120.0
 RATE_PER_CORE_GUESS: Final = 50_000.0  # ops/s one PU core is expected to reach at most: sizes the events
-INFLIGHT_BASE: Final = 64
-INFLIGHT_PER_PU: Final = 8
+INFLIGHT_PER_PU: Final = 64  # the offered load grows with the grid: each PU gets the same load at every size
 PUS_MAX: Final = 16
 RUNS_MAX: Final = 20
 MACHINE_BOUND_SHARE: Final = 0.9  # busy cores above this share of the machine's: the machine was the limit
@@ -114,7 +113,7 @@ class QuotaPgTarget(PgTarget):
 
 
 def inflight_for(pus: int, fixed: int | None) -> int:
-    return fixed if fixed else INFLIGHT_BASE + INFLIGHT_PER_PU * pus
+    return fixed if fixed else INFLIGHT_PER_PU * pus
 
 
 def run_grid(pus: int, args: argparse.Namespace, groups: CpuGroups, progress: Callable[[float, int], None]
@@ -267,7 +266,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--measure-s", type=float, default=None, help="measured window (default 8; --quick: 3)")
     parser.add_argument("--warmup-s", type=float, default=None, help="warm-up under the quota (default 2; --quick: 1)")
     parser.add_argument("--runs", type=int, default=1, help="repeat the whole sweep; medians are reported")
-    parser.add_argument("--inflight", type=int, default=None, help="requests in flight (default 64 + 8 x N)")
+    parser.add_argument("--inflight", type=int, default=None, help="requests in flight (default 64 x N)")
     parser.add_argument("--targets", default="grid,postgres", help="grid, postgres or both")
     parser.add_argument("--pg", default=PG_DSN_DEFAULT, help="PostgreSQL DSN ($SPACEGRID_BENCH_PG)")
     parser.add_argument("--pg-pool-per-pu", type=int, default=4,

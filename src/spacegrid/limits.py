@@ -34,6 +34,7 @@ class Limits:
     jetstream_api_timeout_s: float = 2.0  # one JetStream API call (stream info, last message, consumer create)
     handoff_timeout_s: float = 30.0  # a leaving PU waits this long at most for its partitions to move
     pending_requests_max: int = 100_000  # a client's requests in flight
+    client_batches_per_pu_max: int = 2  # a client's messages to one PU not fully answered; more requests wait for one
     waiters_max: int = 100_000  # a PU's requests waiting for a commit, the store or a read-through: past it, Overloaded
     replies_pending_max: int = 100_000  # a PU's replies queued and not yet handed to the connection: past it, Overloaded
     partition_backlog_ops_max: int = 50_000  # a partition's writes applied and not yet appended: past it, Overloaded
@@ -64,7 +65,7 @@ class Limits:
         assert self.heartbeat_interval_s < self.lease_s <= self.heartbeat_timeout_s
         assert self.attempt_timeout_s <= self.call_deadline_s
         assert self.catch_ups_max >= 1 and self.append_records_max >= 1 and self.dedup_window_ops >= 1 and self.appends_in_flight_max >= 1 \
-            and self.claim_attempts_max >= 1
+            and self.claim_attempts_max >= 1 and self.client_batches_per_pu_max >= 1
 
 
 DEFAULT_LIMITS: Final = Limits()

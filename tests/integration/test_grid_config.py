@@ -114,7 +114,8 @@ def test_a_pu_added_by_the_runbooks_command_takes_the_grids_store_and_serves_met
 
         def persisted() -> None:
             done = sg("status", "--json", "--data-dir", str(data_dir))
-            mine = next(m for m in json.loads(done.stdout)["members"] if m["pid"] == added.pid)
+            mine = next((m for m in json.loads(done.stdout)["members"] if m["pid"] == added.pid), None)
+            assert mine is not None, "the added PU is not (or, rejoining, not yet again) among the members"
             assert mine.get("store_available") is True and mine.get("store_rows", 0) > 0, mine
 
         eventually_sync(persisted, timeout_s=30, interval_s=0.2)

@@ -83,3 +83,26 @@ def test_backups_rebalance_when_members_join():
         settled = nxt
     loads = sorted(len(settled.backed_up_by(m)) for m in "abcd")
     assert loads[-1] - loads[0] <= 2 and sum(loads) == 64
+
+
+def test_a_new_grids_backups_follow_the_ring_of_members():
+    """A new grid of 4 members places the backups of each member's partitions on the next member of the sorted
+    ring, so each PU backs up one owner's partitions (its backup follower reads one owner's log subject), with
+    every member holding an equal share."""
+    members = ["a", "b", "c", "d"]
+    table = next_table(PartitionTable.empty(64), members, backup_count=1)
+    assert table is not None
+    for member in members:
+        owners = {table.owner(p) for p in table.backed_up_by(member)}
+        assert owners == {members[(members.index(member) - 1) % 4]}
+        assert len(table.backed_up_by(member)) == 16
+
+
+def test_two_backups_follow_the_next_two_members():
+    """With backup_count 2 the two backups of a member's partitions are the next two members of the ring."""
+    members = ["a", "b", "c", "d"]
+    table = next_table(PartitionTable.empty(16), members, backup_count=2)
+    assert table is not None
+    for p in range(16):
+        owner = members.index(table.owner(p) or "")
+        assert set(table.backups_of(p)) == {members[(owner + 1) % 4], members[(owner + 2) % 4]}

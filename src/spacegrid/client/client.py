@@ -43,6 +43,16 @@ class BackupRead:
     lag_s: float
 
 
+@dataclass(slots=True)
+class _Batch:
+    """Requests sent to one PU in one message (or its chunks), answered by one or more reply messages."""
+
+    subject: str
+    req_ids: list[int]
+    unanswered: int
+    timer: asyncio.TimerHandle
+
+
 class Client:
     """Talk to a running space. `async with await Client.connect(space, url) as client: ...`"""
 
@@ -57,7 +67,8 @@ class Client:
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._outgoing: dict[str, list[tuple[int, bytes, float]]] = {}
         self._batch_ids = itertools.count(1)
-        self._batches: dict[int, tuple[str, list[int]]] = {}
+        self._batches: dict[int, _Batch] = {}
+        self._in_flight: dict[str, int] = {}  # batches sent to each PU subject and not fully answered
         self._flush_scheduled = False
         self._closed = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -86,6 +97,8 @@ class Client:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for batch in self._batches.values():
+            batch.timer.cancel()
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(ClosedError("client closed"))
@@ -224,27 +237,36 @@ class Client:
         return future
 
     def _flush(self) -> None:
-        """Send what this tick queued: one message per PU (chunked by size), each with its own reply subject
-        so that a "no responders" status fails exactly its requests at once."""
+        """Send what was queued: one message per PU (chunked by size), each with its own reply subject so that a
+        "no responders" status fails exactly its requests at once. A PU with `client_batches_per_pu_max` batches
+        not fully answered gets nothing now: its requests gather until one is (group commit on the client side:
+        the requests per message do not fall as a client's load splits across more PUs)."""
         self._flush_scheduled = False
         outgoing, self._outgoing = self._outgoing, {}
         loop = asyncio.get_running_loop()
+        messages: list[tuple[str, bytes, str]] = []
         for subject, batch in outgoing.items():
+            if self._in_flight.get(subject, 0) >= self.limits.client_batches_per_pu_max:
+                self._outgoing[subject] = batch  # sent when one of its batches is answered (or expires)
+                continue
+            self._in_flight[subject] = self._in_flight.get(subject, 0) + 1
             batch_no = next(self._batch_ids)
             req_ids = [req_id for req_id, _, _ in batch]
-            self._batches[batch_no] = (subject, req_ids)
-            loop.call_later(min(timeout_s for _, _, timeout_s in batch), self._expire, batch_no)
+            timer = loop.call_later(min(timeout_s for _, _, timeout_s in batch), self._expire, batch_no)
+            self._batches[batch_no] = _Batch(subject, req_ids, len(req_ids), timer)
             reply_to = f"{self._inbox}.{batch_no}"
             for message in protocol.chunks([payload for _, payload, _ in batch], self.limits.request_payload_bytes_max,
                                           self.limits.requests_per_message_max):
-                self.counters["messages"] += 1
-                asyncio.ensure_future(self._publish(subject, message, reply_to))
+                messages.append((subject, message, reply_to))
+        self.counters["messages"] += len(messages)
+        loop.create_task(self._publish(messages))  # one task a tick, whatever the number of PUs
 
-    async def _publish(self, subject: str, message: bytes, reply_to: str) -> None:
-        try:
-            await self.transport.publish(subject, message, reply=reply_to)
-        except Exception as exc:  # reconnecting or closed: the attempt timer retries
-            log.debug("publish to %s failed: %s", subject, exc)
+    async def _publish(self, messages: list[tuple[str, bytes, str]]) -> None:
+        for subject, message, reply_to in messages:
+            try:
+                await self.transport.publish(subject, message, reply=reply_to)
+            except Exception as exc:  # reconnecting or closed: the attempt timer retries
+                log.debug("publish to %s failed: %s", subject, exc)
 
     def _expire(self, batch_no: int) -> None:
         self._fail_batch(batch_no, AttemptTimeout("no reply within the attempt timeout"))
@@ -253,16 +275,29 @@ class Client:
         """Requests in flight to a PU that the new table no longer names won't be answered: retry them now
         (safe for writes too: the operation id makes a retry apply at most once)."""
         live_subjects = {self.names.pu_subject(owner) for owner in owners if owner is not None}
-        for batch_no, (subject, _) in list(self._batches.items()):
-            if subject not in live_subjects:
+        for batch_no, batch in list(self._batches.items()):
+            if batch.subject not in live_subjects:
                 self._fail_batch(batch_no, AttemptTimeout("the PU this was sent to left the partition table"))
 
     def _fail_batch(self, batch_no: int, error: SpacegridError) -> None:
-        _, req_ids = self._batches.pop(batch_no, ("", []))
-        for req_id in req_ids:
+        batch = self._batches.get(batch_no)
+        if batch is None:
+            return
+        for req_id in batch.req_ids:
             future = self._pending.pop(req_id, None)
             if future is not None and not future.done():
                 future.set_exception(error)
+        self._complete(batch_no)
+
+    def _complete(self, batch_no: int) -> None:
+        """Every request of the batch is answered (or failed): its PU may get the requests gathered meanwhile."""
+        batch = self._batches.pop(batch_no)
+        batch.timer.cancel()
+        self._in_flight[batch.subject] -= 1
+        assert self._in_flight[batch.subject] >= 0, "batches are completed once each"
+        if batch.subject in self._outgoing and not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
     async def _on_reply(self, msg: Message) -> None:
         if not msg.data:
@@ -278,6 +313,12 @@ class Client:
         if not isinstance(replies, list):
             log.warning("a reply message is not a list of replies; ignored")
             return
+        batch_no = int(msg.subject.rpartition(".")[2])
+        batch = self._batches.get(batch_no)
+        if batch is not None:
+            batch.unanswered -= len(replies)
+            if batch.unanswered <= 0:
+                self._complete(batch_no)
         pending = self._pending
         for item in replies:
             try:

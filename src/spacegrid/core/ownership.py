@@ -98,8 +98,11 @@ def fair_assignment(table: PartitionTable, live_members: list[str]) -> tuple[str
 def place_backups(owners: tuple[str | None, ...], current: PartitionTable, members: list[str], backup_count: int,
                   pinned: dict[int, str], hosts: Mapping[str, str]) -> tuple[tuple[str, ...], ...]:
     """backup_count backups per partition on members other than its owner: current backups stay while their holder
-    is under its share (so backups rebalance as members come and go), the least loaded members fill the gaps, on another host than the owner where one exists. `pinned` adds a member as an extra
-    backup of a partition (the target of a live move, catching up before the flip)."""
+    is under its share (so backups rebalance as members come and go); gaps go to the members after the owner in
+    the ring of members (sorted), under their share, on another host than the owner where one exists. The ring
+    keeps each PU's backups on the partitions of few owners, so that it follows few owners' log subjects (ADR 0009).
+    `pinned` adds a member as an extra backup of a partition (the target of a live move, catching up before the
+    flip)."""
     load = {member: 0 for member in members}
     share_max = -(-len(owners) * backup_count // len(members)) if len(members) > 1 else 0
     groups: list[list[str]] = []
@@ -109,14 +112,21 @@ def place_backups(owners: tuple[str | None, ...], current: PartitionTable, membe
         groups.append(keep)
         for b in keep:
             load[b] += 1
+    ring = {member: i for i, member in enumerate(members)}
     for partition, owner in enumerate(owners):
         group = groups[partition]
         owner_host = hosts.get(owner or "", None)
+        start = ring.get(owner or "", -1)
+
+        def preference(m: str) -> tuple[bool, bool, int, int, str]:
+            return (owner_host is not None and hosts.get(m) == owner_host, load[m] >= share_max,
+                    (ring[m] - start) % len(members), load[m], m)
+
         while len(group) < backup_count:
             candidates = [m for m in members if m != owner and m not in group]
             if not candidates:
                 break
-            pick = min(candidates, key=lambda m: (owner_host is not None and hosts.get(m) == owner_host, load[m], m))
+            pick = min(candidates, key=preference)
             group.append(pick)
             load[pick] += 1
         target = pinned.get(partition)

@@ -192,11 +192,11 @@ class Changelog:
         return max(last, until_seq)
 
     async def follow(self, after_seq: int, apply: Callable[[int, str, Any, int], None], size_max_bytes: int,
-                     on_broken: Callable[[], None]) -> Any:
-        """Feed every PU message after after_seq, then every new one as it is appended, to apply(seq, subject,
-        message, pending) where pending counts the messages the server still has to deliver; returns the
-        subscription (unsubscribe to stop). A message that fails to decode or apply stops the feed (logged) and
-        calls on_broken()."""
+                     on_broken: Callable[[], None], subjects: list[str] | None = None) -> Any:
+        """Feed every PU message after after_seq (of the PU subjects in `subjects` only, if given), then every new
+        one as it is appended, to apply(seq, subject, message, pending) where pending counts the messages the
+        server still has to deliver; returns the subscription (unsubscribe to stop). A message that fails to
+        decode or apply stops the feed (logged) and calls on_broken()."""
         state = {"last": after_seq, "broken": False}
 
         async def on_message(msg: Msg) -> None:
@@ -212,7 +212,7 @@ class Changelog:
                 return
             state["last"] = seq
 
-        return await self._subscribe_from(self.names.pu_log_wildcard, after_seq, on_message)
+        return await self._subscribe_from(self.names.pu_log_wildcard, after_seq, on_message, subjects)
 
     async def watch_claims(self, apply: Callable[[int, int, int, str], None]) -> Any:
         """Feed every partition's claims, then each new one, to apply(seq, partition, epoch, member); returns the
@@ -231,15 +231,16 @@ class Changelog:
 
         return await self._subscribe_from(self.names.claim_wildcard, 0, on_message)
 
-    async def _subscribe_from(self, subject: str, after_seq: int, on_message: Callable[[Msg], Any]) -> Any:
-        """An ordered push consumer on the subject (filter), starting after after_seq."""
+    async def _subscribe_from(self, subject: str, after_seq: int, on_message: Callable[[Msg], Any],
+                              filter_subjects: list[str] | None = None) -> Any:
+        """An ordered push consumer on the subject (filter), or on `filter_subjects`, starting after after_seq."""
         return await self.js.subscribe(
             subject,
             stream=self.names.stream,
             cb=on_message,
             ordered_consumer=True,
             deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-            config=api.ConsumerConfig(opt_start_seq=after_seq + 1),
+            config=api.ConsumerConfig(opt_start_seq=after_seq + 1, filter_subjects=filter_subjects or None),
             pending_msgs_limit=REPLAY_PENDING_MSGS_MAX,
             pending_bytes_limit=REPLAY_PENDING_BYTES_MAX,
         )

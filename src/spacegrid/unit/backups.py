@@ -29,18 +29,22 @@ class Backup:
 
     partition: int
     state: PartitionState
+    owner: str  # the member whose log subject feeds it; a new owner means a new replica
     applied_seq: int = 0  # the state holds this partition's records of every log message up to here
     target_seq: int = 0  # the log's last message when it was loaded: ready once the follower is this far
-    loaded: bool = False  # filled from the store (if any); its records after applied_seq come from the follower
+    loaded: bool = False  # filled from the store and caught up with the log; the follower feeds it from applied_seq
     covered: bool = False  # the running follower started at or before applied_seq: it feeds this replica
     detached: bool = False  # handed over for promotion: late deliveries must not touch the state any more
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
 class Backups:
-    """The backups one PU holds; started and stopped to match the partition table. One follower reads every
-    PU's log messages and applies the parts of the partitions held here (ADR 0009); a backup joins it once loaded
-    from the store (the follower restarts from the lowest position a replica needs; replicas skip what they have).
+    """The backups one PU holds; started and stopped to match the partition table. One follower reads the log
+    subjects of the owners of the partitions held here and applies their parts (ADR 0009; the ring placement of
+    backups keeps those owners few). A backup is loaded from the store, caught up by a replay of every PU subject
+    (records of earlier owners included), then joins the follower (restarted from the lowest position a replica
+    needs when its filter changes; replicas skip what they have). A partition whose owner changes gets a new
+    replica: the follower no longer reads the old owner's subject.
     At most `limits.catch_ups_max` backups load at once (migration throttling: a joining PU does not load every
     partition at the same time, which would starve the partitions it already serves); the others wait in order.
     Ownership moves only to a ready backup, so this also paces live migration."""
@@ -61,15 +65,16 @@ class Backups:
         self._behind_since_s: float | None = None
         self._refollow_task: asyncio.Task[None] | None = None
         self._generation = 0  # of the follower: deliveries of a stopped one (still in flight) are ignored
+        self._filter: tuple[str, ...] = ()  # the owners' subjects the follower reads
 
-    def sync(self, wanted: set[int]) -> None:
-        """Follow exactly the partitions in `wanted`."""
-        for partition in list(self.held):
-            if partition not in wanted:
+    def sync(self, wanted: dict[int, str]) -> None:
+        """Follow exactly the partitions in `wanted` (partition -> its owner)."""
+        for partition, backup in list(self.held.items()):
+            if wanted.get(partition) != backup.owner:
                 self._stop(self.held.pop(partition))
-        for partition in sorted(wanted - self.held.keys()):
+        for partition in sorted(wanted.keys() - self.held.keys()):
             state = PartitionState(self.space, partition, self.limits, self.time_limit, track_dirty=self.store is not None)
-            self.held[partition] = Backup(partition, state)
+            self.held[partition] = Backup(partition, state, wanted[partition])
             self.waiting.append(partition)
         self._start_waiting()
         if not self.held:
@@ -135,6 +140,7 @@ class Backups:
                 await load_from_store(self.store, backup.state, progress.lsn, self.limits.store_load_batch_rows)
                 backup.applied_seq = progress.seq
             backup.target_seq = await self.changelog.last_sequence(self.changelog.names.pu_log_wildcard)
+            await self._catch_up(backup)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -144,13 +150,33 @@ class Backups:
             self._start_waiting()
             return
         backup.loaded = True
-        if self._follower is not None and backup.applied_seq >= self._follower_seq:
-            backup.covered = True  # the follower has not passed its position: it feeds it from here
+        if self._follower is not None and backup.applied_seq >= self._follower_seq \
+                and self._subject_of(backup) in self._filter:
+            backup.covered = True  # the follower has not passed its position and reads its owner: it feeds it
             if self._behind_since_s is None and backup.target_seq > self._follower_seq:
                 self._behind_since_s = time.monotonic()
         else:
             self._refollow()
         self._start_waiting()
+
+    async def _catch_up(self, backup: Backup) -> None:
+        """Apply the partition's parts of every PU subject up to the log's end as it stood when loading began
+        (what earlier owners wrote included: the follower reads only the current owner's subject)."""
+        size_max_bytes = self.limits.append_bytes_max
+
+        def apply(_: int, message: Any) -> None:
+            for partition, part in parts_of(message):
+                if partition == backup.partition:
+                    backup.state.replay(codec.decode(part, size_max_bytes))
+
+        backup.applied_seq = await self.changelog.replay(backup.applied_seq, backup.target_seq, apply,
+                                                         2 * size_max_bytes, self.limits.replay_timeout_s)
+
+    def _subject_of(self, backup: Backup) -> str:
+        return self.changelog.names.pu_log_subject(backup.owner)
+
+    def _wanted_filter(self) -> tuple[str, ...]:
+        return tuple(sorted({self._subject_of(b) for b in self.held.values() if b.loaded and not b.detached}))
 
     # ---- the follower --------------------------------------------------------------------------------------
 
@@ -169,6 +195,7 @@ class Backups:
                     backup.applied_seq = max(backup.applied_seq, self._follower_seq)
                 backup.covered = False
             start_seq = min(backup.applied_seq for backup in loaded)
+            self._filter = self._wanted_filter()
             self._stop_follower()
             self._follower_seq, self._follower_pending = start_seq, 0
             self._behind_since_s = time.monotonic()
@@ -178,7 +205,8 @@ class Backups:
             try:
                 self._follower = await self.changelog.follow(
                     start_seq, lambda *delivery: self._apply(generation, *delivery), 2 * self.limits.append_bytes_max,
-                    on_broken=lambda: self._broken() if generation == self._generation else None)
+                    on_broken=lambda: self._broken() if generation == self._generation else None,
+                    subjects=list(self._filter))
             except Exception as exc:  # the connection is closing or lost: the next sync starts over
                 log.warning("following the log for backups failed (%s)", exc)
                 for backup in loaded:
@@ -186,7 +214,7 @@ class Backups:
                 return
             self.counters["backup_follower_restarts"] += 1
             uncovered = [b for b in self.held.values() if b.loaded and not b.covered and not b.detached]
-            if not uncovered:
+            if not uncovered and self._filter == self._wanted_filter():
                 self._start_waiting()
                 return
 
@@ -195,7 +223,6 @@ class Backups:
             return
         self._follower_seq, self._follower_pending = seq, pending
         self.counters["backup_messages"] += 1
-        # (this PU's own messages too: they hold partitions it owned before it became their backup)
         size_max_bytes = self.limits.append_bytes_max
         for partition, part in parts_of(message):
             backup = self.held.get(partition)
@@ -206,7 +233,7 @@ class Backups:
             except SpacegridError as exc:  # a gap (the log was trimmed past it): load it afresh
                 log.warning("backup of partition %d stopped at seq %d (%s); reloading it", partition, seq, exc)
                 self._drop(backup)
-                self.sync(self.held.keys() | {partition})
+                self.sync({**{p: b.owner for p, b in self.held.items()}, partition: backup.owner})
                 continue
             backup.applied_seq = seq
             self.counters["backup_parts_applied"] += 1

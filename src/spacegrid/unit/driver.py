@@ -88,7 +88,7 @@ class Driver:
             if partition in self.lifecycle.records:
                 continue  # releasing with an append in flight: acquired again once it settled (a later round)
             self._acquire(partition, epoch, stimulus_id)
-        self.backups.sync(set(table.backed_up_by(self.member_id)) - self.slots.keys())
+        self.backups.sync({p: table.owner(p) or "" for p in table.backed_up_by(self.member_id) if p not in self.slots})
 
     def release(self, partition: int, reason: str, stimulus_id: str) -> None:
         slot = self.slots.get(partition)
