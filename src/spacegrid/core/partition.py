@@ -234,9 +234,10 @@ class PartitionState:
             result = body(ctx)
             if ctx.staged:
                 self._stage(op_id, result, ctx.staged)
-                if all(staged_map in self.async_maps for staged_map, _ in ctx.staged):
+                if self.async_maps and all(staged_map in self.async_maps for staged_map, _ in ctx.staged):
                     return Outcome(result, self.lsn_committed)  # async: acknowledged once applied here
-                durable = durable or any(staged_map in self.write_through_maps for staged_map, _ in ctx.staged)
+                if self.write_through_maps and not durable:
+                    durable = any(staged_map in self.write_through_maps for staged_map, _ in ctx.staged)
                 return Outcome(result, self.lsn_assigned, durable=durable)
             codec.encode_bounded(result, self.limits.write_bytes_max, "result")
         except SpacegridError as exc:

@@ -39,7 +39,6 @@ class Appender:
         self.kick_store = kick_store
         self.waiting = 0  # replies waiting for a commit (or for the store), on every slot together
         self.counters = {"appends": 0, "records": 0, "parts": 0, "fence_retries": 0}
-        self.last_seq = 0  # the newest log message this PU appended
         self._queue: deque[Slot] = deque()  # each slot at most once (slot.queued): bounded by the partition count
         self._in_flight: set[asyncio.Task[None]] = set()
 
@@ -107,7 +106,6 @@ class Appender:
                 slot.appending = False
                 self.on_settled(slot, exc)
             return
-        self.last_seq = max(self.last_seq, seq)
         self.counters["appends"] += 1
         self.counters["parts"] += len(entries)
         for slot, batch in entries:
