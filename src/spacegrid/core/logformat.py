@@ -8,6 +8,8 @@ from typing import Any
 from spacegrid import codec
 from spacegrid.errors import DecodeError
 
+PART_FRAMING_BYTES_MAX = 16  # a part's [partition, bytes] framing in a message, at most (array, int, bin headers)
+
 
 def encode_pu_message(parts: list[tuple[int, bytes]]) -> bytes:
     """A PU's tick: [[partition, part], ...], each part a partition's encoded append (PartitionState.take_append),

@@ -9,7 +9,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 
-from spacegrid.core.logformat import encode_pu_message
+from spacegrid.core.logformat import PART_FRAMING_BYTES_MAX, encode_pu_message
 from spacegrid.core.partition import AppendBatch, Outcome
 from spacegrid.engine.changelog import Changelog
 from spacegrid.errors import Fenced, SpacegridError
@@ -71,7 +71,9 @@ class Appender:
             task.add_done_callback(self._on_done)
 
     def _take_message(self) -> list[tuple[Slot, AppendBatch]]:
-        """One message's worth of queued partitions' pending writes (under 2 x append_bytes_max)."""
+        """One message's worth of queued partitions' pending writes: parts are added while the message is under
+        append_bytes_max - 1 KiB, and one part is at most append_bytes_max - 64, so a message stays under the
+        stream's 2 x append_bytes_max."""
         entries: list[tuple[Slot, AppendBatch]] = []
         size_bytes = 0
         while self._queue and size_bytes < self.limits.append_bytes_max - KIB:
@@ -86,7 +88,7 @@ class Appender:
             assert batch is not None
             slot.appending = True
             entries.append((slot, batch))
-            size_bytes += len(batch.payload)
+            size_bytes += len(batch.payload) + PART_FRAMING_BYTES_MAX
         return entries
 
     def _on_done(self, task: asyncio.Task[None]) -> None:
