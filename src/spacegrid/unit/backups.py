@@ -138,7 +138,6 @@ class Backups:
             if self.store is not None:
                 progress = await self.store.progress(backup.partition)
                 await load_from_store(self.store, backup.state, progress.lsn, self.limits.store_load_batch_rows)
-                backup.applied_seq = progress.seq
             backup.target_seq = await self.changelog.last_sequence(self.changelog.names.pu_log_wildcard)
             await self._catch_up(backup)
         except asyncio.CancelledError:
@@ -161,7 +160,9 @@ class Backups:
 
     async def _catch_up(self, backup: Backup) -> None:
         """Apply the partition's parts of every PU subject up to the log's end as it stood when loading began
-        (what earlier owners wrote included: the follower reads only the current owner's subject)."""
+        (what earlier owners wrote included: the follower reads only the current owner's subject), from the
+        retained tail's start: records the store holds are skipped, their operation ids kept (a replica promoted
+        later answers a retry of a write it never applied from its dedup window, as a fresh owner does)."""
         size_max_bytes = self.limits.append_bytes_max
 
         def apply(_: int, message: Any) -> None:
