@@ -256,7 +256,7 @@ def main() -> None:
     results = {name: run_with_retries(name, target_factory(name, sources, spec), spec, args) for name in names}
     config = {"events": spec.events, "warmup_s": warmup_s, "measure_s": measure_s, "concurrency": spec.concurrency,
               "seed": args.seed, "targets": names, "store": args.store, "sync_interval": args.sync_interval}
-    document = report.build(results, config, BASELINE)
+    document = report.build({name: [result] for name, result in results.items()}, config, BASELINE)
     document["driver"] = {"cpu_us_per_op": driver["cpu_us_per_op"]["client"], "ops_per_s": driver["ops_per_s"]}
     report.print_report(document, Console(width=max(160, Console().width)))
     print(f"driver alone (no-op target): {document['driver']['cpu_us_per_op']} µs of client CPU per op")

@@ -68,10 +68,25 @@ def test_ratios_are_to_postgresql_with_synchronous_commit_on() -> None:
 
 def test_the_report_fails_on_a_failed_check_and_the_table_shows_ratios() -> None:
     """A target whose check failed makes the run fail; the table has a row per target with its ratio."""
-    document = build({"grid1": _result(30_000, 50.0, 5.0, ok=False), "pg-on": _result(10_000, 200.0, 20.0)},
+    document = build({"grid1": [_result(30_000, 50.0, 5.0, ok=False)], "pg-on": [_result(10_000, 200.0, 20.0)]},
                      {"events": 1000}, "pg-on")
     assert document["passed"] is False and document["failed"] == ["grid1"]
     console = Console(record=True, width=220)
     console.print(table(document))
     text = console.export_text()
     assert "grid1" in text and "30,000" in text and "3.00x" in text and "0.25x" in text and "FAILED" in text
+
+
+def test_rounds_report_each_targets_median_round_and_fail_on_any_failed_round() -> None:
+    """With several rounds a target stands for its median-throughput round (latency and CPU of that same run), the
+    report keeps every round's ops/s, and one failed round of a target fails the run."""
+    rounds = [_result(30_000, 50.0, 5.0), _result(20_000, 70.0, 9.0), _result(25_000, 60.0, 7.0)]
+    document = build({"grid1": rounds, "pg-on": [_result(10_000, 200.0, 20.0)] * 3}, {"events": 1000}, "pg-on")
+    assert document["results"]["grid1"]["ops_per_s"] == 25_000
+    assert document["ratios"]["grid1"]["ops_per_s"] == 2.5
+    assert document["rounds_ops_per_s"]["grid1"] == [30_000, 20_000, 25_000]
+    assert document["passed"] is True
+    even = build({"grid1": rounds[:2]}, {"events": 1000}, "pg-on")
+    assert even["results"]["grid1"]["ops_per_s"] == 20_000  # the lower middle of an even count
+    failed = build({"grid1": [*rounds, _result(40_000, 40.0, 4.0, ok=False)]}, {"events": 1000}, "pg-on")
+    assert failed["passed"] is False and failed["failed"] == ["grid1"]

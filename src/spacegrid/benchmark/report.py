@@ -45,11 +45,24 @@ def ratios(results: dict[str, dict[str, Any]], baseline: str) -> dict[str, dict[
     return found
 
 
-def build(results: dict[str, dict[str, Any]], config: dict[str, Any], baseline: str) -> dict[str, Any]:
-    """The whole report; `passed` only if every target ran and its invariant check held."""
-    failed = [name for name, r in results.items() if not r.get("check", {}).get("ok")]
-    return {"machine": machine_info(), "config": config, "baseline": baseline, "results": results,
-            "ratios": ratios(results, baseline), "failed": failed, "passed": not failed}
+def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Of a target's rounds, the one with the median throughput (the lower middle one of an even count), so that its
+    latency and CPU come from the same run; a failed round (it did not run, or its check failed) is the result."""
+    for result in rounds:
+        if "error" in result or not result.get("check", {}).get("ok"):
+            return result
+    ordered = sorted(rounds, key=lambda result: result["ops_per_s"])
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def build(results: dict[str, list[dict[str, Any]]], config: dict[str, Any], baseline: str) -> dict[str, Any]:
+    """The whole report from every target's rounds (each target's median round stands for it); `passed` only if
+    every round of every target ran and its invariant check held."""
+    chosen = {name: median_round(rounds) for name, rounds in results.items()}
+    failed = [name for name, rounds in results.items() if not all(r.get("check", {}).get("ok") for r in rounds)]
+    spread = {name: [round(r["ops_per_s"]) for r in rounds if "ops_per_s" in r] for name, rounds in results.items()}
+    return {"machine": machine_info(), "config": config, "baseline": baseline, "results": chosen,
+            "rounds_ops_per_s": spread, "ratios": ratios(chosen, baseline), "failed": failed, "passed": not failed}
 
 
 def machine_info() -> dict[str, Any]:
@@ -120,7 +133,8 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     console.print(f"{c['events']:,} events x {SEATS_PER_EVENT} seats; "
                   + " / ".join(f"{share:.0%} {kind}" for kind, share in MIX.items())
                   + f"; {c['concurrency']} in flight, closed loop; warm-up {c['warmup_s']:g} s, measured "
-                    f"{c['measure_s']:g} s per target")
+                    f"{c['measure_s']:g} s per target"
+                  + (f"; {c['rounds']} rounds, targets interleaved" if c.get("rounds", 1) > 1 else ""))
     console.print(table(report))
     for name, r in report["results"].items():
         if "error" in r:
@@ -136,6 +150,10 @@ def print_report(report: dict[str, Any], console: Console) -> None:
                       f"other load {r['cpu_cores']['unattributed']:.2f} cores", highlight=False)
         for sample in check.get("samples", []) + r.get("error_samples", []):
             console.print(f"    ! {sample}", markup=False, highlight=False)
+    if c.get("rounds", 1) > 1:
+        console.print("rounds (ops/s, in order; the median round is shown): " + "; ".join(
+            f"{name} {' / '.join(f'{ops:,}' for ops in ops_list)}" for name, ops_list in
+            report["rounds_ops_per_s"].items()), highlight=False)
     console.print("CPU µs/op counts this client and every server process of the target (grid: nats-server and PUs; "
                   "PostgreSQL: its backends; Redis: redis-server). PostgreSQL's shared processes (shared:pg-aux: "
                   "walwriter, checkpointer, ...) are shown, not counted.")

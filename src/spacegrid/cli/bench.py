@@ -25,6 +25,7 @@ from spacegrid.errors import ConfigError
 QUICK: Final = (1.0, 3.0)  # warm-up, measured seconds with --quick
 FULL: Final = (2.0, 10.0)
 DURATION_S_MAX: Final = 3600.0
+ROUNDS_MAX: Final = 20
 
 
 @click.command()
@@ -55,6 +56,9 @@ DURATION_S_MAX: Final = 3600.0
               help="The started grids' store: none (memory and the log) or embedded (SQLite write-behind).")
 @click.option("--sync-interval", default="1s", show_default=True,
               help="The started grids' nats-server fsync interval for grid1/grid2 (the -fsync ones: always).")
+@click.option("--rounds", type=click.IntRange(1, ROUNDS_MAX), default=1, show_default=True,
+              help="Run the targets this many times, interleaved (every target once per round), and report each "
+                   "target's median round (a shared machine's noise moves single runs by 10-20%).")
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write the whole report as JSON here.")
@@ -62,7 +66,7 @@ DURATION_S_MAX: Final = 3600.0
               help="Write throughput.png and latency.png here.")
 def bench(targets: str | None, pg_url: str | None, redis_url: str | None, data_dir: Path | None,
           nats_url: str | None, quick: bool, duration_s: float | None, warmup_s: float | None, concurrency: int,
-          events: int | None, store: str, sync_interval: str, seed: int, json_path: Path | None,
+          events: int | None, store: str, sync_interval: str, rounds: int, seed: int, json_path: Path | None,
           plot_dir: Path | None) -> None:
     """Run the ticket workload (70% availability, 25% reserve of 1-4 seats, 5% release; events of 100 seats)
     against each target in turn, check after each that no seat was sold twice and the server's state equals the
@@ -96,21 +100,24 @@ def bench(targets: str | None, pg_url: str | None, redis_url: str | None, data_d
     measure_s = default_measure_s if duration_s is None else duration_s
     spec = RunSpec(events or events_for(warmup_s + measure_s), warmup_s, measure_s, concurrency, seed)
     install_uvloop()
-    results: dict[str, Any] = {}
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in chosen}
     with Progress(TextColumn("{task.description:<28}"), BarColumn(), TaskProgressColumn(),
                   TextColumn("{task.fields[ops]:>12}"), TimeElapsedColumn(), console=out) as progress:
-        for name in chosen:
-            task = progress.add_task(f"{name}: setting up", total=1.0, ops="")
+        for round_no in range(1, rounds + 1):
+            for name in chosen:
+                label = name if rounds == 1 else f"{name} ({round_no}/{rounds})"
+                task = progress.add_task(f"{label}: setting up", total=1.0, ops="")
 
-            def tell(done: float, ops: int, task: Any = task, name: str = name) -> None:
-                progress.update(task, completed=done, ops=f"{ops:,} ops",
-                                description=f"{name}: {'running' if done < 1 else 'checking'}")
+                def tell(done: float, ops: int, task: Any = task, label: str = label) -> None:
+                    progress.update(task, completed=done, ops=f"{ops:,} ops",
+                                    description=f"{label}: {'running' if done < 1 else 'checking'}")
 
-            results[name] = run_one(name, factory(name, sources, spec), spec, tell)
-            verdict = "ok" if results[name]["check"]["ok"] else "FAILED"
-            progress.update(task, completed=1.0, description=f"{name}: {verdict}")
+                result = run_one(name, factory(name, sources, spec), spec, tell)
+                results[name].append(result)
+                verdict = "ok" if result["check"]["ok"] else "FAILED"
+                progress.update(task, completed=1.0, description=f"{label}: {verdict}")
     config = {"events": spec.events, "warmup_s": warmup_s, "measure_s": measure_s, "concurrency": concurrency,
-              "seed": seed, "targets": chosen, "store": store, "sync_interval": sync_interval}
+              "seed": seed, "targets": chosen, "store": store, "sync_interval": sync_interval, "rounds": rounds}
     document = report.build(results, config, BASELINE)
     report.print_report(document, Console(width=max(160, Console().width)))
     if json_path is not None:
