@@ -23,6 +23,7 @@ from spacegrid.errors import (
 )
 from spacegrid.limits import Limits
 from spacegrid.core.eviction import MapEviction
+from spacegrid.core.logformat import parts_of
 from spacegrid.space import Space
 from spacegrid.core.context import HandlerContext, QueryView
 from spacegrid.core.entries import DELETED, VALUE, VERSION, Entry
@@ -139,6 +140,12 @@ class PartitionState:
         tracker.written_at(key, len(key) + len(value), self.clock())
 
     # ---- replay -------------------------------------------------------------------------------------------
+
+    def replay_log_message(self, message: Any, part_bytes_max: int) -> None:
+        """Apply this partition's part, if any, of one PU log message (as decoded msgpack; ADR 0009)."""
+        for partition, part in parts_of(message):
+            if partition == self.partition:
+                self.replay(codec.decode(part, part_bytes_max))
 
     def replay(self, message: Any) -> None:
         """Apply one committed log message (as decoded msgpack) during recovery."""

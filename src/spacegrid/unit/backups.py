@@ -164,14 +164,10 @@ class Backups:
         retained tail's start: records the store holds are skipped, their operation ids kept (a replica promoted
         later answers a retry of a write it never applied from its dedup window, as a fresh owner does)."""
         size_max_bytes = self.limits.append_bytes_max
-
-        def apply(_: int, message: Any) -> None:
-            for partition, part in parts_of(message):
-                if partition == backup.partition:
-                    backup.state.replay(codec.decode(part, size_max_bytes))
-
-        backup.applied_seq = await self.changelog.replay(backup.applied_seq, backup.target_seq, apply,
-                                                         2 * size_max_bytes, self.limits.replay_timeout_s)
+        backup.applied_seq = await self.changelog.replay(
+            backup.applied_seq, backup.target_seq,
+            lambda _, message: backup.state.replay_log_message(message, size_max_bytes),
+            2 * size_max_bytes, self.limits.replay_timeout_s)
 
     def _subject_of(self, backup: Backup) -> str:
         return self.changelog.names.pu_log_subject(backup.owner)

@@ -12,9 +12,7 @@ from typing import Any
 
 from spacegrid.core import lifecycle as lc
 from spacegrid.core.ownership import plan
-from spacegrid.core.logformat import parts_of
 from spacegrid.core.partition import PartitionState
-from spacegrid import codec
 from spacegrid.engine.changelog import Changelog
 from spacegrid.engine.subjects import Names
 from spacegrid.engine.transport import MessageHandler, Subscription, Transport
@@ -228,14 +226,9 @@ class Driver:
             if self.store is not None and slot.persist.seq >= ins.until_seq:
                 await self._forget_stale_position(slot, ins.until_seq)
             size_max_bytes = self.limits.append_bytes_max
-
-            def apply(_: int, message: Any) -> None:
-                for partition, part in parts_of(message):
-                    if partition == p:
-                        slot.state.replay(codec.decode(part, size_max_bytes))
-
-            seq = await self.changelog.replay(ins.after_seq, ins.until_seq, apply, 2 * size_max_bytes,
-                                              self.limits.replay_timeout_s)
+            seq = await self.changelog.replay(
+                ins.after_seq, ins.until_seq, lambda _, message: slot.state.replay_log_message(message, size_max_bytes),
+                2 * size_max_bytes, self.limits.replay_timeout_s)
             return lc.ReplayReached(p, a, self._stimulus("replayed"), seq, slot.state.log_epoch)
         raise AssertionError(f"not an I/O instruction: {ins}")
 
