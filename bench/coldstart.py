@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from storefill import MAP, FilledStore, grid_over, key_of, member_pids, rss_bytes, value_of  # noqa: I001
 
+from spacegrid.security.access import Access
 from spacegrid.client.client import Client
 from spacegrid.examples.tickets import space as tickets_space
 
@@ -39,11 +40,11 @@ SAMPLE_KEYS: Final = 200
 RUNS_MAX: Final = 20
 
 
-async def read_back(url: str, entries: int, seed: int) -> int:
+async def read_back(url: str, access: Access, entries: int, seed: int) -> int:
     """Keys of a random sample whose value differs from what was filled (0: all equal)."""
     rng = random.Random(seed)
     sample = [rng.randrange(entries) for _ in range(min(SAMPLE_KEYS, entries))]
-    async with await Client.connect(tickets_space, url) as client:
+    async with await Client.connect(tickets_space, url, access=access) as client:
         found = await client.get_many(MAP, [key_of(i) for i in sample])
     return sum(1 for i in sample if found.get(key_of(i)) != value_of(i))
 
@@ -53,7 +54,7 @@ def one_run(store_url: str, entries: int, pus: int, seed: int) -> dict[str, Any]
         members = started.status.members.values()
         in_memory = sum(int(info.get("maps", {}).get(MAP, {}).get("entries", 0)) for info in members)
         loaded = sum(int(info.get("loaded_rows", 0)) for info in members)
-        wrong = asyncio.run(read_back(started.grid.url, entries, seed)) if entries else 0
+        wrong = asyncio.run(read_back(started.grid.url, started.grid.client_access, entries, seed)) if entries else 0
         rss = {member: rss_bytes(pid) for member, pid in member_pids(started.status).items()}
         return {"ready_s": round(started.ready_s, 3),
                 "backups_ready_s": None if started.backups_ready_s is None else round(started.backups_ready_s, 3),

@@ -34,7 +34,7 @@ RUN_TIME_MAX_S = 30.0
 
 
 async def one_run(grid: LocalGrid, client: Client, run: int, acked: dict[str, int]) -> dict[str, Any]:
-    status = await read_status(grid.url, grid.space.name, grid.space.partitions)
+    status = await read_status(grid.url, grid.space.name, grid.space.partitions, access=grid.access)
     victim = grid.pus[run % len(grid.pus)]
     victim_id = next(member for member, info in status.members.items() if info.get("pid") == victim.pid)
     affected = set(status.table.owned_by(victim_id))
@@ -78,7 +78,7 @@ async def one_run(grid: LocalGrid, client: Client, run: int, acked: dict[str, in
 async def main_async(args: argparse.Namespace, grid: LocalGrid) -> dict[str, Any]:
     acked: dict[str, int] = {}
     results = []
-    async with await Client.connect(grid.space, grid.url) as client:
+    async with await Client.connect(grid.space, grid.url, access=grid.access) as client:
         for run in range(args.runs):
             results.append(await one_run(grid, client, run, acked))
             Console(stderr=True).print(f"run {run}: recovered in {results[-1]['recovery_s']:.3f}s")

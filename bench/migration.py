@@ -50,7 +50,7 @@ async def measure(grid: LocalGrid, map_name: str, keys: int) -> dict[str, Any]:
     samples: list[tuple[float, float]] = []  # (start, latency) in monotonic seconds
     counters = [f"c{p}" for p in range(64)]
     space = grid.space
-    async with await Client.connect(grid.space, grid.url) as client:
+    async with await Client.connect(grid.space, grid.url, access=grid.access) as client:
         await preload(client, map_name, keys)
         started_s = time.monotonic()
         stop_at_s = started_s + RUN_MAX_S
@@ -74,7 +74,7 @@ async def measure(grid: LocalGrid, map_name: str, keys: int) -> dict[str, Any]:
             window["start"] = time.monotonic()
             grid.add_pu()
             while time.monotonic() < stop_at_s:
-                status = await read_status(grid.url, space.name, space.partitions)
+                status = await read_status(grid.url, space.name, space.partitions, access=grid.access)
                 if len(set(status.table.owners)) == 3 and status.active_partitions == space.partitions and all(
                         not info.get("backups_catching_up") and not info.get("backups_waiting")
                         for info in status.members.values()) and len(status.members) == 3:

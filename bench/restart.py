@@ -28,6 +28,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from spacegrid.security.access import Access
 from spacegrid.client.client import Client
 from spacegrid.engine.connection import install_uvloop
 from spacegrid.errors import SpacegridError
@@ -148,6 +149,7 @@ def main() -> None:
         launcher, started_s = start(data_dir, args)
         try:
             grid = read_grid(data_dir, launcher.pid, time.monotonic() + START_TIMEOUT_S)
+            os.environ.update(Access.of_data_dir(data_dir, "client").environment())  # what Client.connect takes
             asyncio.run(wait_serving(grid["nats_url"], keys, time.monotonic() + START_TIMEOUT_S))
             console.print(f"loading {args.keys:,} keys")
             asyncio.run(load(grid["nats_url"], args.keys))

@@ -132,7 +132,7 @@ def run_grid(pus: int, args: argparse.Namespace, groups: CpuGroups, progress: Ca
         pids.update({f"nats-server#{i}": node.pid for i, node in enumerate(grid.nats_nodes)})
         durability = FSYNC_BEFORE_ACK if args.sync_interval == "always" else ACK_BEFORE_FSYNC
         processes = GridProcesses(grid.url, pids, durability, f"sync_interval={args.sync_interval}, store=none",
-                                  True, pus)
+                                  True, pus, grid.client_access)
 
         def limit() -> None:
             for name in names:

@@ -56,6 +56,7 @@ from spacegrid.engine.server import NatsServerProcess, NatsServerSpec
 from spacegrid.engine.subjects import Names
 from spacegrid.examples.tickets import space as tickets_space
 from spacegrid.partitioning import PartitionTable
+from spacegrid.security.access import Access
 
 BENCH_DIR = Path(__file__).resolve().parent
 ALIASES = {"postgres": "pg-on"}
@@ -149,7 +150,7 @@ def echo_target(spec: RunSpec) -> Iterator[EchoTarget]:
             raise SystemExit(f"echo responder did not start (exit {responder.poll()})")
         asyncio.run(publish_echo_table(server.url))
         pids = {"nats-server": server.pid, "echo": responder.pid}
-        yield EchoTarget(GridProcesses(server.url, pids, "none", "", True, 1), spec.events)
+        yield EchoTarget(GridProcesses(server.url, pids, "none", "", True, 1, Access()), spec.events)
     finally:
         if responder is not None and responder.poll() is None:
             os.kill(responder.pid, signal.SIGTERM)

@@ -130,7 +130,7 @@ async def run_pump_path(rows_total: int) -> dict[str, Any]:
 
 async def lag_sampler(grid: LocalGrid, stop: asyncio.Event, peaks: dict[str, float]) -> None:
     while not stop.is_set():
-        status = await read_status(grid.url, space.name, space.partitions)
+        status = await read_status(grid.url, space.name, space.partitions, access=grid.access)
         for info in status.members.values():
             peaks["records"] = max(peaks["records"], float(info.get("write_behind_lag_records", 0)))
             peaks["seconds"] = max(peaks["seconds"], float(info.get("write_behind_lag_s", 0.0)))
@@ -144,7 +144,7 @@ async def drained(grid: LocalGrid, since_s: float, timeout_s: float) -> float:
     """Seconds until every PU, in a heartbeat sent after since_s, reports no write the store lacks."""
     deadline_s = time.monotonic() + timeout_s
     while time.monotonic() < deadline_s:
-        status = await read_status(grid.url, space.name, space.partitions)
+        status = await read_status(grid.url, space.name, space.partitions, access=grid.access)
         members = status.members.values()
         if members and all(float(i.get("beat", 0)) > since_s and i.get("write_behind_lag_records") == 0
                            for i in members):
@@ -179,7 +179,7 @@ async def _grid_load(grid: LocalGrid, writes: int, keys: int, seed: int,
                      before_drain: Any = lambda: None) -> dict[str, Any]:
     peaks = {"records": 0.0, "seconds": 0.0}
     stop = asyncio.Event()
-    async with await Client.connect(grid.space, grid.url) as client:
+    async with await Client.connect(grid.space, grid.url, access=grid.access) as client:
         sampler = asyncio.create_task(lag_sampler(grid, stop, peaks))
 
         async def write(key: str, value: dict[str, Any]) -> None:
@@ -191,7 +191,7 @@ async def _grid_load(grid: LocalGrid, writes: int, keys: int, seed: int,
         drain_s = await drained(grid, acked_at_s, 120.0)
         stop.set()
         await sampler
-    status = await read_status(grid.url, space.name, space.partitions)
+    status = await read_status(grid.url, space.name, space.partitions, access=grid.access)
     store_rows = sum(int(i.get("store_rows", 0)) for i in status.members.values())
     flushes = sum(int(i.get("store_flushes", 0)) for i in status.members.values())
     return {"target": "grid-wb", "writes": writes, "seconds": round(elapsed_s, 3),

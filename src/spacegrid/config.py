@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import stat
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
@@ -27,6 +26,8 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsp
 from spacegrid.durability import Fsync
 from spacegrid.errors import ConfigError, GridUnavailable
 from spacegrid.limits import DEFAULT_LIMITS, MEMBER_TTL_HEARTBEAT_TIMEOUTS, MEMBER_TTL_S_MIN, Limits
+from spacegrid.security.access import Access
+from spacegrid.security.secrets import read_secret, write_secret
 
 log = logging.getLogger("spacegrid.config")
 T = TypeVar("T")
@@ -255,27 +256,12 @@ def read_store_password(password_file: Path | None, data_dir: Path | None) -> st
 
 
 def _read_secret(path: Path) -> str:
-    try:
-        mode = path.stat().st_mode
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"can't read the store password file {path}: {exc.strerror}") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"the store password file {path} is open to other users (mode {stat.S_IMODE(mode):o}): "
-                          f"`chmod 600 {path}`")
-    return text.rstrip("\r\n")
+    return read_secret(path, "store password file").rstrip("\r\n")
 
 
 def write_store_password(data_dir: Path, password: str) -> Path:
     """Keep the password in DATA_DIR/store.password, mode 0600 from its creation on."""
-    path = data_dir / STORE_PASSWORD_FILE
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, password.encode() + b"\n")
-    finally:
-        os.close(fd)
-    return path
+    return write_secret(data_dir / STORE_PASSWORD_FILE, password + "\n")
 
 
 # ---- the launcher's PU arguments -----------------------------------------------------------------------------
@@ -313,7 +299,8 @@ def member_ttl_s(heartbeat_timeout_s: float) -> float:
 
 
 async def open_coordination(nats_url: str, space: str, replicas: int, heartbeat_timeout_s: float,
-                            limits: Limits = DEFAULT_LIMITS, name: str = "spacegrid-config", create: bool = True) -> Any:
+                            limits: Limits = DEFAULT_LIMITS, name: str = "spacegrid-config", create: bool = True,
+                            access: Access | None = None) -> Any:
     """(transport, coordination) of the space, its buckets created as a PU creates them if missing (without
     `create`: waited for); retries while JetStream does not answer, up to limits.bootstrap_timeout_s. The caller
     closes the transport."""
@@ -321,7 +308,7 @@ async def open_coordination(nats_url: str, space: str, replicas: int, heartbeat_
     from spacegrid.engine.transport import Transport
 
     transport = await Transport.connect(nats_url, name, connect_timeout_s=limits.connect_timeout_s,
-                                        jetstream_timeout_s=limits.jetstream_api_timeout_s)
+                                        jetstream_timeout_s=limits.jetstream_api_timeout_s, access=access)
     deadline_s = time.monotonic() + limits.bootstrap_timeout_s
     try:
         await transport.wait_jetstream(Names(space), limits.bootstrap_timeout_s, limits.jetstream_probe_timeout_s)
@@ -400,7 +387,7 @@ async def wait_config(coordination: Any, limits: Limits = DEFAULT_LIMITS) -> Gri
 
 
 async def initialize(nats_url: str, proposed: GridConfig, force: bool = False,
-                     limits: Limits = DEFAULT_LIMITS) -> tuple[GridConfig, str]:
+                     limits: Limits = DEFAULT_LIMITS, access: Access | None = None) -> tuple[GridConfig, str]:
     """`spacegrid init`: create the space's stream and buckets if needed (as its PUs would) and write `proposed`
     as the grid's configuration. Returns the grid's configuration and what happened: "created", "unchanged" (the
     same was there) or "replaced" (`force`, over one that differed). A differing one without `force`, or with
@@ -408,7 +395,8 @@ async def initialize(nats_url: str, proposed: GridConfig, force: bool = False,
     from spacegrid.engine.subjects import Names
 
     transport, coordination = await open_coordination(nats_url, proposed.space, proposed.replicas,
-                                                      proposed.heartbeat_timeout_s, limits, "spacegrid-init")
+                                                      proposed.heartbeat_timeout_s, limits, "spacegrid-init",
+                                                      access=access)
     try:
         await _answered(lambda: transport.ensure_stream(Names(proposed.space), proposed.replicas,
                                                         2 * limits.append_bytes_max), limits)
@@ -435,13 +423,14 @@ async def initialize(nats_url: str, proposed: GridConfig, force: bool = False,
         await transport.close()
 
 
-async def show(nats_url: str, space: str, limits: Limits = DEFAULT_LIMITS) -> GridConfig | None:
+async def show(nats_url: str, space: str, limits: Limits = DEFAULT_LIMITS,
+               access: Access | None = None) -> GridConfig | None:
     """The grid's configuration as stored (None if it has none), creating nothing."""
     from spacegrid.engine.subjects import Names
     from spacegrid.engine.transport import Transport
 
     transport = await Transport.connect(nats_url, "spacegrid-config", connect_timeout_s=limits.connect_timeout_s,
-                                        jetstream_timeout_s=limits.jetstream_api_timeout_s)
+                                        jetstream_timeout_s=limits.jetstream_api_timeout_s, access=access)
     try:
         return (await read(await transport.coordination(Names(space))))[0]
     finally:

@@ -201,10 +201,29 @@ class ConfigError(SpacegridError):
     code = "config"
 
 
+class AccessDenied(ConfigError):
+    """NATS refused this process's credentials (missing, not the grid's, revoked): fix them; retrying won't help."""
+
+    code = "access_denied"
+
+
 class DefinitionError(SpacegridError):
     """The space definition (maps, handlers, queries) is invalid."""
 
     code = "definition"
+
+
+class PoisonedLog(SpacegridError):
+    """A message of the log can not be applied (undecodable, or invalid for the partition's state): the partitions
+    whose recovery reads it stop until an operator repairs the log (`spacegrid repair`); retrying won't help.
+    `seq` and `subject`: the message."""
+
+    code = "poisoned_log"
+
+    def __init__(self, message: str, seq: int = 0, subject: str = "") -> None:
+        super().__init__(message)
+        self.seq = seq
+        self.subject = subject
 
 
 class LogGap(SpacegridError):

@@ -9,6 +9,7 @@ from typing import Any
 from spacegrid.engine.subjects import Names
 from spacegrid.engine.transport import Transport
 from spacegrid.partitioning import PartitionTable
+from spacegrid.security.access import Access
 
 
 COUNTERS = ("failovers", "promoted", "rejoins", "fenced", "acquired", "released")
@@ -65,8 +66,10 @@ class GridStatus:
         }
 
 
-async def read_status(nats_url: str, space: str, partition_count: int, connect_timeout_s: float = 5.0) -> GridStatus:
-    transport = await Transport.connect(nats_url, "spacegrid-status", connect_timeout_s=connect_timeout_s)
+async def read_status(nats_url: str, space: str, partition_count: int, connect_timeout_s: float = 5.0,
+                      access: Access | None = None) -> GridStatus:
+    transport = await Transport.connect(nats_url, "spacegrid-status", connect_timeout_s=connect_timeout_s,
+                                        access=access)
     try:
         coord = await transport.coordination(Names(space))
         table, _ = await coord.read_table(partition_count)

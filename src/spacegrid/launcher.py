@@ -6,10 +6,13 @@ it dies (spacegrid.lifeline); stop() returns within stop_timeout_s, killing what
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import os
+import secrets
 import signal
-import subprocess
+import socket
+import subprocess  # nosec B404  # types and TimeoutExpired only; children start via lifeline.spawn
 import sys
 import time
 from dataclasses import dataclass, field
@@ -20,11 +23,15 @@ from spacegrid.config import (NO_STORE, STORE_PASSWORD_FILE, GridConfig, conflic
                               normalize_store_url, open_coordination, refusal, settle, split_grid_args,
                               split_store_password, write_store_password, written_by)
 from spacegrid.datadir import DataDirLock
-from spacegrid.engine.server import NatsServerProcess, NatsServerSpec, start_cluster, stop_all
+from spacegrid.engine.server import NatsServerProcess, NatsServerSpec, ServerSecurity, start_cluster, stop_all
 from spacegrid.errors import ConfigError, GridUnavailable
 from spacegrid.inspect import GridStatus, read_status
 from spacegrid.lifeline import Lifeline, spawn
 from spacegrid.limits import GRID_STOP_NATS_RESERVE_S_MAX, GRID_STOP_TIMEOUT_S, GRID_STOP_TIMEOUT_S_MIN, PU_STOP_MARGIN_S
+from spacegrid.security.access import Access
+from spacegrid.security.secrets import TLS_DIR, GridSecrets, secure_directory
+from spacegrid.security.tls import issue_certificate
+from spacegrid.security.tls import server_config as tls_config
 from spacegrid.space import Space
 
 GRID_FILE = "grid.json"
@@ -102,6 +109,13 @@ class PuProcess:
             self.kill()
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 @dataclass
 class LocalGrid:
     """Start with start(), wait with wait_ready(), stop with stop(). Tests, `spacegrid up` and bench share it."""
@@ -117,18 +131,25 @@ class LocalGrid:
     sync_interval: str | None = None  # the embedded nats-server's fsync policy ("always", "2m"); None: its default
     nats_host: str = "127.0.0.1"  # the address the embedded nats-server(s) listen on
     stop_timeout_s: float = GRID_STOP_TIMEOUT_S  # stop() returns within this, PU hand-off and store drain included
+    secure: bool = True  # an embedded NATS requires credentials, each role its own (ADR 0010); False: `--insecure`
+    access: Access | None = None  # this launcher's credential: given for an external NATS; an embedded grid's admin
     nats_nodes: list[NatsServerProcess] = field(default_factory=list)
     pus: list[PuProcess] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.nats_cluster not in (0, 1, 3, 5):
             raise ConfigError(f"--nats-cluster takes 3 or 5 nodes (a quorum needs an odd count), not {self.nats_cluster}")
+        if not self.secure and not _loopback(self.nats_host):
+            raise ConfigError(f"refusing to listen on {self.nats_host} without authentication and TLS: anyone who "
+                              f"reaches it could read and change every value; drop --insecure (the grid then "
+                              f"requires TLS and its credentials), or listen on 127.0.0.1")
         if self.stop_timeout_s < GRID_STOP_TIMEOUT_S_MIN:
             raise ConfigError(f"--stop-timeout-s must be at least {GRID_STOP_TIMEOUT_S_MIN:g}, not {self.stop_timeout_s:g}")
         self._lock: DataDirLock | None = None
         self._lifeline: Lifeline | None = None
         self.space = load_space(self.app)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        secure_directory(self.data_dir)  # every value and every secret is in there: 0700
+        self.secrets: GridSecrets | None = None
         self._given_store, self._store_password = ((None, None) if self.store is None
                                                    else split_store_password(self._embedded(self.store)))
         self.store = None if self.store is None else split_store_password(self.store)[0]  # the password: start()
@@ -175,20 +196,47 @@ class LocalGrid:
                 write_store_password(self.data_dir, self._store_password)
                 self._store_password = None
         if self.nats_url is None:
+            security = self._secure_embedded()
             if self.nats_cluster >= 3:
                 self.nats_nodes = start_cluster(self.data_dir / "nats", self.nats_cluster, host=self.nats_host,
-                                                sync_interval=self.sync_interval, wait_for_jetstream=False)
+                                                sync_interval=self.sync_interval, wait_for_jetstream=False,
+                                                security=security)
             else:
                 node = NatsServerProcess(NatsServerSpec(store_dir=self.data_dir / "nats", port=self.nats_port,
-                                                        host=self.nats_host, sync_interval=self.sync_interval))
+                                                        host=self.nats_host, sync_interval=self.sync_interval,
+                                                        security=security))
                 node.start()
                 self.nats_nodes = [node]
             self.nats_url = ",".join(node.url for node in self.nats_nodes)
+        if self.access is None:  # an external NATS: the credential given to this process
+            self.access = Access.from_env()
         for _ in range(pus):  # they wait for the grid's configuration, written or checked meanwhile
             self.add_pu()
         if self.config is None:
             self.write_config()
         self.write_grid_file()
+
+    def _secure_embedded(self) -> ServerSecurity | None:
+        """The embedded NATS's keys and the role credentials (made on the first start, kept after), or None for an
+        insecure grid."""
+        if not self.secure:
+            self.access = Access()
+            return None
+        self.secrets = GridSecrets.ensure(self.data_dir, self.space.name)
+        hosts = tuple(dict.fromkeys((self.nats_host, "127.0.0.1", "localhost")))
+        certificate = issue_certificate(self.secrets.directory / TLS_DIR, "nats-server", server=True, hosts=hosts)
+        self.access = Access(self.secrets.role_creds("admin"), certificate.ca_path)
+        for role in ("client", "reader"):
+            self.secrets.role_creds(role)
+        client_tls, route_tls = tls_config(certificate, routes=self.nats_cluster >= 3)
+        return ServerSecurity((*self.secrets.server_config(), *client_tls), self.access, tuple(route_tls))
+
+    @property
+    def client_access(self) -> Access:
+        """The credential of the client role (admin where the grid has no roles of its own)."""
+        if self.secrets is not None:
+            return Access(self.secrets.role_creds("client")).over(self.access or Access())
+        return self.access or Access()
 
     def _given(self) -> dict[str, Any]:
         """This start's explicit grid settings."""
@@ -229,7 +277,7 @@ class LocalGrid:
         proposed = GridConfig(space=self.space.name, partitions=self.space.partitions,
                               written_by=written_by("spacegrid up"), **{"store": self._embedded(EMBEDDED_STORE), **given})
         transport, coordination = await open_coordination(self.url, self.space.name, self.replicas,
-                                                          proposed.heartbeat_timeout_s)
+                                                          proposed.heartbeat_timeout_s, access=self.access)
         try:
             grid, _ = await settle(coordination, proposed)
         finally:
@@ -247,6 +295,7 @@ class LocalGrid:
         assert self._lifeline is not None, "start() first"
         password_file = self.data_dir / STORE_PASSWORD_FILE
         password_args = ["--store-password-file", str(password_file.resolve())] if password_file.exists() else []
+        password_args += self._pu_creds_args(index)
         # store, limits and replicas come from the grid's configuration; a PU's own options only
         command = [*wrapper, sys.executable, "-m", "spacegrid.cli.main", "pu", "--app", self.app, "--nats", self.url,
                    "--wait-for-config", "--metrics-port", "0", "--stop-timeout-s", f"{self.pu_stop_timeout_s:g}", *password_args,
@@ -256,6 +305,16 @@ class LocalGrid:
         pu = PuProcess(index, popen, log_path, wrapper)
         self.pus.append(pu)
         return pu
+
+    def _pu_creds_args(self, index: int) -> list[str]:
+        """A PU's own credential (a new member, minted now), or the launcher's for an external NATS."""
+        access = self.access or Access()
+        if self.secrets is not None:
+            member_id = f"{socket.gethostname().split('.')[0][:16]}-{os.getpid()}u{index}-{secrets.token_hex(3)}"
+            access = access.with_creds(self.secrets.pu_creds(member_id))
+        flags = (("--creds", access.creds_path), ("--tls-ca", access.tls_ca_path), ("--tls-cert", access.tls_cert_path),
+                 ("--tls-key", access.tls_key_path))
+        return [arg for flag, path in flags if path is not None for arg in (flag, str(path.resolve()))]
 
     @property
     def store_url(self) -> str | None:
@@ -269,11 +328,12 @@ class LocalGrid:
         assert self._lock is not None, "only the grid holding the data dir's lock writes its grid.json"
         record = {"nats_url": self.url, "app": self.app, "space": self.space.name, "store": self.store_url,
                   "nats_pids": [node.pid for node in self.nats_nodes if node.is_running()],
-                  "pus": [pu.pid for pu in self.pus if pu.alive()], "launcher_pid": os.getpid()}
+                  "pus": [pu.pid for pu in self.pus if pu.alive()], "launcher_pid": os.getpid(),
+                  "auth": "credentials" if self.secrets is not None else "none"}
         (self.data_dir / GRID_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
     def status(self) -> GridStatus:
-        return asyncio.run(read_status(self.url, self.space.name, self.space.partitions))
+        return asyncio.run(read_status(self.url, self.space.name, self.space.partitions, access=self.access))
 
     def wait_ready(self, timeout_s: float = 60.0, on_progress: Callable[[GridStatus], None] | None = None,
                    members: int | None = None) -> GridStatus:

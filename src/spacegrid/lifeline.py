@@ -20,7 +20,7 @@ import ctypes.util
 import logging
 import os
 import signal
-import subprocess
+import subprocess  # nosec B404  # spawn(): argv lists, no shell
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -89,7 +89,7 @@ def spawn(command: Sequence[str], *, stdout: IO[bytes] | int | None = None, life
 
     def start() -> subprocess.Popen[bytes]:
         # preexec_fn is safe here with threads: the child only calls a ctypes function resolved before the fork
-        return subprocess.Popen(list(command), preexec_fn=_die_with_parent(os.getpid()), **kwargs)  # noqa: PLW1509
+        return subprocess.Popen(list(command), preexec_fn=_die_with_parent(os.getpid()), **kwargs)  # noqa: PLW1509  # nosec B603  # argv list, no shell
 
     if threading.current_thread() is threading.main_thread():
         return start()

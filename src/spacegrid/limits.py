@@ -31,6 +31,9 @@ class Limits:
     heartbeat_timeout_s: float = 1.5
     dedup_window_ops: int = 8192
     replay_timeout_s: float = 60.0
+    recovery_retry_s_min: float = 0.25  # a partition whose recovery failed is tried again after this, doubling...
+    recovery_retry_s_max: float = 10.0  # ...up to this (one claim per attempt: no retry storm)
+    poisoned_retry_s: float = 60.0  # a partition stopped by a log message it can't apply: tried again this rarely
     jetstream_api_timeout_s: float = 2.0  # one JetStream API call (stream info, last message, consumer create)
     handoff_timeout_s: float = 30.0  # a leaving PU waits this long at most for its partitions to move
     pending_requests_max: int = 100_000  # a client's requests in flight
@@ -97,3 +100,24 @@ REPLAY_PENDING_MSGS_MAX: Final = 65536  # a replay or backup consumer's undelive
 REPLAY_PENDING_BYTES_MAX: Final = 256 * MIB  # ...and bytes
 CLAIM_BYTES_MAX: Final = 1 * KIB  # one ownership claim (epoch, member id), encoded
 REPLY_MESSAGE_BYTES_MAX: Final = 8 * MIB  # one batched reply message a client accepts (the embedded max_payload)
+
+# ---- The wire's decode bounds (issue 11, item 5) ---------------------------------------------------------------
+# Every field of a request message a PU decodes is bounded: the message's bytes (Limits.request_payload_bytes_max),
+# its requests (Limits.requests_per_message_max), a key's characters (KEY_CHARS_MAX) and the bounds below.
+# codec.decode enforces the WIRE_*_MAX of one str, bin, array, map and extension value on every document it decodes
+# (they are its defaults), and names the bound a document broke. They are wide enough for every document spacegrid
+# writes itself (a reply of up to REPLY_MESSAGE_BYTES_MAX holding a query's result, a log message, a KV record), so
+# on a request message of the default 1 MiB they bind only on a header that declares more than the message holds;
+# they hold as they are when a space raises its request_payload_bytes_max.
+WIRE_STR_BYTES_MAX: Final = 1 * MIB  # one str, UTF-8 bytes
+WIRE_BIN_BYTES_MAX: Final = 1 * MIB  # one bin
+WIRE_ARRAY_ITEMS_MAX: Final = 1024 * 1024  # one array's items
+WIRE_MAP_ITEMS_MAX: Final = 1024 * 1024  # one map's entries
+WIRE_EXT_BYTES_MAX: Final = 12  # one extension value: msgpack's timestamp (4, 8 or 12 bytes) is the only one accepted
+MSGPACK_DEPTH_MAX: Final = 1024  # arrays and maps nested in any document: msgpack's own bound, not a setting (measured
+# on msgpack 1.1: its C unpacker keeps a fixed stack of 1024 containers and raises StackError, with no message and no
+# recursion, at the 1025th; 100,000 levels cost nothing more). codec.decode walks a document only for a lower bound.
+WIRE_VALUE_DEPTH_MAX: Final = 64  # arrays and maps nested in a request's value or arguments (a flat list is 1): a
+# value 1000 deep would decode but break Python's recursion (repr, a handler), and the log nests a value 5 deeper
+WIRE_NAME_CHARS_MAX: Final = 64  # a request's map, handler or query name: as long as a definition allows (space._NAME)
+WIRE_OP_ID_CHARS_MAX: Final = 128  # a request's operation id (the client's are ~20), each kept in the dedup window

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass
 from typing import Any, Final
 
 from spacegrid import codec
-from spacegrid.errors import DecodeError, RequestError, SpacegridError, error_from_wire, error_to_wire
+from spacegrid.errors import (
+    DecodeError,
+    InvalidKey,
+    PayloadTooLarge,
+    RequestError,
+    SpacegridError,
+    error_from_wire,
+    error_to_wire,
+)
+from spacegrid.limits import KEY_CHARS_MAX, WIRE_NAME_CHARS_MAX, WIRE_OP_ID_CHARS_MAX, WIRE_VALUE_DEPTH_MAX, Limits
 
 # Request: [req_id, op, partition, map_or_name, key, arg1, arg2, op_id]
 OP_GET: Final = 1
@@ -101,8 +111,25 @@ READS: Final = (Get, Query, Versions)  # served only within the read lease (a re
 REQUEST_FIELDS: Final = 8
 
 
+def decode_message(data: bytes, limits: Limits) -> list[Any]:
+    """A request message: one msgpack array of at most limits.requests_per_message_max requests, no longer than
+    limits.request_payload_bytes_max, each str, bin, array, map and extension value within codec.decode's bounds
+    (limits.WIRE_*). Past a bound: PayloadTooLarge, DecodeError or RequestError naming it, the sender's fault."""
+    if len(data) > limits.request_payload_bytes_max:
+        raise PayloadTooLarge(f"a request message of {len(data)} bytes exceeds request_payload_bytes_max="
+                              f"{limits.request_payload_bytes_max} (Limits.request_payload_bytes_max)")
+    requests = codec.decode(data, limits.request_payload_bytes_max)
+    if type(requests) is not list:
+        raise RequestError(f"a request message is a msgpack array of requests, not {_type_name(requests)}")
+    if len(requests) > limits.requests_per_message_max:
+        raise RequestError(f"a message of {len(requests)} requests exceeds requests_per_message_max="
+                           f"{limits.requests_per_message_max} (Limits.requests_per_message_max)")
+    return requests
+
+
 def request_id_of(raw: Any) -> int:
-    """The request id of an undecodable request, if it has one, to address the error reply."""
+    """The request id of an undecodable request, if it has one, to address the error reply (an int: not a bool,
+    which msgpack keeps apart and Python counts as an int)."""
     if isinstance(raw, list) and raw and type(raw[0]) is int:
         return int(raw[0])
     return MALFORMED_REQ_ID
@@ -110,17 +137,26 @@ def request_id_of(raw: Any) -> int:
 
 def decode_request(raw: Any, partition_count: int) -> Request:
     """Validate one wire request [req_id, op, partition, name, key, arg1, arg2, op_id] and type it; a request
-    that does not fit raises RequestError (the caller's fault) naming what is wrong."""
-    if not isinstance(raw, list) or len(raw) != REQUEST_FIELDS:
+    that does not fit raises RequestError (the caller's fault) naming what is wrong and the bound it broke."""
+    if type(raw) is not list or len(raw) != REQUEST_FIELDS:
         raise RequestError(f"a request is a list of {REQUEST_FIELDS} fields [req_id, op, partition, name, key, arg1, "
-                           f"arg2, op_id], not {type(raw).__name__} of {len(raw) if isinstance(raw, list) else 1}")
+                           f"arg2, op_id], not {_type_name(raw)}")
     req_id, op, partition, name, key, arg1, arg2, op_id = raw
-    if type(req_id) is not int or type(op) is not int:
-        raise RequestError("req_id and op are integers")
+    if type(req_id) is not int:
+        raise RequestError(f"req_id must be an integer, not {_type_name(req_id)}")
+    if type(op) is not int:
+        raise RequestError(f"op must be an integer, not {_type_name(op)}")
     if type(partition) is not int or not 0 <= partition < partition_count:
-        raise RequestError(f"partition must be an integer in 0..{partition_count - 1}, not {partition!r}")
-    if type(name) is not str or type(key) is not str or type(op_id) is not str:
-        raise RequestError("name, key and op_id are strings")
+        raise RequestError(f"partition must be an integer in 0..{partition_count - 1}, not {_short(partition)}")
+    if (type(name) is not str or type(key) is not str or type(op_id) is not str or len(name) > WIRE_NAME_CHARS_MAX
+            or len(key) > KEY_CHARS_MAX or len(op_id) > WIRE_OP_ID_CHARS_MAX):  # one test on the hot path
+        _refuse_text("name", name, WIRE_NAME_CHARS_MAX, "limits.WIRE_NAME_CHARS_MAX", RequestError)
+        _refuse_text("key", key, KEY_CHARS_MAX, "limits.KEY_CHARS_MAX", InvalidKey)
+        _refuse_text("op_id", op_id, WIRE_OP_ID_CHARS_MAX, "limits.WIRE_OP_ID_CHARS_MAX", RequestError)
+    if type(arg1) is list or type(arg1) is dict:
+        codec.check_depth(arg1, WIRE_VALUE_DEPTH_MAX, "arg1", "limits.WIRE_VALUE_DEPTH_MAX")
+    if type(arg2) is list or type(arg2) is dict:
+        codec.check_depth(arg2, WIRE_VALUE_DEPTH_MAX, "arg2", "limits.WIRE_VALUE_DEPTH_MAX")
     if op == OP_GET:
         return Get(req_id, partition, name, key)
     if op == OP_PUT:
@@ -139,13 +175,36 @@ def decode_request(raw: Any, partition_count: int) -> Request:
         if arg1 is not None and type(arg1) is not str or type(arg2) is not int or arg2 < 0:
             raise RequestError("a versions request takes after_key (str or None) and limit (an integer >= 0)")
         return Versions(req_id, partition, name, arg1, arg2)
-    raise RequestError(f"unknown operation {op!r}")
+    raise RequestError(f"unknown operation {op}")
+
+
+def _refuse_text(field: str, value: Any, chars_max: int, bound: str, error: type[RequestError]) -> None:
+    """Raise the error of a name, key or op_id that is not a string of at most chars_max characters."""
+    if type(value) is not str:
+        raise RequestError(f"{field} must be a string, not {_type_name(value)}")
+    if len(value) > chars_max:
+        raise error(f"a {field} of {len(value)} characters exceeds {bound}={chars_max}")
+
+
+_repr = reprlib.Repr()  # bounded in length and depth, whatever a sender nests: for error messages
+_repr.maxstring = _repr.maxother = 60
+
+
+def _short(value: Any) -> str:
+    return _repr.repr(value)
+
+
+def _type_name(value: Any) -> str:
+    """A value's type for an error message, with the length of a str, bytes, list or dict."""
+    if isinstance(value, str | bytes | list | dict):
+        return f"{type(value).__name__} of {len(value)}"
+    return f"{type(value).__name__} {_short(value)}"
 
 
 def _version(value: Any) -> int | None:
     if value is None or type(value) is int and value >= 0:
         return value
-    raise RequestError(f"expected_version is an integer >= 0 (0: the key must be absent) or None, not {value!r}")
+    raise RequestError(f"expected_version is an integer >= 0 (0: the key must be absent) or None, not {_short(value)}")
 
 
 # ---- encoding ------------------------------------------------------------------------------------------------
@@ -208,14 +267,14 @@ Reply = Answered | Refused
 def decode_reply(item: Any) -> Reply:
     """Type one reply [req_id, status, payload]; a reply of another shape raises DecodeError."""
     if not isinstance(item, list) or len(item) != 3 or type(item[0]) is not int:
-        raise DecodeError(f"a reply is [req_id, status, payload], not {str(item)[:80]}")
+        raise DecodeError(f"a reply is [req_id, status, payload], not {_short(item)}")
     req_id, status, payload = item
     if status == OK:
         return Answered(req_id, payload)
     if type(status) is str and isinstance(payload, list) and len(payload) >= 1:
         return Refused(req_id, error_from_wire([status, *payload]))
-    raise DecodeError(f"reply {req_id}: status {status!r} with payload {str(payload)[:80]} is neither a result nor "
-                      "an error")
+    raise DecodeError(f"reply {req_id}: status {_short(status)} with payload {_short(payload)} is neither a result "
+                      "nor an error")
 
 
 def chunks(items: list[bytes], bytes_max: int, count_max: int) -> list[bytes]:

@@ -8,14 +8,17 @@ from typing import Any, Awaitable, Callable
 import nats
 
 from spacegrid import codec
+from spacegrid.engine.connection import nats_options
+from spacegrid.security.access import Access
 
 
 async def collect_replies(url: str, subject: str, data: bytes, replies_expected: int, timeout_s: float = 5.0,
-                          before_wait: Callable[[], Awaitable[None]] | None = None) -> list[Any]:
+                          before_wait: Callable[[], Awaitable[None]] | None = None,
+                          access: Access | None = None) -> list[Any]:
     """Send one message and gather reply items (they may come in several messages) until there are enough.
     `before_wait` runs once the server holds the message (a flush returns only after the server processed what was
     sent before it, so the message is queued for its subscriber, even a stopped one)."""
-    nc = await nats.connect(url)
+    nc = await nats.connect(url, **nats_options(access or Access()))
     replies: list[Any] = []
     got_all = asyncio.Event()
 

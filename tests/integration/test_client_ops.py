@@ -16,7 +16,7 @@ from spacegrid.testing.eventually import eventually
 
 def run(grid: Any, body: Callable[[Client], Awaitable[Any]]) -> Any:
     async def main() -> Any:
-        async with await Client.connect(grid.space, grid.url) as client:
+        async with await Client.connect(grid.space, grid.url, access=grid.access) as client:
             return await body(client)
 
     return asyncio.run(main())
@@ -100,7 +100,7 @@ def test_concurrent_handler_increments_lose_nothing(grid: Any) -> None:
     """500 concurrent increments of one counter from two clients end at exactly 500, each value returned once."""
 
     async def body(c: Client) -> None:
-        async with await Client.connect(grid.space, grid.url) as other:
+        async with await Client.connect(grid.space, grid.url, access=grid.access) as other:
             calls = [client.execute("incr", "hits") for client in (c, other) for _ in range(250)]
             returned = await asyncio.gather(*calls)
         assert sorted(returned) == list(range(1, 501))
@@ -178,7 +178,7 @@ def test_query_merges_over_every_partition(grid: Any) -> None:
 
 def test_sync_client_wraps_the_async_one(grid: Any) -> None:
     """The synchronous client performs the same calls, blocking."""
-    with SyncClient(grid.space, grid.url) as client:
+    with SyncClient(grid.space, grid.url, access=grid.access) as client:
         version = client.put("kv", "sync", "yes")
         assert client.get_entry("kv", "sync") == ("yes", version)
         assert client.execute("incr", "sync-counter", 5) == 5

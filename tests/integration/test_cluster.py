@@ -23,7 +23,7 @@ def test_grid_keeps_working_when_a_nats_node_dies(tmp_path: Path) -> None:
 
         async def main() -> None:
             # A stream leader election takes 4-7 s here, and partitions recover after it: give calls 30 s.
-            async with await Client.connect(grid.space, grid.url, Limits(call_deadline_s=30.0)) as client:
+            async with await Client.connect(grid.space, grid.url, Limits(call_deadline_s=30.0), access=grid.access) as client:
                 kill = FaultAt(300, victim.kill)
                 await write_load(client, history, ops=1600, workers=8, time_budget_s=90, on_progress=kill)
                 assert kill.fired

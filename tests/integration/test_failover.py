@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 import nats
 
+from spacegrid.engine.connection import nats_options
 from spacegrid import Client, Limits, SpacegridError, codec, protocol
 from spacegrid.engine.coordination import Coordination
 from spacegrid.engine.subjects import Names
@@ -27,7 +28,7 @@ def test_full_grid_sigkill_and_restart_loses_no_acknowledged_write(grid_factory:
 
     async def load_then_kill() -> None:
         short = Limits(call_deadline_s=2.0, attempt_timeout_s=1.0)
-        async with await Client.connect(grid.space, grid.url, short) as client:
+        async with await Client.connect(grid.space, grid.url, short, access=grid.access) as client:
 
             def maybe_kill(done: int) -> bool:
                 if done == 600 and not killed.is_set():
@@ -53,7 +54,7 @@ def test_full_grid_sigkill_and_restart_loses_no_acknowledged_write(grid_factory:
     grid.wait_ready(60, members=2)
 
     async def verify() -> None:
-        async with await Client.connect(grid.space, grid.url) as client:
+        async with await Client.connect(grid.space, grid.url, access=grid.access) as client:
             await check_history(client, history, exact=False)
 
     asyncio.run(verify())
@@ -66,7 +67,7 @@ def test_sigkill_of_one_of_three_pus_under_load_loses_nothing(grid_factory: Call
     victim = grid.pus[1]
 
     async def main() -> float:
-        async with await Client.connect(grid.space, grid.url) as client:
+        async with await Client.connect(grid.space, grid.url, access=grid.access) as client:
             kill = FaultAt(500, victim.kill)
             await write_load(client, history, ops=3000, workers=16, time_budget_s=60, on_progress=kill)
             assert kill.fired, "the load ended before the kill"
@@ -94,7 +95,7 @@ def test_paused_deposed_pu_cannot_acknowledge_a_write(grid_factory: Callable[...
     seeded_key = f"seed@{key}"
 
     async def seed(value: str) -> None:
-        async with await Client.connect(grid.space, grid.url) as client:
+        async with await Client.connect(grid.space, grid.url, access=grid.access) as client:
             await client.put("kv", seeded_key, value)
 
     asyncio.run(seed("old"))
@@ -116,8 +117,9 @@ def test_paused_deposed_pu_cannot_acknowledge_a_write(grid_factory: Callable[...
         async def resume() -> None:
             paused.signal(signal.SIGCONT)
 
-        replies = await collect_replies(grid.url, Names(space.name).pu_subject(paused_id), request, 2, 10.0, resume)
-        async with await Client.connect(grid.space, grid.url) as client:
+        replies = await collect_replies(grid.url, Names(space.name).pu_subject(paused_id), request, 2, 10.0, resume,
+                                         access=grid.access)
+        async with await Client.connect(grid.space, grid.url, access=grid.access) as client:
             return replies, await client.get("kv", key)
 
     replies, stored = asyncio.run(main())
@@ -138,7 +140,7 @@ def test_a_joining_pu_gets_a_fair_share_while_writes_go_on(grid_factory: Callabl
     beats: list[tuple[str, dict[str, Any]]] = []  # every heartbeat record written while the test watched, in order
 
     async def main() -> Any:  # the grid's status once the joiner caught up
-        nc = await nats.connect(grid.url)
+        nc = await nats.connect(grid.url, **nats_options(grid.access))
         coord = await Coordination.open(nc.jetstream(), Names(space.name))
 
         async def on_member(member_id: str, value: bytes | None, revision: int) -> None:
@@ -148,7 +150,7 @@ def test_a_joining_pu_gets_a_fair_share_while_writes_go_on(grid_factory: Callabl
         watch = await coord.watch(coord.members, ">", on_member)
         try:
             await eventually(lambda: _assert_beats_from(beats, 2), timeout_s=10)  # watching before the join
-            async with await Client.connect(grid.space, grid.url) as client:
+            async with await Client.connect(grid.space, grid.url, access=grid.access) as client:
                 join = FaultAt(300, grid.add_pu)
                 await write_load(client, history, ops=2400, workers=8, time_budget_s=60, on_progress=join)
                 assert join.fired
@@ -192,7 +194,7 @@ def test_graceful_leave_hands_off_under_load_without_failing_a_call(grid_factory
     leaver = grid.pus[0]
 
     async def main() -> None:
-        async with await Client.connect(grid.space, grid.url) as client:
+        async with await Client.connect(grid.space, grid.url, access=grid.access) as client:
             leave = FaultAt(300, lambda: leaver.signal(signal.SIGTERM))
             await write_load(client, history, ops=2400, workers=8, time_budget_s=60, on_progress=leave)
             assert leave.fired
@@ -229,7 +231,7 @@ def test_pus_ride_out_a_restart_of_the_embedded_nats_server(grid_factory: Callab
     grid = grid_factory(app=APP, pus=2)
 
     async def write(key: str, value: int) -> int:
-        async with await Client.connect(grid.space, grid.url) as client:
+        async with await Client.connect(grid.space, grid.url, access=grid.access) as client:
             return await client.put("kv", key, value)
 
     asyncio.run(write("before-restart", 1))
@@ -238,7 +240,7 @@ def test_pus_ride_out_a_restart_of_the_embedded_nats_server(grid_factory: Callab
     grid.nats.start()
 
     async def read_and_write() -> None:
-        async with await Client.connect(grid.space, grid.url, Limits(call_deadline_s=3.0, attempt_timeout_s=1.0)) as c:
+        async with await Client.connect(grid.space, grid.url, Limits(call_deadline_s=3.0, attempt_timeout_s=1.0), access=grid.access) as c:
             assert await c.get("kv", "before-restart") == 1
             await c.put("kv", "after-restart", 2)
             assert await c.get("kv", "after-restart") == 2

@@ -13,10 +13,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from spacegrid import config
 from spacegrid.engine.server import NatsServerProcess
 from spacegrid.engine.subjects import Names
 from spacegrid.engine.transport import Transport
+from spacegrid.security.access import ENV_CREDS, ENV_TLS_CA, Access
 from spacegrid.testing.apps import APP
 from spacegrid.testing.eventually import eventually_sync
 from tests.integration.test_process_tree import start_up, stop_up, wait_grid_file
@@ -24,6 +27,14 @@ from tests.integration.test_process_tree import start_up, stop_up, wait_grid_fil
 SPACEGRID = [sys.executable, "-m", "spacegrid.cli.main"]
 SPACE = "testapp"
 PASSWORD = "pw-Zq81-never-shown"
+
+
+def use_credentials(monkeypatch: pytest.MonkeyPatch, access: Access) -> None:
+    """Connections of this test (in-process and the commands it runs) take the grid's admin credential and CA
+    from SPACEGRID_CREDS / SPACEGRID_TLS_CA, as an operator's shell would."""
+    assert access.creds_path is not None and access.tls_ca_path is not None
+    monkeypatch.setenv(ENV_CREDS, str(access.creds_path))
+    monkeypatch.setenv(ENV_TLS_CA, str(access.tls_ca_path))
 
 
 def sg(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
@@ -91,21 +102,25 @@ def assert_reconciled(*where: str) -> None:
 
 
 def test_a_pu_added_by_the_runbooks_command_takes_the_grids_store_and_serves_metrics(
-        tmp_path: Path, pu_factory: Callable[..., subprocess.Popen[bytes]]) -> None:
+        tmp_path: Path, pu_factory: Callable[..., subprocess.Popen[bytes]], monkeypatch: pytest.MonkeyPatch) -> None:
     """`spacegrid up` writes the grid's configuration (the embedded store, default limits, metrics on); a PU added
-    with only `spacegrid pu --nats URL --app M:S` takes a share, persists its writes to the grid's store (reconcile
-    finds no drift, its member record shows store rows) and has a metrics URL."""
+    with only `spacegrid pu --nats URL --app M:S --creds $(spacegrid auth creds pu)` takes a share, persists its
+    writes to the grid's store (reconcile finds no drift, its member record shows store rows) and has a metrics
+    URL."""
     data_dir = tmp_path / "grid"
     up = start_up(data_dir, "--app", APP, "--pus", "2")
     try:
         grid = wait_grid_file(data_dir, pus=2, up=up)
         url = grid["nats_url"]
+        use_credentials(monkeypatch, Access.of_data_dir(data_dir))
         stored = stored_config(url)
         assert stored is not None and stored.store == f"sqlite://{(data_dir / 'store.db').resolve()}"
         assert stored.written_by.startswith("spacegrid up") and stored.metrics and stored.lease_s == 0.6
         assert json.loads((data_dir / "config.json").read_text())["store"] == stored.store
 
-        added = pu_factory(url, app=APP)
+        minted = sg("auth", "creds", "pu", "--data-dir", str(data_dir), "--app", APP)
+        assert minted.returncode == 0, minted.stderr
+        added = pu_factory(url, "--creds", minted.stdout.strip(), app=APP)
         joined = members(url, 3)
         write_keys(url, 200)
         assert_reconciled("--data-dir", str(data_dir))
@@ -125,10 +140,11 @@ def test_a_pu_added_by_the_runbooks_command_takes_the_grids_store_and_serves_met
 
 
 def test_a_pu_given_a_conflicting_store_or_lease_is_refused_naming_the_setting(
-        grid_factory: Callable[..., Any]) -> None:
+        grid_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
     """On a grid with a store and the default lease, `spacegrid pu --store none` and `--lease-s 1.0` exit 1 at once
     with an error naming the setting, the grid's value and the given one; an agreeing explicit setting is fine."""
     grid = grid_factory(app=APP, pus=1)
+    use_credentials(monkeypatch, grid.access)
     store = grid.store_url
     assert store is not None
     refused = sg("pu", "--nats", grid.url, "--app", APP, "--store", "none", timeout_s=30)
@@ -184,7 +200,8 @@ async def _member_records(url: str) -> list[dict[str, Any]]:
         await transport.close()
 
 
-def test_a_store_password_never_reaches_the_kv_grid_json_logs_or_pu_arguments(tmp_path: Path, pg_url: str) -> None:
+def test_a_store_password_never_reaches_the_kv_grid_json_logs_or_pu_arguments(
+        tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """`spacegrid up --store postgresql://user:PASSWORD@...` keeps the password in DATA_DIR/store.password (0600)
     only: not in the KV (configuration and member records), grid.json, config.json, the logs, up's output or the
     PUs' command lines (/proc/PID/cmdline); the PUs still reach the store. `spacegrid init` with such a URL writes
@@ -196,6 +213,7 @@ def test_a_store_password_never_reaches_the_kv_grid_json_logs_or_pu_arguments(tm
     try:
         grid = wait_grid_file(data_dir, pus=2, up=up)
         url = grid["nats_url"]
+        use_credentials(monkeypatch, Access.of_data_dir(data_dir))
         joined = members(url, 2)
         assert all(m.get("store_available") is True for m in joined), joined
         password_file = data_dir / "store.password"

@@ -15,6 +15,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js.errors import NotFoundError
 
+from spacegrid.engine.connection import nats_options
 from spacegrid import Client, codec
 from spacegrid.engine.subjects import Names
 from spacegrid.launcher import LocalGrid
@@ -66,7 +67,7 @@ async def store_rows(url: str, map_name: str, keys: list[str]) -> dict[str, tupl
 
 
 async def grid_entries(grid: LocalGrid, map_name: str, keys: list[str]) -> dict[str, tuple[Any, int]]:
-    async with await Client.connect(grid.space, grid.url) as client:
+    async with await Client.connect(grid.space, grid.url, access=grid.access) as client:
         entries = await asyncio.gather(*(client.get_entry(map_name, key) for key in keys))
     return {key: entry for key, entry in zip(keys, entries) if entry is not None}
 
@@ -91,7 +92,7 @@ def test_write_behind_loses_and_duplicates_nothing_across_a_pu_sigkill(
     history = History()
 
     async def main() -> None:
-        async with await Client.connect(grid.space, grid.url) as client:
+        async with await Client.connect(grid.space, grid.url, access=grid.access) as client:
             kill = FaultAt(400, lambda: grid.pus[1].kill())
             await write_load(client, history, ops=2000, workers=8, time_budget_s=60, on_progress=kill)
             assert kill.fired
@@ -120,7 +121,7 @@ def test_a_database_outage_delays_the_store_but_not_the_grid(grid_factory: Calla
             proxy.cut()
 
         async def main() -> None:
-            async with await Client.connect(grid.space, grid.url) as client:
+            async with await Client.connect(grid.space, grid.url, access=grid.access) as client:
                 await write_load(client, history, ops=1200, workers=8, time_budget_s=60, on_progress=FaultAt(200, cut))
 
         asyncio.run(main())
@@ -140,7 +141,7 @@ def test_a_database_outage_delays_the_store_but_not_the_grid(grid_factory: Calla
 
 
 async def check_after(grid: LocalGrid, history: History) -> None:
-    async with await Client.connect(grid.space, grid.url) as client:
+    async with await Client.connect(grid.space, grid.url, access=grid.access) as client:
         await check_history(client, history, exact=True)
 
 
@@ -151,7 +152,7 @@ def test_write_through_is_in_the_store_when_acknowledged(grid_factory: Callable[
     assert grid.store_url is not None
 
     async def main() -> None:
-        async with await Client.connect(grid.space, grid.url) as client:
+        async with await Client.connect(grid.space, grid.url, access=grid.access) as client:
             for i in range(20):
                 version = await client.put("ledger", f"entry{i}", {"amount": i})
                 stored = await store_rows(grid.store_url or "", "ledger", [f"entry{i}"])
@@ -163,7 +164,7 @@ def test_write_through_is_in_the_store_when_acknowledged(grid_factory: Callable[
 def stream_messages(grid: LocalGrid) -> int:
     async def count() -> int:
         nc = NatsClient()
-        await nc.connect(grid.url)
+        await nc.connect(grid.url, **nats_options(grid.access))
         try:
             info = await nc.jetstream().stream_info(Names(grid.space.name).stream)
             return int(info.state.messages)
@@ -181,7 +182,7 @@ def test_a_grid_restarts_over_a_trimmed_log_and_cold_starts_from_the_store(
     history = History()
 
     async def load() -> None:
-        async with await Client.connect(grid.space, grid.url) as client:
+        async with await Client.connect(grid.space, grid.url, access=grid.access) as client:
             await write_load(client, history, ops=1600, workers=8, time_budget_s=60)
 
     asyncio.run(load())
@@ -236,7 +237,7 @@ def test_a_bounded_map_evicts_persisted_entries_and_reads_them_through(
     keys = [f"b{i}" for i in range(400)]
 
     async def write() -> None:
-        async with await Client.connect(grid.space, grid.url) as client:
+        async with await Client.connect(grid.space, grid.url, access=grid.access) as client:
             await asyncio.gather(*(client.put("bounded", key, {"i": i}) for i, key in enumerate(keys)))
 
     asyncio.run(write())
@@ -252,7 +253,7 @@ def test_a_bounded_map_evicts_persisted_entries_and_reads_them_through(
     eventually_sync(bounded, timeout_s=10)
 
     async def read_back() -> None:
-        async with await Client.connect(grid.space, grid.url) as client:
+        async with await Client.connect(grid.space, grid.url, access=grid.access) as client:
             values = await client.get_many("bounded", keys)
             assert values == {key: {"i": i} for i, key in enumerate(keys)}
             assert await client.put("bounded", "b7", {"i": -7}, expected_version=None) > 0
@@ -274,7 +275,7 @@ def test_entries_expire_after_their_ttl(grid_factory: Callable[..., LocalGrid]) 
     grid = grid_factory(app=APP, pus=2)
 
     async def main() -> None:
-        async with await Client.connect(grid.space, grid.url) as client:
+        async with await Client.connect(grid.space, grid.url, access=grid.access) as client:
             await client.put("sessions", "s1", {"user": "ann"})
             assert await client.get("sessions", "s1") == {"user": "ann"}
 
@@ -301,7 +302,7 @@ def test_a_poison_entry_goes_to_the_dead_letter_table_while_the_rest_flows(
     keys = [f"k{i}" for i in range(100)] + ["poison"]
 
     async def write() -> None:
-        async with await Client.connect(grid.space, grid.url) as client:
+        async with await Client.connect(grid.space, grid.url, access=grid.access) as client:
             await asyncio.gather(*(client.put("kv", key, key.upper()) for key in keys))
 
     asyncio.run(write())
@@ -336,7 +337,7 @@ def test_graceful_stop_flushes_everything(grid_factory: Callable[..., LocalGrid]
     keys = [f"g{i}" for i in range(200)]
 
     async def write() -> None:
-        async with await Client.connect(grid.space, grid.url) as client:
+        async with await Client.connect(grid.space, grid.url, access=grid.access) as client:
             await asyncio.gather(*(client.put("kv", key, i) for i, key in enumerate(keys)))
 
     asyncio.run(write())
@@ -361,7 +362,7 @@ def test_reconcile_finds_and_repairs_drift_both_ways(grid_factory: Callable[...,
     keys = [f"r{i}" for i in range(60)]
 
     async def write() -> None:
-        async with await Client.connect(grid.space, grid.url) as client:
+        async with await Client.connect(grid.space, grid.url, access=grid.access) as client:
             await asyncio.gather(*(client.put("kv", key, i) for i, key in enumerate(keys)))
 
     asyncio.run(write())
@@ -414,7 +415,7 @@ def log_sequences(grid: LocalGrid) -> tuple[int, int]:
 
     async def read() -> tuple[int, int]:
         nc = NatsClient()
-        await nc.connect(grid.url)
+        await nc.connect(grid.url, **nats_options(grid.access))
         try:
             js = nc.jetstream()
             names = Names(grid.space.name)
@@ -453,11 +454,11 @@ def test_a_retry_after_every_replica_died_still_applies_once(grid_factory: Calla
         return Names(space.name).pu_subject(owner)
 
     def send() -> Any:
-        (reply,) = asyncio.run(collect_replies(grid.url, owner_subject(), request, 1, 10))
+        (reply,) = asyncio.run(collect_replies(grid.url, owner_subject(), request, 1, 10, access=grid.access))
         return reply
 
     async def writes(prefix: str) -> None:  # on the increment's partition: the keys route by "once"
-        async with await Client.connect(grid.space, grid.url) as client:
+        async with await Client.connect(grid.space, grid.url, access=grid.access) as client:
             for i in range(3):
                 await client.put("counters", f"{prefix}{i}@once", i)
 

@@ -8,6 +8,7 @@ from typing import Any, Callable
 import nats
 import pytest
 
+from spacegrid.engine.connection import nats_options
 from spacegrid import Client, codec, protocol
 from spacegrid.core.logformat import encode_pu_message, parts_of
 from spacegrid.engine.changelog import Changelog, ensure_stream
@@ -20,7 +21,8 @@ from tests.integration.rawnats import collect_replies
 
 
 async def _raw_request(grid: LocalGrid, member_id: str, data: bytes, replies_expected: int) -> list[Any]:
-    return await collect_replies(grid.url, Names(space.name).pu_subject(member_id), data, replies_expected)
+    return await collect_replies(grid.url, Names(space.name).pu_subject(member_id), data, replies_expected,
+                                 access=grid.client_access)
 
 
 def test_malformed_messages_get_errors_and_the_pu_keeps_serving(grid_factory: Callable[..., LocalGrid]) -> None:
@@ -55,7 +57,7 @@ def test_malformed_messages_get_errors_and_the_pu_keeps_serving(grid_factory: Ca
     assert replies[12][1] == "unknown_map"
 
     async def still_serving() -> Any:
-        async with await Client.connect(grid.space, grid.url) as client:
+        async with await Client.connect(grid.space, grid.url, access=grid.access) as client:
             return await client.get("kv", "k")
 
     assert asyncio.run(still_serving()) == "fine"
@@ -67,7 +69,7 @@ def test_a_thin_client_reaches_the_owner_through_the_partition_subject(grid_fact
     partition = space.partition_of("kv", "thin")
 
     async def main() -> list[Any]:
-        nc = await nats.connect(grid.url)
+        nc = await nats.connect(grid.url, **nats_options(grid.client_access))
         try:
             subject = Names(space.name).partition_subject(partition)
             put = codec.encode_array([protocol.request(1, protocol.OP_PUT, partition, "kv", "thin", "via-subject", None, "thin-1")])

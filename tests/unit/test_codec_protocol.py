@@ -235,11 +235,11 @@ def test_requests_are_typed_and_validated_on_decode():
     assert isinstance(protocol.decode_request([9, protocol.OP_VERSIONS, 1, "m", "", None, 0, ""], 16),
                       protocol.Versions)
     for bad, why in [([7, protocol.OP_GET], "list of 8 fields"), ([7, protocol.OP_GET, 99, "m", "k", None, None, ""], "partition"),
-                     ([7, protocol.OP_GET, 0, 5, "k", None, None, ""], "strings"),
+                     ([7, protocol.OP_GET, 0, 5, "k", None, None, ""], "name must be a string"),
                      ([7, protocol.OP_PUT, 0, "m", "k", None, None, "op"], "None can't be stored"),
                      ([7, protocol.OP_PUT, 0, "m", "k", 1, -1, "op"], "expected_version"),
                      ([7, 99, 0, "m", "k", 1, None, "op"], "unknown operation"),
-                     (["x", protocol.OP_GET, 0, "m", "k", None, None, ""], "integers")]:
+                     (["x", protocol.OP_GET, 0, "m", "k", None, None, ""], "req_id must be an integer")]:
         with pytest.raises(RequestError, match=why):
             protocol.decode_request(bad, 16)
     assert protocol.request_id_of([7, protocol.OP_GET]) == 7

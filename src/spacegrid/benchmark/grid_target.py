@@ -28,6 +28,7 @@ from spacegrid.examples.tickets import seat_key
 from spacegrid.examples.tickets import space as tickets_space
 from spacegrid.inspect import read_status
 from spacegrid.launcher import DEFAULT_APP, LocalGrid, read_grid_file
+from spacegrid.security.access import Access
 
 GET_CHUNK: Final = 4_000  # keys per get_many (the client does not split a tick's batch by requests_per_message_max)
 CREATE_CHUNK: Final = 256  # create_event calls in flight while loading
@@ -51,6 +52,7 @@ class GridProcesses:
     setting: str
     fresh: bool  # started for this run: its whole state is the run's
     pus: int
+    access: Access  # the client role's credential (Access(): a grid without authentication)
 
 
 class GridTarget:
@@ -67,7 +69,7 @@ class GridTarget:
             self.availability = self._availability_by_get  # type: ignore[method-assign]
 
     async def open(self) -> None:
-        self.client = await Client.connect(tickets_space, self.grid.url)
+        self.client = await Client.connect(tickets_space, self.grid.url, access=self.grid.access)
 
     async def close(self) -> None:
         await self.client.close()
@@ -102,7 +104,7 @@ class GridTarget:
 
     async def window_mark(self, phase: str) -> None:
         stats = self.client.transport.statistics()
-        status = await read_status(self.grid.url, tickets_space.name, tickets_space.partitions)
+        status = await read_status(self.grid.url, tickets_space.name, tickets_space.partitions, access=self.grid.access)
         self.counters_at[phase] = {
             "client": {**self.client.counters, "nats_in_msgs": stats.in_msgs, "nats_out_msgs": stats.out_msgs},
             "pus": {member: {k: info.get(k, 0) for k in ("requests", "messages", "appends", "records")}
@@ -149,17 +151,19 @@ class GridTarget:
 
 
 @contextmanager
-def started_grid(pus: int, sync_interval: str | None, store: str, keep: bool = False) -> Iterator[GridProcesses]:
+def started_grid(pus: int, sync_interval: str | None, store: str, keep: bool = False,
+                 secure: bool = True) -> Iterator[GridProcesses]:
     """A fresh LocalGrid of the ticket app in a temp dir, ready with `pus` PUs; stopped and removed afterwards."""
     data_dir = Path(tempfile.mkdtemp(prefix=f"spacegrid-bench-{pus}pu-"))
-    grid = LocalGrid(data_dir, DEFAULT_APP, store=store, sync_interval=sync_interval)
+    grid = LocalGrid(data_dir, DEFAULT_APP, store=store, sync_interval=sync_interval, secure=secure)
     try:
         grid.start(pus=pus)
         grid.wait_ready(timeout_s=READY_TIMEOUT_S, members=pus)
         pids = {f"nats-server#{i}": node.pid for i, node in enumerate(grid.nats_nodes)}
         pids.update({f"pu{pu.index}": pu.pid for pu in grid.pus})
         yield GridProcesses(grid.url, pids, durability_class(sync_interval),
-                            f"sync_interval={sync_interval or 'default (2m)'}, store={store}", True, pus)
+                            f"sync_interval={sync_interval or 'default (2m)'}, store={store}", True, pus,
+                            grid.client_access)
     except Exception:
         for log_path in sorted((data_dir / "logs").glob("*.log")):  # the data dir goes below: show why first
             tail = log_path.read_text(errors="replace")[-LOG_TAIL_CHARS:]
@@ -180,10 +184,11 @@ def running_grid(data_dir: Path | None, nats_url: str | None) -> GridProcesses:
     if record.get("app", DEFAULT_APP) != DEFAULT_APP:
         raise ConfigError(f"the grid at {data_dir} serves {record['app']}; spacegrid bench needs {DEFAULT_APP}")
     url = nats_url or str(record["nats_url"])
-    config = asyncio.run(show(url, tickets_space.name))
+    access = Access.resolve(None, data_dir, "client")
+    config = asyncio.run(show(url, tickets_space.name, access=access))
     if config is not None and config.app != DEFAULT_APP:
         raise ConfigError(f"the grid at {url} serves {config.app}; spacegrid bench needs {DEFAULT_APP}")
-    status = asyncio.run(read_status(url, tickets_space.name, tickets_space.partitions))
+    status = asyncio.run(read_status(url, tickets_space.name, tickets_space.partitions, access=access))
     if record:
         pids = {f"nats-server#{i}": pid for i, pid in enumerate(record.get("nats_pids", []))}
         pids.update({f"pu{i}": pid for i, pid in enumerate(record.get("pus", []))})
@@ -193,7 +198,7 @@ def running_grid(data_dir: Path | None, nats_url: str | None) -> GridProcesses:
                 if info.get("host") == host and isinstance(info.get("pid"), int) and _alive(int(info["pid"]))}
     durability = config.durability if config is not None else "unknown"
     return GridProcesses(url, pids, durability_class(durability), f"running grid, {durability}", False,
-                         len({owner for owner in status.table.owners if owner is not None}))
+                         len({owner for owner in status.table.owners if owner is not None}), access)
 
 
 def _alive(pid: int) -> bool:

@@ -27,7 +27,7 @@ def statements(schema: str) -> dict[str, str]:
     """The three operations, one statement each; reserve is all or nothing (it locks the free seats and takes them
     only if it got them all)."""
     return {
-        "availability": f"SELECT seats - sold AS free, sold, seats FROM {schema}.events WHERE id = $1",
+        "availability": f"SELECT seats - sold AS free, sold, seats FROM {schema}.events WHERE id = $1",  # nosec B608  # schema bench_<hex> made here, values bound
         "reserve": f"""
 WITH free AS (
     SELECT seat FROM {schema}.seats WHERE event_id = $1 AND seat = ANY($2::int[]) AND holder IS NULL
@@ -43,7 +43,7 @@ WITH free AS (
     FROM decision WHERE decision.ok AND e.id = $1
     RETURNING 1
 )
-SELECT ok FROM decision""",
+SELECT ok FROM decision""",  # nosec B608  # schema bench_<hex> made here, values bound
         "release": f"""
 WITH freed AS (
     UPDATE {schema}.seats SET holder = NULL WHERE event_id = $1 AND seat = ANY($2::int[]) AND holder = $3
@@ -53,7 +53,7 @@ WITH freed AS (
     WHERE id = $1 AND (SELECT count(*) FROM freed) > 0
     RETURNING 1
 )
-SELECT count(*) FROM freed""",
+SELECT count(*) FROM freed""",  # nosec B608  # schema bench_<hex> made here, values bound
     }
 
 
@@ -201,9 +201,9 @@ class PgTarget:
 
     async def state(self, expected: Expected) -> ServerState:
         async with self._connection() as c:
-            held = await c.fetch(f"SELECT event_id, seat, holder FROM {self.schema}.seats WHERE holder IS NOT NULL")
-            sold_rows = await c.fetch(f"SELECT id, sold FROM {self.schema}.events")
-            duplicates = await c.fetchval(f"SELECT count(*) FROM (SELECT event_id, seat FROM {self.schema}.seats "
+            held = await c.fetch(f"SELECT event_id, seat, holder FROM {self.schema}.seats WHERE holder IS NOT NULL")  # nosec B608  # schema bench_<hex> made here, values bound
+            sold_rows = await c.fetch(f"SELECT id, sold FROM {self.schema}.events")  # nosec B608  # schema bench_<hex> made here, values bound
+            duplicates = await c.fetchval(f"SELECT count(*) FROM (SELECT event_id, seat FROM {self.schema}.seats "  # nosec B608  # schema bench_<hex> made here, values bound
                                           f"GROUP BY 1, 2 HAVING count(*) > 1) d")
         holders: dict[tuple[int, int], str | None] = {seat: None for seat in expected.touched}
         holders.update({(row["event_id"], row["seat"]): row["holder"] for row in held})

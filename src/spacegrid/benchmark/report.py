@@ -7,7 +7,7 @@ import datetime
 import os
 import platform
 import socket
-import subprocess
+import subprocess  # nosec B404  # git metadata for the report: argv list, no shell
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Final
@@ -90,7 +90,7 @@ def _read(path: str) -> str:
 
 def _git(*args: str) -> str:
     try:
-        return subprocess.run(["git", *args], cwd=REPO_DIR, capture_output=True, text=True, timeout=GIT_TIMEOUT_S,
+        return subprocess.run(["git", *args], cwd=REPO_DIR, capture_output=True, text=True, timeout=GIT_TIMEOUT_S,  # nosec B603 B607  # fixed git argv, no shell; git from PATH
                               check=False).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return ""

@@ -51,6 +51,7 @@ class Sources:
     pg_pool_impl: str = "list"
     pg_pool_size: int | None = None  # None: one connection per request in flight
     keep: bool = False
+    secure: bool = True  # the started grids: TLS and credentials, as `spacegrid up` by default
 
     @classmethod
     def from_env(cls, **given: Any) -> Sources:
@@ -126,7 +127,7 @@ def _ready(target: Target) -> Iterator[Target]:
 @contextmanager
 def on_started_grid(pus: int, sync_interval: str, sources: Sources, spec: RunSpec,
                      availability_by_get: bool = False) -> Iterator[Target]:
-    with started_grid(pus, sync_interval, sources.store, sources.keep) as grid:
+    with started_grid(pus, sync_interval, sources.store, sources.keep, sources.secure) as grid:
         yield GridTarget(grid, spec.events, availability_by_get)
 
 

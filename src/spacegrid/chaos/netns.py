@@ -4,7 +4,7 @@ chaos suite's network partition. Linux only, as root; everything it creates it d
 from __future__ import annotations
 
 import os
-import subprocess
+import subprocess  # nosec B404  # iproute2's ip: argv lists, no shell
 from dataclasses import dataclass
 
 from spacegrid.errors import ConfigError
@@ -14,7 +14,7 @@ COMMAND_TIMEOUT_S = 10.0
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     try:
-        return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, check=check)
+        return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, check=check)  # nosec B603 B607  # fixed ip argv, no shell; ip from PATH
     except FileNotFoundError:
         raise ConfigError("the network-cut fault needs iproute2's `ip` command") from None
     except subprocess.CalledProcessError as exc:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
-import subprocess
+import subprocess  # nosec B404  # chaos workers: argv lists, no shell
 import sys
 import tempfile
 import time
@@ -27,6 +28,7 @@ from spacegrid.errors import ConfigError, SpacegridError
 from spacegrid.codec import decode
 from spacegrid.inspect import read_status
 from spacegrid.launcher import LocalGrid
+from spacegrid.security.access import Access
 from spacegrid.store import open_store
 from spacegrid.testing.apps import APP
 from spacegrid.testing.checker import CheckResult, check_all
@@ -95,7 +97,7 @@ def run_chaos(config: ChaosConfig, on_progress: Progress | None = None) -> Chaos
         progress("starting the grid", 0, config.duration_s)
         report.startup_crashes = _start_grid(grid, config, tuple(netns.wrapper) if netns is not None else ())
         report.t0 = t0 = time.monotonic()
-        workers = _start_workers(config, grid.url, history_dir, report)
+        workers = _start_workers(config, grid.url, history_dir, report, grid.client_access)
         deadline = t0 + config.duration_s
         injector.run(schedule, t0, deadline,
                      lambda text: progress(text, min(time.monotonic() - t0, config.duration_s), config.duration_s))
@@ -168,7 +170,8 @@ def _start_grid(grid: LocalGrid, config: ChaosConfig, cut_wrapper: tuple[str, ..
     return crashes
 
 
-def _start_workers(config: ChaosConfig, url: str, history_dir: Path, report: ChaosReport) -> list[subprocess.Popen[bytes]]:
+def _start_workers(config: ChaosConfig, url: str, history_dir: Path, report: ChaosReport,
+                   access: Access) -> list[subprocess.Popen[bytes]]:
     per_key = max(1, KEY_CONCURRENCY_MAX // config.workers)
     ops_max = int(config.rate * config.duration_s * 1.5) + 100 if config.rate > 0 else int(500 * config.duration_s)
     workers = []
@@ -183,9 +186,10 @@ def _start_workers(config: ChaosConfig, url: str, history_dir: Path, report: Cha
                    "--counters", str(config.counters), "--key-concurrency", str(per_key),
                    "--rate", str(config.rate), "--call-deadline-s", str(config.call_deadline_s)]
         history.touch()
+        env = {**os.environ, **access.environment()}
         with open(history_dir / f"{name}.log", "ab") as log:
-            workers.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True))
+            workers.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,  # nosec B603  # argv list (sys.executable), no shell
+                                            start_new_session=True, env=env))
     return workers
 
 
@@ -207,7 +211,7 @@ async def _check_store(grid: LocalGrid, registers: dict[str, Any], counters: dic
     since_s = time.time()
     deadline_s = time.monotonic() + timeout_s
     while True:
-        members = (await read_status(grid.url, grid.space.name, grid.space.partitions)).members.values()
+        members = (await read_status(grid.url, grid.space.name, grid.space.partitions, access=grid.access)).members.values()
         if members and all(float(info.get("beat", 0)) > since_s and info.get("write_behind_lag_records") == 0
                            for info in members):
             break
@@ -233,7 +237,7 @@ async def _check_store(grid: LocalGrid, registers: dict[str, Any], counters: dic
 
 async def _final_values(grid: LocalGrid, config: ChaosConfig) -> tuple[dict[str, Any], dict[str, int]]:
     """Every register's and counter's value after the heal, read with a fresh client (retried up to a deadline)."""
-    async with await Client.connect(grid.space, grid.url) as client:
+    async with await Client.connect(grid.space, grid.url, access=grid.access) as client:
         registers = {key: await client.get(REGISTER_MAP, key, FINAL_READ_DEADLINE_S)
                      for key in register_keys(config.registers)}
         counters = {key: int(await client.get(COUNTER_MAP, key, FINAL_READ_DEADLINE_S) or 0)

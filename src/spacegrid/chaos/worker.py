@@ -68,7 +68,7 @@ class Worker:
 
     def __init__(self, config: WorkerConfig, client: Client, writer: HistoryWriter) -> None:
         self.config, self.client, self.writer = config, client, writer
-        self.rng = random.Random(f"{config.seed}:{config.process}")
+        self.rng = random.Random(f"{config.seed}:{config.process}")  # nosec B311  # seeded op choice, not for secrets
         self.registers, self.counters = register_keys(config.registers), counter_keys(config.counters)
         self.in_flight: Counter[str] = Counter()
         self.next_at = 0.0  # when the pace lets the next op start

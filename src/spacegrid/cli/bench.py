@@ -59,6 +59,9 @@ ROUNDS_MAX: Final = 20
 @click.option("--rounds", type=click.IntRange(1, ROUNDS_MAX), default=1, show_default=True,
               help="Run the targets this many times, interleaved (every target once per round), and report each "
                    "target's median round (a shared machine's noise moves single runs by 10-20%).")
+@click.option("--insecure", is_flag=True,
+              help="Start the grids without TLS and authentication (as `spacegrid up --insecure`): run it next to a "
+                   "default run to see what security costs.")
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write the whole report as JSON here.")
@@ -66,8 +69,8 @@ ROUNDS_MAX: Final = 20
               help="Write throughput.png and latency.png here.")
 def bench(targets: str | None, pg_url: str | None, redis_url: str | None, data_dir: Path | None,
           nats_url: str | None, quick: bool, duration_s: float | None, warmup_s: float | None, concurrency: int,
-          events: int | None, store: str, sync_interval: str, rounds: int, seed: int, json_path: Path | None,
-          plot_dir: Path | None) -> None:
+          events: int | None, store: str, sync_interval: str, rounds: int, insecure: bool, seed: int,
+          json_path: Path | None, plot_dir: Path | None) -> None:
     """Run the ticket workload (70% availability, 25% reserve of 1-4 seats, 5% release; events of 100 seats)
     against each target in turn, check after each that no seat was sold twice and the server's state equals the
     client's ledger, and report ops/s, latency, CPU per operation and ratios to PostgreSQL with synchronous_commit
@@ -88,7 +91,7 @@ def bench(targets: str | None, pg_url: str | None, redis_url: str | None, data_d
     if data_dir is not None and nats_url is not None:
         fail("give the running grid by --data-dir or by --nats, not both")
     sources = Sources.from_env(pg_url=pg_url, redis_url=redis_url, data_dir=data_dir, nats_url=nats_url, store=store,
-                               sync_interval=sync_interval)
+                               sync_interval=sync_interval, secure=not insecure)
     try:
         chosen, notes = choose_targets(targets, sources)
     except ConfigError as exc:
@@ -117,7 +120,8 @@ def bench(targets: str | None, pg_url: str | None, redis_url: str | None, data_d
                 verdict = "ok" if result["check"]["ok"] else "FAILED"
                 progress.update(task, completed=1.0, description=f"{label}: {verdict}")
     config = {"events": spec.events, "warmup_s": warmup_s, "measure_s": measure_s, "concurrency": concurrency,
-              "seed": seed, "targets": chosen, "store": store, "sync_interval": sync_interval, "rounds": rounds}
+              "seed": seed, "targets": chosen, "store": store, "sync_interval": sync_interval, "rounds": rounds,
+              "security": "none" if insecure else "TLS + credentials"}
     document = report.build(results, config, BASELINE)
     report.print_report(document, Console(width=max(160, Console().width)))
     if json_path is not None:

@@ -20,6 +20,7 @@ from spacegrid.datadir import DataDirLock, process_running
 from spacegrid.errors import ConfigError, GridUnavailable
 from spacegrid.launcher import DEFAULT_APP, GRID_FILE, load_space, read_grid_file
 from spacegrid.limits import DEFAULT_LIMITS, Limits
+from spacegrid.security.access import ENV_CREDS, ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, Access
 from spacegrid.space import Space
 
 if TYPE_CHECKING:  # typing only: the client imports nats, loaded when a command runs
@@ -38,6 +39,37 @@ deadline_option = click.option("--deadline-s", type=float, default=DEFAULT_LIMIT
 connect_timeout_option = click.option(
     "--connect-timeout-s", type=click.FloatRange(0.1, 600), default=DEFAULT_LIMITS.connect_timeout_s,
     show_default=True, help="Give up connecting to NATS after this (at once if nothing listens there).")
+
+
+_ACCESS_KEY = "spacegrid.access"
+_ACCESS_OPTIONS = (
+    ("creds", ENV_CREDS, "The NATS .creds file to connect with [default: the data dir's, for this command's role]."),
+    ("tls-ca", ENV_TLS_CA, "The CA certificate that signed the NATS servers' certificates (PEM)."),
+    ("tls-cert", ENV_TLS_CERT, "This process's client certificate (PEM), where NATS asks for one."),
+    ("tls-key", ENV_TLS_KEY, "The key of --tls-cert (PEM, mode 0600)."),
+)
+
+
+def _remember_access(context: click.Context, parameter: click.Parameter, value: Path | None) -> None:
+    if value is not None and parameter.name is not None:
+        context.meta.setdefault(_ACCESS_KEY, {})[parameter.name] = value
+
+
+def access_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--creds, --tls-ca, --tls-cert, --tls-key (each also from its SPACEGRID_* variable); read by given_access()."""
+    for name, env, help_text in reversed(_ACCESS_OPTIONS):
+        command = click.option(f"--{name}", name.replace("-", "_"), envvar=env, default=None, expose_value=False,
+                               callback=_remember_access, type=click.Path(path_type=Path, dir_okay=False),
+                               help=help_text)(command)
+    return command
+
+
+def given_access(data_dir: Path | None, role: str) -> Access:
+    """This command's credential: its options (or SPACEGRID_* variables), else DATA_DIR/secrets/<role>.creds."""
+    context = click.get_current_context(silent=True)
+    given = context.meta.get(_ACCESS_KEY, {}) if context is not None else {}
+    explicit = Access(given.get("creds"), given.get("tls_ca"), given.get("tls_cert"), given.get("tls_key"))
+    return Access.resolve(explicit, data_dir, role)
 
 
 LIMIT_HELP = {
@@ -117,9 +149,12 @@ def lock_data_dir(data_dir: Path, role: str) -> DataDirLock:
         else:
             password_file = data_dir / STORE_PASSWORD_FILE
             password = f" --store-password-file {password_file}" if password_file.exists() else ""
+            access = Access.of_data_dir(data_dir)
+            creds = (f" --creds $(spacegrid auth creds pu --data-dir {data_dir}) --tls-ca {access.tls_ca_path}"
+                     if access.tls_ca_path is not None else "")
             hint = (f"; to add a PU to the grid running there, give it no data dir of its own: `spacegrid pu "
-                    f"--nats {grid['nats_url']} --app {grid.get('app', DEFAULT_APP)}{password}` (it takes the grid's store "
-                    f"and limits from the grid's configuration)")
+                    f"--nats {grid['nats_url']} --app {grid.get('app', DEFAULT_APP)}{password}{creds}` (it takes the "
+                    f"grid's store and limits from the grid's configuration)")
         raise ConfigError(f"{exc}{hint}") from None
 
 
@@ -143,20 +178,23 @@ async def within_connect_bound(opening: Coroutine[Any, Any, T], url: str, connec
                               f"network, the host and --nats, or raise --connect-timeout-s") from None
 
 
-async def open_client(space: Space, url: str, connect_timeout_s: float, limits: Limits = DEFAULT_LIMITS) -> Client:
+async def open_client(space: Space, url: str, connect_timeout_s: float, access: Access,
+                      limits: Limits = DEFAULT_LIMITS) -> Client:
     from dataclasses import replace
 
     from spacegrid.client.client import Client
 
     limits = replace(limits, connect_timeout_s=connect_timeout_s)
-    return await within_connect_bound(Client.connect(space, url, limits), url, connect_timeout_s)
+    return await within_connect_bound(Client.connect(space, url, limits, access=access), url, connect_timeout_s)
 
 
 def with_client(data_dir: Path, nats_url: str | None, app: str | None, connect_timeout_s: float,
                 body: Callable[[Client], Awaitable[T]]) -> T:
+    access = given_access(data_dir, "client")
+
     async def run() -> T:
         url, space = resolve(data_dir, nats_url, app)
-        client = await open_client(space, url, connect_timeout_s)
+        client = await open_client(space, url, connect_timeout_s, access)
         try:
             return await body(client)
         finally:

@@ -17,15 +17,17 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from spacegrid.cli.auth import auth
 from spacegrid.cli.bench import bench
 from spacegrid.cli.chaos import chaos
-from spacegrid.cli.common import (app_option, connect_timeout_option, console, data_dir_option, deadline_option, fail,
-                                  given_settings, given_store, grid_limit_options, lock_data_dir, nats_option,
+from spacegrid.cli.common import (access_options, app_option, connect_timeout_option, console, data_dir_option,
+                                  deadline_option, fail, given_access, given_settings, given_store, grid_limit_options, lock_data_dir, nats_option,
                                   parse_json, print_json, resolve, within_connect_bound, with_client)
 from spacegrid.durability import DEFAULT_FSYNC, INTERVAL_DEFAULT, Fsync
 from spacegrid.config import (NO_STORE, NOT_RECORDED, OPTIONS, STORE_PASSWORD_ENV, STORE_PASSWORD_FILE, GridConfig,
                               durability_of, written_by)
 from spacegrid.cli.reconcile import reconcile
+from spacegrid.cli.repair import repair
 from spacegrid.engine.connection import install_uvloop
 from spacegrid.errors import SpacegridError
 from spacegrid.inspect import GridStatus, read_status
@@ -64,9 +66,15 @@ def cli(log_level: str) -> None:
 @click.option("--stop-timeout-s", type=click.FloatRange(GRID_STOP_TIMEOUT_S_MIN, 3600), default=GRID_STOP_TIMEOUT_S,
               show_default=True, help="Ctrl-C or SIGTERM stops the grid within this (PU hand-off and store drain "
                                       "included); what still runs then is killed.")
+@click.option("--listen", "listen_host", default="127.0.0.1", show_default=True,
+              help="The address the embedded NATS listens on (its certificate names it). Beyond loopback only with "
+                   "authentication and TLS (the default; refused with --insecure).")
+@click.option("--insecure", is_flag=True, help="Run the embedded NATS without authentication: anyone who can reach "
+                                                "its port owns the grid. Loopback development only.")
+@access_options
 def up(pus: int, data_dir: Path, app: str | None, nats_url: str | None, port: int | None, nats_cluster: str,
-       store_url: str | None, fsync: str, ready_timeout_s: float, stop_timeout_s: float,
-       **limits: Any) -> None:
+       store_url: str | None, fsync: str, ready_timeout_s: float, stop_timeout_s: float, listen_host: str,
+       insecure: bool, **limits: Any) -> None:
     """Run a grid here: an embedded nats-server (unless --nats), PUS processing units and the app (Ctrl-C stops it).
     The data dir is locked while it runs; its processes die with it, even on SIGKILL. A new grid gets a configuration
     (store, limits, durability, metrics) that every PU takes; a restart on the same data dir must agree with it."""
@@ -74,7 +82,11 @@ def up(pus: int, data_dir: Path, app: str | None, nats_url: str | None, port: in
     grid = LocalGrid(data_dir, app or last_app(data_dir) or DEFAULT_APP, nats_url=nats_url, nats_port=port,
                      nats_cluster=int(nats_cluster), store=store_url, sync_interval=Fsync.parse(fsync).sync_interval,
                      pu_args=pu_args,
-                     stop_timeout_s=stop_timeout_s)
+                     stop_timeout_s=stop_timeout_s, secure=not insecure, nats_host=listen_host,
+                     access=None if nats_url is None else given_access(None, "admin"))
+    if insecure:
+        console.print("[bold red]INSECURE[/bold red]: the embedded NATS takes connections without credentials; "
+                      "anything that reaches its port can read and change every value. Loopback development only.")
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops the grid as Ctrl-C does, wherever the launcher is
     try:
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -97,10 +109,15 @@ def up(pus: int, data_dir: Path, app: str | None, nats_url: str | None, port: in
         console.print(f"[green]spacegrid is up[/green]: space [bold]{grid.space.name}[/bold] "
                       f"({grid.space.partitions} partitions) on {pus} PUs")
         console.print(f"  NATS      {grid.url}")
+        if grid.secrets is not None:
+            console.print(f"  auth      credentials required; this grid's are in {grid.secrets.directory} "
+                          f"(admin.creds, client.creds, reader.creds; --creds or SPACEGRID_CREDS elsewhere)")
         console.print(f"  store     {grid.store_url or 'none (in memory and the log only)'}")
         console.print(f"  grid file {data_dir / 'grid.json'}   logs {data_dir / 'logs'}")
-        console.print(f"  add a PU  spacegrid pu --nats {grid.url} --app {grid.app}   (store, limits, metrics: the "
-                      f"grid's configuration)")
+        creds = (f" --creds $(spacegrid auth creds pu --data-dir {data_dir}) --tls-ca {grid.client_access.tls_ca_path}"
+                 if grid.secrets is not None else "")
+        console.print(f"  add a PU  spacegrid pu --nats {grid.url} --app {grid.app}{creds}   (store, limits, metrics: "
+                      f"the grid's configuration)")
         console.print("  try       spacegrid call create_event E1 '{\"seats\": 100}'   then   spacegrid status")
         console.print("Ctrl-C stops the grid.")
         while True:
@@ -159,6 +176,7 @@ def _stop_grid(grid: LocalGrid) -> None:
 @click.option("--nats-lost-exit-s", type=click.FloatRange(0.5, 86400), default=DEFAULT_LIMITS.pu_nats_lost_exit_s,
               show_default=True, help="Exit (non-zero) after NATS has been unreachable this long.")
 @connect_timeout_option
+@access_options
 @click.option("--wait-for-config", is_flag=True, hidden=True,
               help="Wait for the grid's configuration instead of writing one (PUs of `spacegrid up`).")
 def pu(app: str | None, nats_url: str | None, data_dir: Path, store_url: str | None,
@@ -167,6 +185,7 @@ def pu(app: str | None, nats_url: str | None, data_dir: Path, store_url: str | N
     """Run one processing unit in this process. It takes the grid's configuration (store, limits, replicas,
     metrics) from NATS; an option given here that differs from it is refused. With --data-dir given (or without
     --nats/--app, read from its grid.json), the PU locks that data dir: one PU or grid per data dir."""
+    from spacegrid.security.secrets import member_of_creds
     from spacegrid.unit.runner import PuOptions, join_grid
 
     context = click.get_current_context()
@@ -181,7 +200,10 @@ def pu(app: str | None, nats_url: str | None, data_dir: Path, store_url: str | N
         given["metrics"] = True  # a metrics port asks for metrics
     base = Limits(pu_stop_timeout_s=stop_timeout_s, pu_nats_lost_exit_s=nats_lost_exit_s,
                   connect_timeout_s=connect_timeout_s)
-    options = PuOptions(metrics_port, password, store_password_file, data_dir, base, create_config=not wait_for_config)
+    access = given_access(None, "pu")
+    member_id = None if access.creds_path is None else member_of_creds(access.read_creds())
+    options = PuOptions(metrics_port, password, store_password_file, data_dir, base, create_config=not wait_for_config,
+                        access=access, member_id=member_id)
     install_uvloop()
     try:
         asyncio.run(join_grid(space, app, url, given, options))
@@ -215,6 +237,7 @@ def _grid_file_app(data_dir: Path) -> str | None:
 @click.option("--force", is_flag=True, help="Replace a configuration that differs (every PU must be restarted).")
 @click.option("--show", is_flag=True, help="Print the grid's configuration as JSON; change nothing.")
 @connect_timeout_option
+@access_options
 def init(nats_url: str, app: str, store_url: str, replicas: int, fsync: str | None, metrics: bool,
          metrics_host: str, force: bool, show: bool, connect_timeout_s: float, **limits: Any) -> None:
     """Write the configuration of a production grid (NATS run by someone else) into its KV: store, replicas,
@@ -225,7 +248,8 @@ def init(nats_url: str, app: str, store_url: str, replicas: int, fsync: str | No
     space = load_space(app)
     base = replace(DEFAULT_LIMITS, connect_timeout_s=connect_timeout_s)
     if show:
-        shown = asyncio.run(within_connect_bound(config.show(nats_url, space.name, base), nats_url, connect_timeout_s))
+        shown = asyncio.run(within_connect_bound(config.show(nats_url, space.name, base, given_access(None, "admin")),
+                                                 nats_url, connect_timeout_s))
         if shown is None:
             fail(f"grid {space.name!r} at {nats_url} has no configuration yet")
         print_json(shown.to_wire())
@@ -239,7 +263,7 @@ def init(nats_url: str, app: str, store_url: str, replicas: int, fsync: str | No
                           durability=NOT_RECORDED if fsync is None else durability_of(Fsync.parse(fsync).sync_interval),
                           metrics=metrics,
                           metrics_host=metrics_host, written_by=written_by("spacegrid init"), **given_settings(limits))
-    grid, outcome = asyncio.run(config.initialize(nats_url, proposed, force, base))
+    grid, outcome = asyncio.run(config.initialize(nats_url, proposed, force, base, given_access(None, "admin")))
     if outcome == "replaced":
         console.print(f"[bold red]REPLACED the configuration of grid {space.name!r}.[/bold red] Running PUs still use "
                       f"the old one: restart EVERY PU now (SIGTERM one, start it again, wait until `spacegrid status` "
@@ -260,6 +284,7 @@ def init(nats_url: str, app: str, store_url: str, replicas: int, fsync: str | No
 @app_option
 @deadline_option
 @connect_timeout_option
+@access_options
 def put(map_name: str, key: str, value_json: str, expected_version: int | None, data_dir: Path,
         nats_url: str | None, app: str | None, deadline_s: float, connect_timeout_s: float) -> None:
     """Store a JSON value; prints the new version."""
@@ -277,6 +302,7 @@ def put(map_name: str, key: str, value_json: str, expected_version: int | None, 
 @app_option
 @deadline_option
 @connect_timeout_option
+@access_options
 def get(map_name: str, key: str, data_dir: Path, nats_url: str | None, app: str | None, deadline_s: float,
         connect_timeout_s: float) -> None:
     """Print {"value": ..., "version": N}; exits 3 if the key does not exist."""
@@ -296,6 +322,7 @@ def get(map_name: str, key: str, data_dir: Path, nats_url: str | None, app: str 
 @app_option
 @deadline_option
 @connect_timeout_option
+@access_options
 def delete(map_name: str, key: str, expected_version: int | None, data_dir: Path, nats_url: str | None,
            app: str | None, deadline_s: float, connect_timeout_s: float) -> None:
     """Delete a key; prints whether it existed."""
@@ -313,6 +340,7 @@ def delete(map_name: str, key: str, expected_version: int | None, data_dir: Path
 @app_option
 @deadline_option
 @connect_timeout_option
+@access_options
 def call(handler: str, key: str, args_json: str | None, data_dir: Path, nats_url: str | None, app: str | None,
          deadline_s: float, connect_timeout_s: float) -> None:
     """Run a handler on the PU that owns KEY; prints its JSON result."""
@@ -328,6 +356,7 @@ def call(handler: str, key: str, args_json: str | None, data_dir: Path, nats_url
 @app_option
 @deadline_option
 @connect_timeout_option
+@access_options
 def query(name: str, args_json: str | None, data_dir: Path, nats_url: str | None, app: str | None,
           deadline_s: float, connect_timeout_s: float) -> None:
     """Run a read-only query on every partition; prints the merged JSON result."""
@@ -341,10 +370,12 @@ def query(name: str, args_json: str | None, data_dir: Path, nats_url: str | None
 @app_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @connect_timeout_option
+@access_options
 def status(data_dir: Path, nats_url: str | None, app: str | None, as_json: bool, connect_timeout_s: float) -> None:
     """Members and partitions of the grid."""
     url, space = resolve(data_dir, nats_url, app)
-    grid = asyncio.run(within_connect_bound(read_status(url, space.name, space.partitions, connect_timeout_s), url,
+    access = given_access(data_dir, "reader")
+    grid = asyncio.run(within_connect_bound(read_status(url, space.name, space.partitions, connect_timeout_s, access), url,
                                             connect_timeout_s,
                                             STATUS_READ_S))
     if as_json:
@@ -394,9 +425,11 @@ def status(data_dir: Path, nats_url: str | None, app: str | None, as_json: bool,
     out.print(partitions)
 
 
+cli.add_command(auth)
 cli.add_command(bench)
 cli.add_command(chaos)
 cli.add_command(reconcile)
+cli.add_command(repair)
 
 
 def main() -> None:

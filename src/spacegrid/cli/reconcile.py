@@ -13,6 +13,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from spacegrid.cli.common import (
+    access_options,
+    given_access,
     app_option,
     connect_timeout_option,
     data_dir_option,
@@ -42,6 +44,7 @@ from spacegrid.reconcile import reconcile as run_reconcile
                    "Without it, a dry run that only reports.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @connect_timeout_option
+@access_options
 def reconcile(data_dir: Path, nats_url: str | None, app: str | None, store_url: str | None,
               store_password_file: Path | None, map_names: tuple[str, ...], partitions: tuple[int, ...], repair: str | None, as_json: bool,
               connect_timeout_s: float) -> None:
@@ -63,7 +66,7 @@ def reconcile(data_dir: Path, nats_url: str | None, app: str | None, store_url: 
     async def run() -> list[PartitionReport]:
         store = open_store(store_url, space.name, list(space.maps))
         await store.open()
-        client = await open_client(space, url, connect_timeout_s)
+        client = await open_client(space, url, connect_timeout_s, given_access(data_dir, "admin"))
         try:
             with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                           TimeElapsedColumn(), console=err, disable=as_json) as progress:

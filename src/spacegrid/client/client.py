@@ -9,6 +9,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from spacegrid import codec, protocol
@@ -27,6 +28,7 @@ from spacegrid.errors import (
 )
 from spacegrid.limits import DEFAULT_LIMITS, REPLY_MESSAGE_BYTES_MAX, Limits
 from spacegrid.partitioning import PartitionTable
+from spacegrid.security.access import Access
 from spacegrid.space import Space, check_key
 
 log = logging.getLogger("spacegrid.client")
@@ -75,14 +77,21 @@ class Client:
         self.counters = {"requests": 0, "messages": 0, "retries": 0}
 
     @classmethod
-    async def connect(cls, space: Space, nats_url: str, limits: Limits = DEFAULT_LIMITS) -> Client:
+    async def connect(cls, space: Space, nats_url: str, limits: Limits = DEFAULT_LIMITS, *,
+                      creds: str | Path | None = None, tls_ca: str | Path | None = None,
+                      tls_cert: str | Path | None = None, tls_key: str | Path | None = None,
+                      data_dir: str | Path | None = None, access: Access | None = None) -> Client:
+        """Connect to the space at `nats_url`. Credentials: `access`, else the files given (`creds`, `tls_*`),
+        else SPACEGRID_CREDS / SPACEGRID_TLS_* variables, else a local grid's `data_dir`/secrets/client.creds.
+        Raises AccessDenied when NATS refuses them, GridUnavailable when it can't be reached in time."""
+        given = access or Access(*(None if f is None else Path(f) for f in (creds, tls_ca, tls_cert, tls_key)))
         client = cls(space, limits)
-        await client._start(nats_url)
+        await client._start(nats_url, Access.resolve(given, None if data_dir is None else Path(data_dir), "client"))
         return client
 
-    async def _start(self, nats_url: str) -> None:
+    async def _start(self, nats_url: str, access: Access) -> None:
         self.transport = await Transport.connect(nats_url, f"client:{self.client_id}",
-                                                 connect_timeout_s=self.limits.connect_timeout_s)
+                                                 connect_timeout_s=self.limits.connect_timeout_s, access=access)
         self.coord = await self.transport.coordination(self.names)
         table, _ = await self.coord.read_table(self.space.partitions)
         self.table = table

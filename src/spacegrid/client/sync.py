@@ -16,11 +16,12 @@ T = TypeVar("T")
 class SyncClient:
     """The same calls as Client, blocking. Use from scripts, shells and threads; close() when done."""
 
-    def __init__(self, space: Space, nats_url: str, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(self, space: Space, nats_url: str, limits: Limits = DEFAULT_LIMITS, **access: Any) -> None:
+        """`access`: Client.connect's credential options (creds=, tls_ca=, ..., data_dir=, access=)."""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="spacegrid-client", daemon=True)
         self._thread.start()
-        self._client = self._run(Client.connect(space, nats_url, limits))
+        self._client = self._run(Client.connect(space, nats_url, limits, **access))
 
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()

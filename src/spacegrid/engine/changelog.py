@@ -17,8 +17,13 @@ from nats.js.errors import BadRequestError, NotFoundError
 from spacegrid import codec
 from spacegrid.engine.coordination import NOT_READY
 from spacegrid.engine.subjects import Names
-from spacegrid.errors import CommitUnknown, DecodeError, Fenced, GridUnavailable, SpacegridError
+from spacegrid.errors import (CommitUnknown, ConfigError, DecodeError, Fenced, GridUnavailable, LogGap, PoisonedLog,
+                              RequestError, SpacegridError)
 from spacegrid.limits import CLAIM_BYTES_MAX, LOG_DUPLICATE_WINDOW_S, REPLAY_PENDING_BYTES_MAX, REPLAY_PENDING_MSGS_MAX
+
+# What applying a log message raises when the message itself is bad (undecodable, wrong shape, an invariant of the
+# partition's state broken by it): a replay stops there for good. LogGap is not poison (the store has the rest).
+POISON = (RequestError, LogGap, ValueError, TypeError, KeyError, IndexError, AssertionError)
 
 log = logging.getLogger("spacegrid.changelog")
 
@@ -149,6 +154,26 @@ class Changelog:
             raise GridUnavailable(f"the log's last message on {subject} could not be read: {exc!r}") from exc
         return int(message.seq or 0)
 
+    async def read_message(self, seq: int) -> tuple[str, bytes, dict[str, str]]:
+        """The log message at `seq`: (subject, data, headers); ConfigError if there is none (trimmed, deleted)."""
+        try:
+            msg = await self.js.get_msg(self.names.stream, seq)
+        except NotFoundError:
+            raise ConfigError(f"the log holds no message {seq} (trimmed, or already quarantined)") from None
+        return str(msg.subject), bytes(msg.data or b""), dict(msg.headers or {})
+
+    async def quarantine(self, seq: int, decision: dict[str, str]) -> int:
+        """Move the log message at `seq` to the dead-letter subject, `decision` (who, when, why) in its headers,
+        then delete it from the PU subjects: recoveries no longer read it. Returns the dead letter's sequence."""
+        subject, data, _ = await self.read_message(seq)
+        if not subject.startswith(self.names.pu_log_wildcard[:-1]):
+            raise ConfigError(f"message {seq} is on {subject}, not a PU's log subject: only those can be quarantined")
+        headers = {f"Spacegrid-{name.title()}": value for name, value in decision.items()}
+        headers.update({"Spacegrid-Quarantined-Seq": str(seq), "Spacegrid-Quarantined-From": subject})
+        ack = await self.js.publish(self.names.dead_log_subject, data, headers=headers)
+        await self.js.delete_msg(self.names.stream, seq)
+        return int(ack.seq)
+
     async def trim(self, keep_from_seq: int) -> None:
         """Delete every PU's writes before stream sequence keep_from_seq (claims stay: the fence needs them)."""
         try:
@@ -175,6 +200,13 @@ class Changelog:
                 return
             try:
                 apply(seq, codec.decode(msg.data, size_max_bytes))
+            except POISON as exc:  # the message itself is bad: no retry will get past it
+                if isinstance(exc, LogGap):
+                    done.set_exception(exc)
+                else:
+                    done.set_exception(PoisonedLog(f"log message {seq} on {msg.subject} can not be applied "
+                                                   f"({type(exc).__name__}: {exc})", seq, msg.subject))
+                return
             except BaseException as exc:  # surface any failure to the awaiting caller
                 done.set_exception(exc)
                 return

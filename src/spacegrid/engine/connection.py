@@ -14,6 +14,7 @@ import errno
 import logging
 import random
 import re
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -21,7 +22,9 @@ from typing import Any
 from nats.aio.client import Client, Server
 from nats.errors import StaleConnectionError, UnexpectedEOF
 
-from spacegrid.errors import GridUnavailable
+from spacegrid.errors import AccessDenied, GridUnavailable
+from spacegrid.security.access import Access
+from spacegrid.security.tls import client_context
 from spacegrid.limits import (
     NATS_PENDING_BYTES_MAX,
     DEFAULT_LIMITS,
@@ -32,6 +35,17 @@ from spacegrid.limits import (
 )
 
 log = logging.getLogger("spacegrid.nats")
+
+
+class _TlsEofNoise(logging.Filter):
+    """asyncio warns at every close of a TLS connection made by nats-py (its protocol's eof_received returns True,
+    which TLS ignores): harmless, and one line per connection in every log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "eof_received" not in record.getMessage()
+
+
+logging.getLogger("asyncio").addFilter(_TlsEofNoise())
 
 Callback = Callable[[], Awaitable[None]]
 SERVER_TIMEOUT_S_MAX = 2.0  # one server's TCP connect plus INFO; less when the whole bound is shorter
@@ -77,6 +91,41 @@ def grid_down_or_unreachable(url: str, refused: bool, timeout_s: float, cause: B
     detail = f" (last error: {cause!r})" if cause is not None else ""
     return GridUnavailable(f"NATS at {url} is unreachable: no connection within {timeout_s:g} s{detail}; "
                            f"check the network, the host and --nats, or raise --connect-timeout-s")
+
+
+def is_auth_error(exc: BaseException) -> bool:
+    """NATS refused the credentials (or their absence): retrying with the same ones fails the same way."""
+    text = str(exc).lower()
+    return "authorization violation" in text or "authentication" in text or ("expired" in text and "user" in text)
+
+
+def is_tls_error(exc: BaseException) -> bool:
+    """The TLS handshake failed (an unknown CA, a name the certificate does not carry, TLS on one side only)."""
+    return isinstance(exc, ssl.SSLError) or "tls" in str(exc).lower() and "required" in str(exc).lower()
+
+
+def access_denied(url: str, access: Access, cause: BaseException) -> AccessDenied:
+    if is_tls_error(cause):
+        return AccessDenied(f"TLS with NATS at {url} failed ({cause}): pass --tls-ca (or SPACEGRID_TLS_CA) with the CA "
+                            f"that signed the servers' certificates; a local grid's is DATA_DIR/secrets/tls/ca.pem")
+    if access.anonymous:
+        return AccessDenied(f"NATS at {url} refused a connection without credentials ({cause}): the grid requires "
+                            f"them; pass --creds FILE (or set SPACEGRID_CREDS), or --data-dir of the grid "
+                            f"(DIR/secrets/admin.creds)")
+    return AccessDenied(f"NATS at {url} refused {access.describe()} ({cause}): they are not this grid's, or were "
+                        f"revoked; use a .creds file the grid issued (`spacegrid auth creds ROLE`)")
+
+
+def nats_options(access: Access) -> dict[str, Any]:
+    """nats-py connect() options for `access` (its .creds file, and its own inbox prefix)."""
+    options: dict[str, Any] = {}
+    if access.creds_path is not None:
+        access.read_creds()  # a missing or world-readable file fails here, clearly, not inside nats-py
+        options["user_credentials"] = str(access.creds_path)
+        options["inbox_prefix"] = access.inbox_prefix()
+    if access.tls_ca_path is not None:
+        options["tls"] = client_context(access.tls_ca_path, access.tls_cert_path, access.tls_key_path)
+    return options
 
 
 def _breaks_connection(exc: Exception) -> bool:
@@ -128,11 +177,14 @@ class _Outage:
 
 async def connect(url: str, name: str, connect_timeout_s: float = DEFAULT_LIMITS.connect_timeout_s, *,
                   on_disconnect: Callback | None = None, on_reconnect: Callback | None = None,
-                  give_up_when_refused: bool = True) -> Client:
+                  give_up_when_refused: bool = True, access: Access | None = None) -> Client:
     """A connection that, once made, reconnects forever (backing off). The first connection gives up after
     `connect_timeout_s`, or as soon as every server refused if `give_up_when_refused`, raising GridUnavailable
-    that says whether the grid is down or unreachable. `on_disconnect` / `on_reconnect` run on each loss and
+    that says whether the grid is down or unreachable; at once with AccessDenied if NATS refused the credentials
+    (`access`, by default from SPACEGRID_* variables). `on_disconnect` / `on_reconnect` run on each loss and
     return of the connection."""
+    access = Access.from_env() if access is None else access
+    security = nats_options(access)
     servers = url.split(",")
     outage = _Outage(name)
     first = _FirstAttempts(len(servers))
@@ -176,12 +228,15 @@ async def connect(url: str, name: str, connect_timeout_s: float = DEFAULT_LIMITS
         disconnected_cb=disconnected,
         reconnected_cb=reconnected,
         pending_size=NATS_PENDING_BYTES_MAX,
+        **security,
     ))
     refused = asyncio.ensure_future(first.all_refused.wait()) if give_up_when_refused else None
-    waiting = {attempt} if refused is None else {attempt, refused}
+    denied = asyncio.ensure_future(first.denied.wait())
+    waiting = {attempt, denied} if refused is None else {attempt, refused, denied}
     try:
         await asyncio.wait(waiting, timeout=connect_timeout_s, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        denied.cancel()
         if refused is not None:
             refused.cancel()
     if attempt.done() and not attempt.cancelled() and attempt.exception() is None:
@@ -193,6 +248,8 @@ async def connect(url: str, name: str, connect_timeout_s: float = DEFAULT_LIMITS
     cause = first.last_error
     if attempt.done() and not attempt.cancelled() and attempt.exception() is not None:
         cause = attempt.exception()
+    if first.denial is not None or (cause is not None and (is_auth_error(cause) or is_tls_error(cause))):
+        raise access_denied(url, access, first.denial or cause)
     raise grid_down_or_unreachable(url, first.all_refused.is_set() or first.only_refusals, connect_timeout_s, cause)
 
 
@@ -206,6 +263,8 @@ class _FirstAttempts:
         self.refusals = 0
         self.last_error: BaseException | None = None
         self.all_refused = asyncio.Event()
+        self.denied = asyncio.Event()  # NATS refused the credentials: no point in another attempt
+        self.denial: BaseException | None = None  # the first such refusal (later attempts may only see a closed pipe)
 
     @property
     def only_refusals(self) -> bool:
@@ -214,6 +273,9 @@ class _FirstAttempts:
     def failed(self, exc: BaseException) -> None:
         self.attempts += 1
         self.last_error = exc
+        if is_auth_error(exc) or is_tls_error(exc):
+            self.denial = self.denial or exc
+            self.denied.set()
         if is_refused(exc):
             self.refusals += 1
             if self.only_refusals and self.refusals >= self.servers:

@@ -10,7 +10,7 @@ import re
 import shutil
 import signal
 import socket
-import subprocess
+import subprocess  # nosec B404  # the nats-server binary: argv lists, no shell
 import sys
 import time
 from collections.abc import Coroutine
@@ -21,7 +21,9 @@ from typing import IO, Any, Final, Self, TypeVar
 
 import nats
 
+from spacegrid.engine.connection import nats_options
 from spacegrid.errors import ConfigError
+from spacegrid.security.access import Access
 from spacegrid.lifeline import spawn
 
 SERVER_VERSION_MIN: Final = (2, 11)
@@ -69,7 +71,7 @@ def _require_recent(binary: Path) -> None:
 def server_version(binary: Path) -> tuple[int, int, int]:
     """Return the (major, minor, patch) that `binary --version` prints."""
     try:
-        done = subprocess.run(
+        done = subprocess.run(  # nosec B603  # the resolved nats-server binary, argv list, no shell
             [str(binary), "--version"], capture_output=True, text=True, timeout=VERSION_TIMEOUT_S, check=False
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -100,6 +102,16 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
             sock.close()
 
 
+@dataclass(frozen=True)
+class ServerSecurity:
+    """What a secured server adds to its configuration (operator, accounts; ADR 0010), and the credential its own
+    readiness probe connects with."""
+
+    config_lines: tuple[str, ...]
+    probe_access: Access
+    cluster_lines: tuple[str, ...] = ()  # inside `cluster { }`: the routes' TLS
+
+
 @dataclass
 class NatsServerSpec:
     """How to run one nats-server: its store, ports, durability and (optionally) its cluster."""
@@ -114,6 +126,7 @@ class NatsServerSpec:
     cluster_port: int | None = None
     routes: list[str] = field(default_factory=list)  # e.g. ["nats://127.0.0.1:6223"]
     monitor_port: int | None = None
+    security: ServerSecurity | None = None  # None: no authentication (tests of the engine, `up --insecure`)
 
     def __post_init__(self) -> None:
         if self.sync_interval is not None and not _SYNC_INTERVAL_RE.match(self.sync_interval):
@@ -136,12 +149,16 @@ def render_config(spec: NatsServerSpec, port: int) -> str:
     ]
     if spec.monitor_port is not None:
         lines.append(f"http: {q(f'{spec.host}:{spec.monitor_port}')}")
+    if spec.security is not None:
+        lines += spec.security.config_lines
     lines += ["jetstream {", f"  store_dir: {q(str(spec.store_dir))}"]
     if spec.sync_interval is not None:
         lines.append(f"  sync_interval: {q(spec.sync_interval)}")
     lines.append("}")
     if spec.cluster_name is not None:
         lines += ["cluster {", f"  name: {q(spec.cluster_name)}", f"  listen: {q(f'{spec.host}:{spec.cluster_port}')}"]
+        if spec.security is not None:
+            lines += spec.security.cluster_lines
         lines += ["  routes: [", *(f"    {q(route)}" for route in spec.routes), "  ]", "}"]
     return "\n".join(lines) + "\n"
 
@@ -239,8 +256,11 @@ class NatsServerProcess:
         if self.is_running():
             raise ConfigError(f"nats-server {self.spec.server_name} is already running (pid {self.pid})")
         binary = self._binary or find_nats_server_binary()
-        self.spec.store_dir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(render_config(self.spec, self.port))
+        self.spec.store_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as config:
+            os.fchmod(fd, 0o600)
+            config.write(render_config(self.spec, self.port))
         self._log_file = self.log_path.open("ab")
         # dies with this process, however it dies (a grid's nats-server must not outlive its launcher)
         self._proc = spawn([str(binary), "-c", str(self.config_path)], stdout=self._log_file)
@@ -251,7 +271,8 @@ class NatsServerProcess:
         while True:
             self._raise_if_exited()
             if _port_open(self.spec.host, self.port):
-                last_error = (_run_coroutine(_js_ready(self.url)) or "") if jetstream else ""
+                probe_access = self.spec.security.probe_access if self.spec.security is not None else Access()
+                last_error = (_run_coroutine(_js_ready(self.url, probe_access)) or "") if jetstream else ""
                 if not last_error:
                     return
             else:
@@ -304,6 +325,7 @@ def start_cluster(
     max_payload_bytes: int = MAX_PAYLOAD_BYTES_DEFAULT,
     timeout_s: float = 30.0,
     wait_for_jetstream: bool = True,
+    security: ServerSecurity | None = None,
 ) -> list[NatsServerProcess]:
     """Start a `size`-node JetStream cluster on free loopback ports, nodes n1..nN under `base_dir`; stop all on failure.
     Returns once every node answers JetStream requests, or (`wait_for_jetstream=False`) once every node accepts
@@ -325,6 +347,7 @@ def start_cluster(
                 cluster_name=CLUSTER_NAME,
                 cluster_port=cluster_ports[i],
                 routes=[f"nats://{host}:{p}" for j, p in enumerate(cluster_ports) if j != i],
+                security=security,
             )
         )
         for i in range(size)
@@ -367,7 +390,7 @@ def _port_open(host: str, port: int) -> bool:
         return False
 
 
-async def _js_ready(url: str) -> str | None:
+async def _js_ready(url: str, access: Access) -> str | None:
     """Return None when JetStream answers an account-info request at `url`, else why not."""
 
     async def _quiet(_: Exception) -> None:
@@ -375,8 +398,8 @@ async def _js_ready(url: str) -> str | None:
 
     try:
         nc = await nats.connect(
-            url, connect_timeout=PROBE_TIMEOUT_S, allow_reconnect=False, max_reconnect_attempts=0, error_cb=_quiet
-        )
+            url, connect_timeout=PROBE_TIMEOUT_S, allow_reconnect=False, max_reconnect_attempts=0, error_cb=_quiet,
+            **nats_options(access))
     except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
         return f"connect failed: {exc!r}"
     try:

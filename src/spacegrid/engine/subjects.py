@@ -35,9 +35,23 @@ class Names:
         """Every partition's claims: every append is fenced on this filter's last sequence."""
         return f"sg.{self.space}.log.claim.*"
 
+    @property
+    def dead_log_subject(self) -> str:
+        """Log messages an operator quarantined (`spacegrid repair`): kept, with who, when and why, never replayed."""
+        return f"sg.{self.space}.log.dead"
+
     def pu_subject(self, member_id: str) -> str:
         """Where a smart client sends batches bound for one PU."""
         return f"sg.{self.space}.pu.{member_id}"
+
+    @property
+    def pu_wildcard(self) -> str:
+        """Every PU's request subject: where clients may send (security.roles)."""
+        return f"sg.{self.space}.pu.*"
+
+    @property
+    def partition_wildcard(self) -> str:
+        return f"sg.{self.space}.p.*"
 
     def partition_subject(self, partition: int) -> str:
         """Where a thin client sends requests for one partition; only its owner subscribes."""

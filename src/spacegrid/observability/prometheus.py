@@ -28,6 +28,7 @@ COUNTERS = {
     "loaded_rows": "Rows loaded from the store by recovering partitions",
     "overloaded": "Requests refused with Overloaded because a queue of this PU was at its bound (limits.py)",
     "bad_requests": "Requests refused as malformed (the caller's fault)",
+    "recovery_failures": "Recoveries of a partition that failed (each tried again after a backoff)",
 }
 GAUGES = {
     "write_behind_lag_records": "Committed writes the store does not hold yet (keys, coalesced)",
@@ -36,6 +37,7 @@ GAUGES = {
     "store_available": "1 while the write-behind pump reaches the store, 0 while it retries",
     "append_backlog_records": "Writes applied but not yet appended (async maps, or waiting for an append)",
     "backups_catching_up": "Backups catching up with their partition's log (migration in progress)",
+    "partitions_poisoned": "Partitions stopped by a log message they can't apply, until `spacegrid repair`",
     "waiting_replies": "Requests waiting for a commit or the store (bounded by limits.waiters_max)",
     "unsent_replies": "Replies queued and not yet handed to NATS (bounded by limits.replies_pending_max)",
 }

@@ -92,10 +92,10 @@ class PostgresStore(Store):
                 await db.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
                 await db.execute(f"CREATE TABLE IF NOT EXISTS {SCHEMA_TABLE} (space TEXT PRIMARY KEY, "
                                  "version INTEGER NOT NULL)")
-                found = await db.fetchval(f"SELECT version FROM {SCHEMA_TABLE} WHERE space = $1", self.tables.space)
+                found = await db.fetchval(f"SELECT version FROM {SCHEMA_TABLE} WHERE space = $1", self.tables.space)  # nosec B608  # SCHEMA_TABLE is a constant, values bound
                 for statement in migration_statements(self.tables, DIALECT, 0 if found is None else int(found)):
                     await db.execute(statement)
-                await db.execute(f"INSERT INTO {SCHEMA_TABLE} (space, version) VALUES ($1, $2) ON CONFLICT (space) "
+                await db.execute(f"INSERT INTO {SCHEMA_TABLE} (space, version) VALUES ($1, $2) ON CONFLICT (space) "  # nosec B608  # SCHEMA_TABLE is a constant, values bound
                                  "DO UPDATE SET version = EXCLUDED.version", self.tables.space, SCHEMA_VERSION)
 
         await self._with(migrate)
@@ -112,34 +112,34 @@ class PostgresStore(Store):
 
     async def progress(self, partition: int) -> Progress:
         found = await self._with(lambda db: db.fetchrow(
-            f"SELECT lsn, seq FROM {quoted(self.tables.progress)} WHERE partition = $1", partition))
+            f"SELECT lsn, seq FROM {quoted(self.tables.progress)} WHERE partition = $1", partition))  # nosec B608  # identifiers via store.base.quoted, values bound
         return Progress(0, 0) if found is None else Progress(int(found["lsn"]), int(found["seq"]))
 
     async def log_position(self, partitions: int) -> int:
         found = await self._with(lambda db: db.fetchrow(
-            f"SELECT count(*) AS n, min(seq) AS low FROM {quoted(self.tables.progress)} WHERE partition < $1",
+            f"SELECT count(*) AS n, min(seq) AS low FROM {quoted(self.tables.progress)} WHERE partition < $1",  # nosec B608  # identifiers via store.base.quoted, values bound
             partitions))
         return 0 if found is None or int(found["n"]) < partitions else int(found["low"])
 
     async def persist(self, partition: int, rows: Sequence[Row], lsn: int, seq: int, advance: bool) -> None:
         assert lsn >= 0 and seq >= 0
         progress = quoted(self.tables.progress)
-        lock = f"SELECT greatest(lsn, claimed) FROM {progress} WHERE partition = $1 FOR UPDATE"
+        lock = f"SELECT greatest(lsn, claimed) FROM {progress} WHERE partition = $1 FOR UPDATE"  # nosec B608  # identifiers via store.base.quoted, values bound
 
         async def persist(db: asyncpg.Connection) -> None:
             async with db.transaction():
                 stored = await db.fetchval(lock, partition)
                 if stored is None:  # the partition's first persist: create its row, then lock it
-                    await db.execute(f"INSERT INTO {progress} (partition, lsn, seq, updated_at) "
+                    await db.execute(f"INSERT INTO {progress} (partition, lsn, seq, updated_at) "  # nosec B608  # identifiers via store.base.quoted, values bound
                                      "VALUES ($1, 0, 0, now()) ON CONFLICT (partition) DO NOTHING", partition)
                     stored = await db.fetchval(lock, partition)
                 if stored > lsn:
                     raise StaleWrite(f"partition {partition}: the store holds or was claimed up to lsn {stored}, "
                                      f"past this snapshot's {lsn}")
-                await db.execute(f"UPDATE {progress} SET claimed = $2 WHERE partition = $1", partition, lsn)
+                await db.execute(f"UPDATE {progress} SET claimed = $2 WHERE partition = $1", partition, lsn)  # nosec B608  # identifiers via store.base.quoted, values bound
                 await self._write(db, partition, rows, guarded=True)
                 if advance:
-                    status = await db.execute(f"UPDATE {progress} SET lsn = $2, seq = $3, updated_at = now() "
+                    status = await db.execute(f"UPDATE {progress} SET lsn = $2, seq = $3, updated_at = now() "  # nosec B608  # identifiers via store.base.quoted, values bound
                                               "WHERE partition = $1 AND lsn <= $2", partition, lsn, seq)
                     assert status == "UPDATE 1", "the position only moves forward"
 
@@ -151,7 +151,7 @@ class PostgresStore(Store):
             table = quoted(self.tables.map_table(map_name))
             if upserts:
                 await db.execute(
-                    f"INSERT INTO {table} AS t (partition, key, value, version, updated_at) "
+                    f"INSERT INTO {table} AS t (partition, key, value, version, updated_at) "  # nosec B608  # identifiers via store.base.quoted, values bound
                     "SELECT $1, u.key, u.value, u.version, now() "
                     "FROM unnest($2::text[], $3::bytea[], $4::bigint[]) AS u(key, value, version) "
                     "ON CONFLICT (key) DO UPDATE SET partition = EXCLUDED.partition, value = EXCLUDED.value, "
@@ -160,7 +160,7 @@ class PostgresStore(Store):
                     partition, [r.key for r in upserts], [r.value for r in upserts], [r.version for r in upserts])
             if deletes:
                 await db.execute(
-                    f"DELETE FROM {table} AS t USING unnest($1::text[], $2::bigint[]) AS d(key, version) "
+                    f"DELETE FROM {table} AS t USING unnest($1::text[], $2::bigint[]) AS d(key, version) "  # nosec B608  # identifiers via store.base.quoted, values bound
                     "WHERE t.key = d.key" + (" AND t.version < d.version" if guarded else ""),
                     [r.key for r in deletes], [r.version for r in deletes])
 
@@ -168,7 +168,7 @@ class PostgresStore(Store):
         async def insert(db: asyncpg.Connection) -> None:
             async with db.transaction():
                 await db.executemany(
-                    f"INSERT INTO {quoted(self.tables.dead_letters)} (map, key, partition, value, version, error, "
+                    f"INSERT INTO {quoted(self.tables.dead_letters)} (map, key, partition, value, version, error, "  # nosec B608  # identifiers via store.base.quoted, values bound
                     "created_at) VALUES ($1, $2, $3, $4, $5, $6, now())",
                     [(r.map, _storable(r.key), partition, r.value, r.version, _storable(error)) for r in rows])
 
@@ -176,17 +176,17 @@ class PostgresStore(Store):
 
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         found = await self._with(lambda db: db.fetch(
-            "SELECT id, map, key, partition, value, version, error, extract(epoch FROM created_at) AS at "
+            "SELECT id, map, key, partition, value, version, error, extract(epoch FROM created_at) AS at "  # nosec B608  # identifiers via store.base.quoted, values bound
             f"FROM {quoted(self.tables.dead_letters)} ORDER BY id LIMIT $1", limit))
         return [DeadLetter(int(r["id"]), r["map"], r["key"], int(r["partition"]),
                            None if r["value"] is None else bytes(r["value"]), int(r["version"]), r["error"],
                            float(r["at"])) for r in found]
 
     async def dead_letter_count(self) -> int:
-        return await self._count(f"SELECT count(*) FROM {quoted(self.tables.dead_letters)}")
+        return await self._count(f"SELECT count(*) FROM {quoted(self.tables.dead_letters)}")  # nosec B608  # identifiers via store.base.quoted, values bound
 
     async def row_count(self, map_name: str) -> int:
-        return await self._count(f"SELECT count(*) FROM {quoted(self.tables.map_table(map_name))}")
+        return await self._count(f"SELECT count(*) FROM {quoted(self.tables.map_table(map_name))}")  # nosec B608  # identifiers via store.base.quoted, values bound
 
     async def _count(self, sql: str) -> int:
         return int(await self._with(lambda db: db.fetchval(sql)))
@@ -194,26 +194,26 @@ class PostgresStore(Store):
     async def load_page(self, partition: int, map_name: str, after_key: str, limit: int) -> list[Row]:
         table = quoted(self.tables.map_table(map_name))
         found = await self._with(lambda db: db.fetch(
-            f"SELECT key, value, version FROM {table} WHERE partition = $1 AND key > $2 ORDER BY key LIMIT $3",
+            f"SELECT key, value, version FROM {table} WHERE partition = $1 AND key > $2 ORDER BY key LIMIT $3",  # nosec B608  # identifiers via store.base.quoted, values bound
             partition, after_key, limit))
         return [Row(map_name, r["key"], bytes(r["value"]), int(r["version"])) for r in found]
 
     async def load_key(self, map_name: str, key: str) -> Row | None:
         table = quoted(self.tables.map_table(map_name))
-        found = await self._with(lambda db: db.fetchrow(f"SELECT value, version FROM {table} WHERE key = $1", key))
+        found = await self._with(lambda db: db.fetchrow(f"SELECT value, version FROM {table} WHERE key = $1", key))  # nosec B608  # identifiers via store.base.quoted, values bound
         return None if found is None else Row(map_name, key, bytes(found["value"]), int(found["version"]))
 
     async def versions(self, partition: int, map_name: str) -> list[tuple[str, int]]:
         table = quoted(self.tables.map_table(map_name))
         found = await self._with(lambda db: db.fetch(  # keys are COLLATE "C": UTF-8 byte order, i.e. code points
-            f"SELECT key, version FROM {table} WHERE partition = $1 ORDER BY key", partition))
+            f"SELECT key, version FROM {table} WHERE partition = $1 ORDER BY key", partition))  # nosec B608  # identifiers via store.base.quoted, values bound
         return [(r["key"], int(r["version"])) for r in found]
 
     async def digest(self, partition: int, map_name: str) -> tuple[int, str]:
         """digest_of(versions) computed by the server: one row comes back, however many the partition holds."""
         table = quoted(self.tables.map_table(map_name))
         found = await self._with(lambda db: db.fetchrow(
-            "SELECT count(*) AS n, encode(sha256(convert_to(coalesce(string_agg(key || E'\\t' || version::text "
+            "SELECT count(*) AS n, encode(sha256(convert_to(coalesce(string_agg(key || E'\\t' || version::text "  # nosec B608  # identifiers via store.base.quoted, values bound
             f"|| E'\\n', '' ORDER BY key), ''), 'UTF8')), 'hex') AS digest FROM {table} WHERE partition = $1",
             partition))
         assert found is not None
@@ -228,7 +228,7 @@ class PostgresStore(Store):
 
     async def delete_keys(self, partition: int, map_name: str, keys: Sequence[str]) -> None:
         table = quoted(self.tables.map_table(map_name))
-        await self._with(lambda db: db.execute(f"DELETE FROM {table} WHERE partition = $1 AND key = ANY($2::text[])",
+        await self._with(lambda db: db.execute(f"DELETE FROM {table} WHERE partition = $1 AND key = ANY($2::text[])",  # nosec B608  # identifiers via store.base.quoted, values bound
                                                partition, list(keys)))
 
 

@@ -6,7 +6,7 @@ import asyncio
 import os
 import secrets
 import signal
-import subprocess
+import subprocess  # nosec B404  # test fixtures: argv lists, no shell
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -70,7 +70,7 @@ def pu_factory(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]
               env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log_path = tmp_path / f"pu-{len(started)}.log"
         with open(log_path, "ab") as log:
-            pu = subprocess.Popen([sys.executable, "-m", "spacegrid.cli.main", "pu", "--nats", nats_url, "--app", app,
+            pu = subprocess.Popen([sys.executable, "-m", "spacegrid.cli.main", "pu", "--nats", nats_url, "--app", app,  # nosec B603  # argv list (sys.executable), no shell
                                    *args], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                   cwd=tmp_path, env=None if env is None else {**os.environ, **env})
         pu.log_path = log_path  # type: ignore[attr-defined]

@@ -6,17 +6,19 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
 from spacegrid.core import lifecycle as lc
 from spacegrid.core.ownership import plan
+from spacegrid.core.recovery import RecoveryBackoff
 from spacegrid.core.partition import PartitionState
 from spacegrid.engine.changelog import Changelog
 from spacegrid.engine.subjects import Names
 from spacegrid.engine.transport import MessageHandler, Subscription, Transport
-from spacegrid.errors import CommitUnknown, Fenced, SpacegridError
+from spacegrid.errors import CommitUnknown, Fenced, PoisonedLog, SpacegridError
 from spacegrid.limits import Limits
 from spacegrid.space import Space
 from spacegrid.store.base import Store
@@ -52,7 +54,10 @@ class Driver:
         self.lifecycle = lc.Lifecycle()
         self.slots = slots  # shared with the server, which reads it; only the driver changes it
         self.stopping = False
-        self.counters = {"acquired": 0, "released": 0, "promoted": 0, "fenced": 0, "loaded_rows": 0}
+        self.counters = {"acquired": 0, "released": 0, "promoted": 0, "fenced": 0, "loaded_rows": 0,
+                         "recovery_failures": 0}
+        self.recovery = RecoveryBackoff(limits.recovery_retry_s_min, limits.recovery_retry_s_max,
+                                        limits.poisoned_retry_s)
         self._subs: dict[tuple[int, int], Subscription] = {}
         self._recovering: dict[tuple[int, int], asyncio.Task[None]] = {}
         self._stimuli = itertools.count(1)
@@ -80,7 +85,10 @@ class Driver:
         stimulus_id = self._stimulus(f"table-v{table.version}")
         for partition in decided.release:
             self.release(partition, f"table v{table.version} gives it to {table.owner(partition)}", stimulus_id)
+        now_s = time.monotonic()
         for partition, epoch in decided.acquire:
+            if partition not in self.lifecycle.records and not self.recovery.may_try(partition, now_s):
+                continue  # its last recovery failed: backing off (one claim per attempt)
             if partition in self.lifecycle.records:
                 self.release(partition, f"re-acquiring at epoch {epoch}", stimulus_id)
             if partition in self.lifecycle.records:
@@ -169,6 +177,7 @@ class Driver:
             slot.claim_seq = ins.claim_seq
             slot.mark_unpersisted()
             self.counters["acquired"] += 1
+            self.recovery.succeeded(ins.partition)
         elif isinstance(ins, lc.FailWaiters):
             unpersisted = CommitUnknown(f"partition {ins.partition} moved before the store confirmed the write; it "
                                         "is committed in the log: retry with the same operation id")
@@ -201,12 +210,24 @@ class Driver:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning("recovery of partition %d failed (%s); will retry", p, exc)
+            self._recovery_failed(p, exc)
             event = lc.RecoveryFailed(p, a, self._stimulus("recovery-failed"), str(exc))
         finally:
             if self._recovering.get((p, a)) is asyncio.current_task():
                 del self._recovering[(p, a)]
         self._handle(event)
+
+    def _recovery_failed(self, partition: int, exc: Exception) -> None:
+        self.counters["recovery_failures"] += 1
+        if isinstance(exc, PoisonedLog):
+            failure = self.recovery.failed(partition, time.monotonic(), str(exc), exc.seq, exc.subject)
+            log.error("PARTITION %d STOPPED: %s. It stays unavailable (tried again every %.0f s, attempt %d) until "
+                      "an operator repairs the log: `spacegrid repair --seq %d`", partition, exc,
+                      self.limits.poisoned_retry_s, failure.count, exc.seq)
+            return
+        failure = self.recovery.failed(partition, time.monotonic(), str(exc))
+        log.warning("recovery of partition %d failed (%s); trying again in %.2f s (attempt %d)", partition, exc,
+                    failure.retry_at_s - time.monotonic(), failure.count)
 
     async def _io(self, slot: Slot, ins: lc.Instruction) -> lc.Event:
         p, a = slot.partition, slot.attempt

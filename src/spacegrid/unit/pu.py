@@ -30,6 +30,7 @@ from spacegrid.unit.pump import Pump
 from spacegrid.unit.replies import Replies
 from spacegrid.unit.serving import Server
 from spacegrid.unit.slot import Slot
+from spacegrid.security.access import Access
 
 log = logging.getLogger("spacegrid.pu")
 
@@ -60,8 +61,10 @@ class ProcessingUnit:
         member_id: str | None = None,
         time_limit: Callable[[], AbstractContextManager[Any]] = nullcontext,
         store: Store | None = None,
+        access: Access | None = None,
     ) -> None:
         check_store_needed(space, store)
+        self.access = access
         self.space = space
         self.store = store
         self.nats_url = nats_url
@@ -82,7 +85,8 @@ class ProcessingUnit:
     async def start(self) -> None:
         self.transport = await Transport.connect(self.nats_url, f"pu:{self.member_id}",
                                                  connect_timeout_s=self.limits.connect_timeout_s,
-                                                 jetstream_timeout_s=self.limits.jetstream_api_timeout_s)
+                                                 jetstream_timeout_s=self.limits.jetstream_api_timeout_s,
+                                                 access=self.access)
         self.changelog = self.transport.changelog(self.names, self.member_id, self.limits.append_timeout_s)
         await self.changelog.start()
         await self._open_store()
@@ -110,6 +114,7 @@ class ProcessingUnit:
                              self.server.on_message, slots)
         self._request_sub: Subscription = await self.transport.subscribe(self.names.pu_subject(self.member_id),
                                                                          self.server.on_message)
+        self._repair_sub = await self.transport.subscribe(self.names.dead_log_subject, self._on_repair)
         await self.membership.heartbeat()  # the member is announced once it listens
         if self.pump is not None:
             assert self.store is not None
@@ -248,6 +253,13 @@ class ProcessingUnit:
         log.error("stopping with %d writes the store does not hold yet (it was unavailable for %.0fs); they are in "
                   "the log, and the next owner persists them", lagging, self.limits.store_flush_on_stop_s)
 
+    async def _on_repair(self, _: Any) -> None:
+        """An operator quarantined a log message (`spacegrid repair`): partitions it stopped are tried at once."""
+        retried = self.driver.recovery.repaired()
+        if retried:
+            log.warning("the log was repaired: recovering partitions %s again", retried)
+            self.driver.reconcile()
+
     # ---- statistics ----------------------------------------------------------------------------------------
 
     def statistics(self) -> dict[str, Any]:
@@ -268,6 +280,8 @@ class ProcessingUnit:
             "maps": self._map_statistics(),
             **self._store_statistics(),
             "table_version": self.membership.table.version,
+            "poisoned": self.driver.recovery.report(),
+            "partitions_poisoned": len(self.driver.recovery.poisoned()),
             **self.server.counters, **self.appender.counters, **self.driver.counters, **self.membership.counters,
             **self.backups.counters,
         }

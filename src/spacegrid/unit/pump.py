@@ -207,6 +207,7 @@ class Pump:
         except StoreError:
             return  # the next round tries again
         persist.lsn, persist.seq = max(persist.lsn, state.lsn_committed), target
+        self.on_advance(slot)  # write-through replies waiting on a no-op write are answered by this advance too
 
     async def _maybe_trim(self, log_end: int) -> None:
         """Drop the log messages every partition's store position is past, at most every log_trim_interval_s, and

@@ -42,6 +42,7 @@ from spacegrid.space import Space
 from spacegrid.store import open_store
 from spacegrid.unit.pu import ProcessingUnit
 from spacegrid.unit.timelimit import TimeLimit
+from spacegrid.security.access import Access
 
 log = logging.getLogger("spacegrid.pu")
 
@@ -58,24 +59,28 @@ class PuOptions:
     data_dir: Path | None = None  # DATA_DIR/store.password is looked for here
     base_limits: Limits = DEFAULT_LIMITS  # its own bounds (stop, NATS loss, connect); the grid's are set over them
     create_config: bool = True  # False: wait for the grid's configuration (its launcher writes it) instead
+    access: Access | None = None  # its credential (None: from SPACEGRID_* variables)
+    member_id: str | None = None  # the member its credential was minted for (None: a new one)
 
 
 async def join_grid(space: Space, app: str, nats_url: str, given: Mapping[str, Any], options: PuOptions) -> None:
     """Run a PU with the grid's configuration: read it (or, on a grid without one, write this PU's settings as the
     grid's, create-only), refuse explicit settings (`given`, by GridConfig field) that conflict, then run_pu."""
     _watch_launcher()
-    grid = await grid_config_for_pu(space, app, nats_url, given, options.base_limits, options.create_config)
+    grid = await grid_config_for_pu(space, app, nats_url, given, options.base_limits, options.create_config,
+                                    options.access)
     password = options.store_password or read_store_password(options.store_password_file, options.data_dir)
     store_url = None if grid.store_url is None else with_store_password(grid.store_url, password)
     metrics = (grid.metrics_host, options.metrics_port or 0) if grid.metrics else None
     print(f"joining grid {grid.space!r} (configuration written by {grid.written_by or 'an earlier spacegrid'}):"
           f" store {grid.store}{' (password given)' if password and store_url != grid.store_url else ''}, "
           f"replicas {grid.replicas}, lease {grid.lease_s:g} s, metrics {'on' if grid.metrics else 'off'}", flush=True)
-    await run_pu(space, nats_url, grid.limits(options.base_limits), grid.replicas, metrics, store_url)
+    await run_pu(space, nats_url, grid.limits(options.base_limits), grid.replicas, metrics, store_url,
+                 options.access, options.member_id)
 
 
 async def grid_config_for_pu(space: Space, app: str, nats_url: str, given: Mapping[str, Any],
-                             base_limits: Limits, create: bool = True) -> GridConfig:
+                             base_limits: Limits, create: bool = True, access: Access | None = None) -> GridConfig:
     """The grid's configuration, checked against what this PU was given explicitly (ConfigError naming each
     setting that differs). Without `create`, waits for it (bounded) instead of writing its own."""
     given = {"app": app, **given}
@@ -83,7 +88,7 @@ async def grid_config_for_pu(space: Space, app: str, nats_url: str, given: Mappi
                           **given)
     transport, coordination = await open_coordination(nats_url, space.name, proposed.replicas,
                                                       proposed.heartbeat_timeout_s, base_limits, "spacegrid-pu-config",
-                                                      create)
+                                                      create, access)
     try:
         if create:
             grid, _ = await settle(coordination, proposed, base_limits)
@@ -111,14 +116,15 @@ _watching_launcher = False
 
 
 async def run_pu(space: Space, nats_url: str, limits: Limits, replicas: int = 1,
-                 metrics: tuple[str, int] | None = None, store_url: str | None = None) -> None:
+                 metrics: tuple[str, int] | None = None, store_url: str | None = None, access: Access | None = None,
+                 member_id: str | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then leave the grid gracefully (bounded). `metrics` (host, port; port 0: a
     free one) starts a Prometheus endpoint; `store_url` puts a durable store behind the grid. Raises
     GridUnavailable when NATS stays unreachable longer than `limits.pu_nats_lost_exit_s`."""
     _watch_launcher()
     store = None if store_url is None else open_store(store_url, space.name, list(space.maps), limits)
-    pu = ProcessingUnit(space, nats_url, limits, replicas, time_limit=TimeLimit(limits.handler_time_limit_s),
-                        store=store)
+    pu = ProcessingUnit(space, nats_url, limits, replicas, member_id, time_limit=TimeLimit(limits.handler_time_limit_s),
+                        store=store, access=access)
     if metrics is not None:
         host, port = metrics
         port = serve_metrics(lambda: pu.last_info, host, port)

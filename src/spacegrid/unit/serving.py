@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from spacegrid import codec, protocol
+from spacegrid import protocol
 from spacegrid.core.partition import Outcome
 from spacegrid.engine.transport import Message, Transport
 from spacegrid.errors import (
@@ -32,6 +32,7 @@ from spacegrid.unit.slot import Slot
 
 log = logging.getLogger("spacegrid.serving")
 
+REFUSAL_LOG_INTERVAL_S = 1.0  # at most one line a second about malformed messages (all are counted)
 PING = b"\x90"  # an empty batch: the PU answers at once; NATS answers "no responders" for a PU that is gone
 
 
@@ -54,18 +55,20 @@ class Server:
         self.table_version = table_version
         self.loading = 0  # requests waiting for a read-through, on every slot together
         self.counters = {"requests": 0, "messages": 0, "overloaded": 0, "bad_requests": 0}
+        self._refusal_logged_s = -REFUSAL_LOG_INTERVAL_S
 
     async def on_message(self, msg: Message) -> None:
         self.counters["messages"] += 1
         reply_to = msg.reply
         try:
-            requests = codec.decode(msg.data, self.limits.request_payload_bytes_max)
-            if not isinstance(requests, list) or len(requests) > self.limits.requests_per_message_max:
-                raise RequestError(f"a request message is a list of at most {self.limits.requests_per_message_max} "
-                                   "requests")
+            requests = protocol.decode_message(msg.data, self.limits)  # every field within limits.py's bounds
         except SpacegridError as exc:
-            log.warning("refused a message on %s: %s", msg.subject, exc)
             self.counters["bad_requests"] += 1
+            now_s = time.monotonic()
+            if now_s - self._refusal_logged_s >= REFUSAL_LOG_INTERVAL_S:  # a flood of bad input: a line a second
+                log.warning("refused a message on %s: %s (%d refused in all)", msg.subject, exc,
+                            self.counters["bad_requests"])
+                self._refusal_logged_s = now_s
             self.replies.error(reply_to, protocol.MALFORMED_REQ_ID, exc)
             return
         if not requests:

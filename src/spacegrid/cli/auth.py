@@ -1,0 +1,46 @@
+"""`spacegrid auth`: credentials of a grid whose keys are in a data dir (ADR 0010): mint one for a role."""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from pathlib import Path
+
+import click
+
+from spacegrid.cli.common import app_option, data_dir_option, fail
+from spacegrid.launcher import DEFAULT_APP, last_app, load_space
+from spacegrid.security.roles import ROLES
+from spacegrid.security.secrets import SECRETS_DIR, GridSecrets, write_secret
+
+
+@click.group()
+def auth() -> None:
+    """The grid's credentials: each role its own .creds file, minted from the keys in DATA_DIR/secrets."""
+
+
+@auth.command("creds")
+@click.argument("role", type=click.Choice(ROLES))
+@data_dir_option
+@app_option
+@click.option("--member-id", default=None, help="For ROLE pu: the member the PU will be (default: a new one).")
+@click.option("--out", "out_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write it here (mode 0600) [default: DATA_DIR/secrets/<role>.creds, or secrets/pu/<member>.creds].")
+def creds(role: str, data_dir: Path, app: str | None, member_id: str | None, out_path: Path | None) -> None:
+    """Mint a new credential for ROLE and print its path (never its contents). A PU's credential names its member:
+    `spacegrid pu --nats URL --app M:S --creds $(spacegrid auth creds pu)` adds a PU to a running grid."""
+    if not (data_dir / SECRETS_DIR / "account.nk").exists():
+        fail(f"{data_dir} holds no grid keys ({data_dir / SECRETS_DIR}/account.nk): start the grid once with "
+             f"`spacegrid up --data-dir {data_dir}`, or give the data dir of the grid that made them")
+    space = load_space(app or last_app(data_dir) or DEFAULT_APP)
+    grid = GridSecrets.ensure(data_dir, space.name)
+    if role == "pu":
+        member_id = member_id or f"{socket.gethostname().split('.')[0][:16]}-m{secrets.token_hex(4)}"
+        path = out_path or grid.directory / "pu" / f"{member_id}.creds"
+        write_secret(path, grid.mint("pu", member_id))
+    elif out_path is None:
+        path = grid.directory / f"{role}.creds"
+        write_secret(path, grid.mint(role))
+    else:
+        path = write_secret(out_path, grid.mint(role))
+    click.echo(str(path.resolve()))

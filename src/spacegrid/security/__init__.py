@@ -1,0 +1,1 @@
+"""Authentication, authorization and encryption of the grid (issue 11)."""
