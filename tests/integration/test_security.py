@@ -208,3 +208,44 @@ def test_secrets_stay_in_0600_files_of_a_0700_data_dir(secure_grid: LocalGrid) -
         assert not SEED.search(text), "no nkey seed in arguments or grid.json"
         assert "eyJ" not in text, "no JWT in arguments or grid.json"
     assert os.environ.get("SPACEGRID_CREDS") is None
+
+
+def test_a_revoked_credential_is_refused_and_its_replacement_works(secure_grid: LocalGrid, tmp_path: Any) -> None:
+    """Rotation as the runbook does it: mint a new client credential, revoke the old one with `spacegrid auth
+    revoke` on the running grid: the old one's connection is closed and it can not connect again, the new one
+    works, and the values are unchanged."""
+    import subprocess
+    import sys
+
+    grid = secure_grid
+    ca = grid.client_access.tls_ca_path
+    old = grid.client_access
+    new_path = tmp_path / "new-client.creds"
+    cli = [sys.executable, "-m", "spacegrid.cli.main", "auth"]
+    minted = subprocess.run([*cli, "creds", "client", "--out", str(new_path), "--data-dir", str(grid.data_dir),
+                             "--app", APP], capture_output=True, text=True, timeout=60)
+    assert minted.returncode == 0, minted.stderr
+
+    async def rotate() -> None:
+        closed = asyncio.Event()
+
+        async def on_closed() -> None:
+            closed.set()
+
+        nc = await nats.connect(grid.url, closed_cb=on_closed, allow_reconnect=False, **nats_options(old))
+        revoked = await asyncio.to_thread(subprocess.run, [*cli, "revoke", str(old.creds_path), "--data-dir",
+                                                           str(grid.data_dir), "--app", APP],
+                                          capture_output=True, text=True, timeout=60)
+        assert revoked.returncode == 0 and "reloaded" in revoked.stdout, revoked.stdout + revoked.stderr
+        await asyncio.wait_for(closed.wait(), 10.0)  # the server closed the revoked user's connection
+        assert nc.is_closed
+
+    asyncio.run(rotate())
+    with pytest.raises(AccessDenied):
+        asyncio.run(asyncio.wait_for(Client.connect(space, grid.url, access=old), 10.0))
+    assert asyncio.run(_read_with(grid, Access(new_path, ca))) == KEYS
+
+
+async def _read_with(grid: LocalGrid, access: Access) -> dict[str, Any]:
+    async with await Client.connect(space, grid.url, access=access) as client:
+        return await client.get_many("kv", list(KEYS))

@@ -134,3 +134,18 @@ def test_an_insecure_grid_is_refused_beyond_loopback(tmp_path: Path) -> None:
         LocalGrid(tmp_path / "a", secure=False, nats_host="0.0.0.0")
     LocalGrid(tmp_path / "b", secure=False, nats_host="127.0.0.1")
     LocalGrid(tmp_path / "c", secure=True, nats_host="0.0.0.0")
+
+
+def test_a_revoked_user_is_in_the_account_jwt_and_its_role_file_is_reminted(tmp_path: Path) -> None:
+    """revoke() records the user's key with a time; the account JWT the server preloads carries it; the role's
+    credential file is minted anew rather than handed out revoked; a credential of another grid is refused."""
+    grid = GridSecrets.ensure(tmp_path / "d", "s")
+    path = grid.role_creds("client")
+    user = grid.revoke(path.read_text(), 1_000)
+    assert grid.revocations() == {user: 1_000}
+    account = jwt.decode_claims(grid.account_preload_line().split('"')[1])
+    assert account["nats"]["revocations"] == {user: 1_000}
+    assert jwt.decode_claims(jwt.jwt_of_creds(grid.role_creds("client").read_text()))["sub"] != user
+    other = GridSecrets.ensure(tmp_path / "e", "s")
+    with pytest.raises(ConfigError, match="not issued by this grid"):
+        grid.revoke(other.role_creds("client").read_text(), 2_000)

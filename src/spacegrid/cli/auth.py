@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import socket
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import click
 
 from spacegrid.cli.common import app_option, data_dir_option, fail
+from spacegrid.errors import SpacegridError
 from spacegrid.launcher import DEFAULT_APP, last_app, load_space
 from spacegrid.security.roles import ROLES
 from spacegrid.security.secrets import SECRETS_DIR, GridSecrets, write_secret
@@ -44,3 +46,41 @@ def creds(role: str, data_dir: Path, app: str | None, member_id: str | None, out
     else:
         path = write_secret(out_path, grid.mint(role))
     click.echo(str(path.resolve()))
+
+
+@auth.command("revoke")
+@click.argument("creds_path", metavar="CREDS_FILE", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@data_dir_option
+@app_option
+def revoke(creds_path: Path, data_dir: Path, app: str | None) -> None:
+    """Refuse the user of CREDS_FILE from now on: its connections are closed and it can't connect again. The grid
+    running on DATA_DIR is reloaded at once (its nats-servers re-read the account); a grid started later keeps the
+    revocation (DATA_DIR/secrets/revocations.json). Mint the replacement first: `spacegrid auth creds ROLE`."""
+    import signal
+    import time
+
+    from spacegrid.engine.server import replace_config_line
+    from spacegrid.launcher import GRID_FILE, read_grid_file
+    from spacegrid.security.secrets import read_secret
+
+    if not (data_dir / SECRETS_DIR / "account.nk").exists():
+        fail(f"{data_dir} holds no grid keys: give the data dir of the grid that issued {creds_path}")
+    grid = GridSecrets.ensure(data_dir, load_space(app or last_app(data_dir) or DEFAULT_APP).name)
+    try:
+        user = grid.revoke(read_secret(creds_path, "credentials file"), int(time.time()))
+    except SpacegridError as exc:
+        fail(str(exc))
+    configs = sorted((data_dir / "nats").rglob("nats-server.conf"))
+    rewritten = [path for path in configs if replace_config_line(path, f"  {grid.account.public_key}: ",
+                                                                 grid.account_preload_line())]
+    reloaded = []
+    if (data_dir / GRID_FILE).exists() and rewritten:
+        for pid in read_grid_file(data_dir).get("nats_pids", []):
+            try:
+                os.kill(int(pid), signal.SIGHUP)
+                reloaded.append(int(pid))
+            except ProcessLookupError:
+                pass
+    click.echo(f"revoked user {user}: in {grid.directory / 'revocations.json'}"
+               + (f"; nats-server pid(s) {', '.join(map(str, reloaded))} reloaded" if reloaded
+                  else "; no running grid here to reload (a grid started on this data dir refuses it)"))

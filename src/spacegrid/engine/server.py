@@ -365,6 +365,21 @@ def start_cluster(
     return nodes
 
 
+def replace_config_line(config_path: Path, prefix: str, line: str) -> bool:
+    """In a running server's configuration file, replace the line that starts with `prefix` by `line` (the file
+    stays 0600); False if there is no such line. Reload the server afterwards (SIGHUP) for it to take effect."""
+    lines = config_path.read_text().splitlines()
+    found = [i for i, text in enumerate(lines) if text.startswith(prefix)]
+    if not found:
+        return False
+    for i in found:
+        lines[i] = line
+    fd = os.open(config_path, os.O_WRONLY | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as config:
+        config.write("\n".join(lines) + "\n")
+    return True
+
+
 def stop_all(nodes: list[NatsServerProcess], timeout_s: float = 10.0) -> None:
     """Stop every node within `timeout_s` in all (SIGTERM to all at once, SIGKILL to those left at the bound), even
     if stopping one of them fails; re-raise the first failure."""

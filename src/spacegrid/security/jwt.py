@@ -95,14 +95,19 @@ def operator_jwt(operator: Identity, system_account: Identity, name: str) -> str
                   operator)
 
 
-def account_jwt(account: Identity, operator: Identity, name: str, jetstream: bool) -> str:
+def account_jwt(account: Identity, operator: Identity, name: str, jetstream: bool,
+                revocations: dict[str, int] | None = None) -> str:
+    """The account's JWT; `revocations` (user public key -> unix time): that user's JWTs issued at or before that
+    time are refused, and its connections closed when the server loads the JWT."""
     limits: dict[str, Any] = {"subs": UNLIMITED, "data": UNLIMITED, "payload": UNLIMITED, "imports": UNLIMITED,
                               "exports": UNLIMITED, "wildcards": True, "conn": UNLIMITED, "leaf": UNLIMITED}
     if jetstream:
         limits.update({"mem_storage": UNLIMITED, "disk_storage": UNLIMITED, "streams": UNLIMITED,
                        "consumer": UNLIMITED})
-    return encode({"type": "account", "limits": limits, "default_permissions": {"pub": {}, "sub": {}}},
-                  account.public_key, name, operator)
+    claims: dict[str, Any] = {"type": "account", "limits": limits, "default_permissions": {"pub": {}, "sub": {}}}
+    if revocations:
+        claims["revocations"] = dict(sorted(revocations.items()))
+    return encode(claims, account.public_key, name, operator)
 
 
 @dataclass(frozen=True, slots=True)

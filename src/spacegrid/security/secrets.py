@@ -8,6 +8,7 @@ them, and the files that hold them (a 0700 directory, 0600 files, written atomic
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import tempfile
@@ -18,6 +19,7 @@ from spacegrid.security import jwt, roles
 from spacegrid.security.jwt import Identity
 
 SECRETS_DIR = "secrets"
+REVOCATIONS_FILE = "revocations.json"  # user public key -> unix time: credentials issued until then are refused
 TLS_DIR = "tls"  # DATA_DIR/secrets/tls: the grid's private CA and its servers' certificates
 OPERATOR_NAME = "spacegrid"
 APP_ACCOUNT_NAME = "spacegrid"
@@ -86,10 +88,34 @@ class GridSecrets:
         """nats-server configuration lines: trust this operator, preload the two accounts (JWTs, no secrets)."""
         operator = jwt.operator_jwt(self.operator, self.system, OPERATOR_NAME)
         system = jwt.account_jwt(self.system, self.operator, SYSTEM_ACCOUNT_NAME, jetstream=False)
-        account = jwt.account_jwt(self.account, self.operator, APP_ACCOUNT_NAME, jetstream=True)
         return [f'operator: "{operator}"', f'system_account: "{self.system.public_key}"', "resolver: MEMORY",
-                "resolver_preload: {", f'  {self.system.public_key}: "{system}"',
-                f'  {self.account.public_key}: "{account}"', "}"]
+                "resolver_preload: {", f'  {self.system.public_key}: "{system}"', self.account_preload_line(), "}"]
+
+    def account_preload_line(self) -> str:
+        """The grid account's line of `resolver_preload`: its JWT, with the revocations in force."""
+        account = jwt.account_jwt(self.account, self.operator, APP_ACCOUNT_NAME, jetstream=True,
+                                  revocations=self.revocations())
+        return f'  {self.account.public_key}: "{account}"'
+
+    def revocations(self) -> dict[str, int]:
+        path = self.directory / REVOCATIONS_FILE
+        if not path.exists():
+            return {}
+        try:
+            found = json.loads(read_secret(path, "revocations file"))
+        except ValueError as exc:
+            raise ConfigError(f"{path} is not JSON ({exc}); restore it from a backup, or remove it to revoke nothing")
+        return {str(key): int(at) for key, at in dict(found).items()}
+
+    def revoke(self, creds_text: str, at_s: int) -> str:
+        """Refuse the user of a `.creds` file from now on (its JWTs issued until `at_s`); returns its public key.
+        Running servers learn it when their configuration is reloaded (`reload_servers`)."""
+        claims = jwt.decode_claims(jwt.jwt_of_creds(creds_text))
+        if claims.get("iss") != self.account.public_key:
+            raise ConfigError("that credential was not issued by this grid's account: nothing to revoke here")
+        user = str(claims["sub"])
+        write_secret(self.directory / REVOCATIONS_FILE, json.dumps({**self.revocations(), user: at_s}, indent=2))
+        return user
 
     def mint(self, role: str, member_id: str | None = None) -> str:
         """A new `.creds` text for `role` in this grid's space (a PU's for `member_id`)."""
@@ -106,8 +132,8 @@ class GridSecrets:
             wanted = roles.permissions(role, self.space, str(claims.get("sub", ""))).claims()
             held = {k: v for k, v in dict(claims.get("nats", {})).items() if k in wanted}
             if (claims.get("name") == f"{role}@{self.space}" and claims.get("iss") == self.account.public_key
-                    and held == wanted):  # this grid's, this space's, and the permissions of this version
-                return path
+                    and held == wanted and claims.get("sub") not in self.revocations()):  # this grid's, this
+                return path  # space's, not revoked, and with the permissions of this version
         return write_secret(path, self.mint(role))
 
     def pu_creds(self, member_id: str) -> Path:
