@@ -32,7 +32,7 @@ class Limits:
     dedup_window_ops: int = 8192
     replay_timeout_s: float = 60.0
     recovery_retry_s_min: float = 0.25  # a partition whose recovery failed is tried again after this, doubling...
-    recovery_retry_s_max: float = 10.0  # ...up to this (one claim per attempt: no retry storm)
+    recovery_retry_s_max: float = 1.0  # ...up to this (one claim per attempt: at most one a second, no storm)
     poisoned_retry_s: float = 60.0  # a partition stopped by a log message it can't apply: tried again this rarely
     jetstream_api_timeout_s: float = 2.0  # one JetStream API call (stream info, last message, consumer create)
     handoff_timeout_s: float = 30.0  # a leaving PU waits this long at most for its partitions to move

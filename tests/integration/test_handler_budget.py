@@ -49,3 +49,31 @@ def test_one_message_of_looping_handlers_is_stopped_within_one_budget_and_the_pu
     after = grid.status()
     assert set(after.members) == set(before.members), "no PU was declared dead"
     assert after.table.owners == before.table.owners and after.table.epochs == before.table.epochs
+
+
+def test_heartbeats_go_on_while_handler_code_holds_the_loop_past_the_heartbeat_timeout(
+        grid_factory: Callable[..., LocalGrid]) -> None:
+    """With a handler time limit (2 s) above the heartbeat timeout (1.5 s), one looping handler holds its PU's
+    event loop for about 2 s: its liveness thread keeps renewing the member record, so it is not declared dead
+    (members, owners and epochs unchanged), and it serves again afterwards."""
+    grid = grid_factory(app=APP, pus=2, pu_args=["--handler-time-limit-s", "2"])
+    before = grid.status()
+    target = sorted(before.members)[0]
+    partition = before.table.owned_by(target)[0]
+    key = next(f"hold-{i}" for i in range(10_000) if space.partition_of("kv", f"hold-{i}") == partition)
+    message = codec.encode_array([protocol.request(1, protocol.OP_EXECUTE, partition, "spin", key, None, None, "op")])
+    replies = asyncio.run(collect_replies(grid.url, Names(space.name).pu_subject(target), message, 1, 15.0,
+                                          access=grid.client_access))
+    assert replies[0][1] == "handler_timeout"
+    after = grid.status()
+    assert set(after.members) == set(before.members), "the PU was not declared dead"
+    assert after.table.owners == before.table.owners and after.table.epochs == before.table.epochs
+
+    async def still_serving() -> Any:
+        from spacegrid import Client
+
+        async with await Client.connect(space, grid.url, access=grid.client_access) as client:
+            await client.put("kv", key, "after")
+            return await client.get("kv", key)
+
+    assert asyncio.run(still_serving()) == "after"

@@ -133,10 +133,12 @@ def _breaks_connection(exc: Exception) -> bool:
 
 
 class _Outage:
-    """One connection's loss, for backoff and for logging it once and then rarely."""
+    """One connection's loss, for backoff and for logging it once and then rarely (never, if `quiet`: another
+    connection of the same process says it)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, quiet: bool = False) -> None:
         self.name = name
+        self.quiet = quiet
         self.attempts = 0
         self.lost_at_s: float | None = None
         self.logged_at_s = 0.0
@@ -149,8 +151,9 @@ class _Outage:
             self.attempts = 0
             self.suppressed = 0
             cause, self.cause = self.cause, None
-            log.warning("%s: lost the connection to NATS%s; reconnecting with backoff", self.name,
-                        f" ({cause})" if cause is not None else "")
+            if not self.quiet:
+                log.warning("%s: lost the connection to NATS%s; reconnecting with backoff", self.name,
+                            f" ({cause})" if cause is not None else "")
 
     def failed(self, exc: Exception) -> None:
         now = time.monotonic()
@@ -160,7 +163,7 @@ class _Outage:
             else:  # an error on a live connection (slow consumer, permissions...): always worth a line
                 log.warning("%s: NATS error: %s", self.name, exc)
             return
-        if now - self.logged_at_s >= NATS_LOST_LOG_INTERVAL_S:
+        if now - self.logged_at_s >= NATS_LOST_LOG_INTERVAL_S and not self.quiet:
             log.warning("%s: NATS still unreachable after %.0f s (%d attempts, last: %s)", self.name,
                         now - self.lost_at_s, self.attempts, exc)
             self.logged_at_s = now
@@ -168,7 +171,7 @@ class _Outage:
             self.suppressed += 1
 
     def back(self) -> None:
-        if self.lost_at_s is not None:
+        if self.lost_at_s is not None and not self.quiet:
             log.warning("%s: reconnected to NATS after %.1f s (%d attempts)", self.name,
                         time.monotonic() - self.lost_at_s, self.attempts)
         self.lost_at_s = None
@@ -177,7 +180,7 @@ class _Outage:
 
 async def connect(url: str, name: str, connect_timeout_s: float = DEFAULT_LIMITS.connect_timeout_s, *,
                   on_disconnect: Callback | None = None, on_reconnect: Callback | None = None,
-                  give_up_when_refused: bool = True, access: Access | None = None) -> Client:
+                  give_up_when_refused: bool = True, access: Access | None = None, quiet: bool = False) -> Client:
     """A connection that, once made, reconnects forever (backing off). The first connection gives up after
     `connect_timeout_s`, or as soon as every server refused if `give_up_when_refused`, raising GridUnavailable
     that says whether the grid is down or unreachable; at once with AccessDenied if NATS refused the credentials
@@ -186,7 +189,7 @@ async def connect(url: str, name: str, connect_timeout_s: float = DEFAULT_LIMITS
     access = Access.from_env() if access is None else access
     security = nats_options(access)
     servers = url.split(",")
-    outage = _Outage(name)
+    outage = _Outage(name, quiet)
     first = _FirstAttempts(len(servers))
     nc = Client()
 

@@ -51,6 +51,7 @@ class MembershipAgent:
         self._members_changed_at_s = time.monotonic()
         self._beat_now = asyncio.Event()
         self._coordinating = asyncio.Lock()
+        self.liveness: Any = None  # a unit.liveness.LivenessThread renewing the record off this loop, once attached
 
     def lease_valid(self) -> bool:
         return time.monotonic() < self.lease_until_s
@@ -58,12 +59,21 @@ class MembershipAgent:
     def beat_now(self) -> None:
         self._beat_now.set()
 
-    async def heartbeat(self) -> None:
+    async def heartbeat(self, wake_liveness: bool = False) -> None:
         """Renew the member record by compare-and-set, and with it the read lease. A failed renewal means the
-        coordinator declared this PU dead: drop every partition, then join again as a fresh member."""
+        coordinator declared this PU dead: drop every partition, then join again as a fresh member. With a
+        liveness thread attached, this loop only registers and hands the thread each new snapshot to publish
+        (`wake_liveness`: at once, after a table change); the thread renews."""
         sent_at_s = time.monotonic()
+        if self.liveness is not None and self._revision != 0:
+            self.liveness.publish(self.info())
+            if wake_liveness:
+                self.liveness.beat_now()
+            return
         if self._revision == 0:
             self._revision = await self.coord.register(self.member_id, self.info())
+            if self.liveness is not None:
+                await self.liveness.start(self._revision, self.info())
         else:
             revision = await self.coord.renew(self.member_id, self.info(), self._revision)
             if revision is None:
@@ -79,6 +89,16 @@ class MembershipAgent:
         lease_until_s = sent_at_s + self.limits.lease_s
         assert lease_until_s >= self.lease_until_s or self.lease_until_s == 0.0, "leases only grow"
         self.lease_until_s = lease_until_s
+
+    def renewed(self, revision: int, sent_at_s: float) -> None:
+        """From the liveness thread: the record was renewed at `revision`, the renewal sent at `sent_at_s`."""
+        self._revision = revision
+        self.lease_until_s = max(self.lease_until_s, sent_at_s + self.limits.lease_s)  # leases only grow
+
+    def removed(self) -> None:
+        """From the liveness thread, on this loop: a renewal found the record removed."""
+        if not self.stopping:
+            self._declared_dead()
 
     def _declared_dead(self) -> None:
         log.warning("PU %s was declared dead while it lived (paused or cut off): dropping its partitions "
@@ -98,9 +118,10 @@ class MembershipAgent:
                     await self._beat_now.wait()
             except TimeoutError:
                 pass
+            woken = self._beat_now.is_set()
             self._beat_now.clear()
             try:
-                await self.heartbeat()
+                await self.heartbeat(wake_liveness=woken)
                 await self.coordinate()
                 self.on_table()
             except asyncio.CancelledError:

@@ -25,6 +25,7 @@ from spacegrid.unit.appender import Appender
 from spacegrid.unit.backups import Backups
 from spacegrid.unit.claims import ClaimView
 from spacegrid.unit.driver import Driver
+from spacegrid.unit.liveness import LivenessThread
 from spacegrid.unit.membership import MembershipAgent
 from spacegrid.unit.pump import Pump
 from spacegrid.unit.replies import Replies
@@ -79,6 +80,7 @@ class ProcessingUnit:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._stop_task: asyncio.Future[None] | None = None
+        self.liveness: LivenessThread | None = None
 
     # ---- starting ------------------------------------------------------------------------------------------
 
@@ -115,7 +117,11 @@ class ProcessingUnit:
         self._request_sub: Subscription = await self.transport.subscribe(self.names.pu_subject(self.member_id),
                                                                          self.server.on_message)
         self._repair_sub = await self.transport.subscribe(self.names.dead_log_subject, self._on_repair)
-        await self.membership.heartbeat()  # the member is announced once it listens
+        self.liveness = LivenessThread(self.nats_url, self.access, self.names, self.member_id, self.limits,
+                                       self.membership.renewed, self.membership.removed,
+                                       main_connected=lambda: self.transport.disconnected_for_s() == 0.0)
+        self.membership.liveness = self.liveness
+        await self.membership.heartbeat()  # the member is announced once it listens; the thread renews from then
         if self.pump is not None:
             assert self.store is not None
             self._spawn(self.pump.run(self.driver.active_slots), "pump")
@@ -219,6 +225,8 @@ class ProcessingUnit:
 
     async def _stop(self) -> None:
         self.membership.stopping = True
+        if self.liveness is not None:
+            await asyncio.to_thread(self.liveness.stop)
         self.driver.stopping = True  # no more acquisitions
         if self.pump is not None:
             self.pump.stopping = True
