@@ -9,9 +9,7 @@ import asyncio
 import ipaddress
 import json
 import os
-import secrets
 import signal
-import socket
 import subprocess  # nosec B404  # types and TimeoutExpired only; children start via lifeline.spawn
 import sys
 import time
@@ -29,7 +27,7 @@ from spacegrid.inspect import GridStatus, read_status
 from spacegrid.lifeline import Lifeline, spawn
 from spacegrid.limits import GRID_STOP_NATS_RESERVE_S_MAX, GRID_STOP_TIMEOUT_S, GRID_STOP_TIMEOUT_S_MIN, PU_STOP_MARGIN_S
 from spacegrid.security.access import Access
-from spacegrid.security.secrets import TLS_DIR, GridSecrets, secure_directory
+from spacegrid.security.secrets import TLS_DIR, GridSecrets, new_member_id, secure_directory
 from spacegrid.security.tls import issue_certificate
 from spacegrid.security.tls import server_config as tls_config
 from spacegrid.space import Space
@@ -295,7 +293,7 @@ class LocalGrid:
         assert self._lifeline is not None, "start() first"
         password_file = self.data_dir / STORE_PASSWORD_FILE
         password_args = ["--store-password-file", str(password_file.resolve())] if password_file.exists() else []
-        password_args += self._pu_creds_args(index)
+        password_args += self._pu_access_args(index)
         # store, limits and replicas come from the grid's configuration; a PU's own options only
         command = [*wrapper, sys.executable, "-m", "spacegrid.cli.main", "pu", "--app", self.app, "--nats", self.url,
                    "--wait-for-config", "--metrics-port", "0", "--stop-timeout-s", f"{self.pu_stop_timeout_s:g}", *password_args,
@@ -306,15 +304,12 @@ class LocalGrid:
         self.pus.append(pu)
         return pu
 
-    def _pu_creds_args(self, index: int) -> list[str]:
+    def _pu_access_args(self, index: int) -> list[str]:
         """A PU's own credential (a new member, minted now), or the launcher's for an external NATS."""
         access = self.access or Access()
         if self.secrets is not None:
-            member_id = f"{socket.gethostname().split('.')[0][:16]}-{os.getpid()}u{index}-{secrets.token_hex(3)}"
-            access = access.with_creds(self.secrets.pu_creds(member_id))
-        flags = (("--creds", access.creds_path), ("--tls-ca", access.tls_ca_path), ("--tls-cert", access.tls_cert_path),
-                 ("--tls-key", access.tls_key_path))
-        return [arg for flag, path in flags if path is not None for arg in (flag, str(path.resolve()))]
+            access = access.with_creds(self.secrets.pu_creds(new_member_id(f"{os.getpid()}u{index}")))
+        return access.arguments()
 
     @property
     def store_url(self) -> str | None:

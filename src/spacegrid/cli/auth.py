@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
-import socket
 from pathlib import Path
 
 import click
@@ -13,7 +11,7 @@ from spacegrid.cli.common import app_option, data_dir_option, fail
 from spacegrid.errors import SpacegridError
 from spacegrid.launcher import DEFAULT_APP, last_app, load_space
 from spacegrid.security.roles import ROLES
-from spacegrid.security.secrets import SECRETS_DIR, GridSecrets, write_secret
+from spacegrid.security.secrets import SECRETS_DIR, GridSecrets, new_member_id, write_secret
 
 
 @click.group()
@@ -37,7 +35,7 @@ def creds(role: str, data_dir: Path, app: str | None, member_id: str | None, out
     space = load_space(app or last_app(data_dir) or DEFAULT_APP)
     grid = GridSecrets.ensure(data_dir, space.name)
     if role == "pu":
-        member_id = member_id or f"{socket.gethostname().split('.')[0][:16]}-m{secrets.token_hex(4)}"
+        member_id = member_id or new_member_id("m")
         path = out_path or grid.directory / "pu" / f"{member_id}.creds"
         write_secret(path, grid.mint("pu", member_id))
     elif out_path is None:

@@ -101,7 +101,7 @@ def is_auth_error(exc: BaseException) -> bool:
 
 def is_tls_error(exc: BaseException) -> bool:
     """The TLS handshake failed (an unknown CA, a name the certificate does not carry, TLS on one side only)."""
-    return isinstance(exc, ssl.SSLError) or "tls" in str(exc).lower() and "required" in str(exc).lower()
+    return isinstance(exc, ssl.SSLError) or ("tls" in str(exc).lower() and "required" in str(exc).lower())
 
 
 def access_denied(url: str, access: Access, cause: BaseException) -> AccessDenied:
@@ -120,9 +120,8 @@ def nats_options(access: Access) -> dict[str, Any]:
     """nats-py connect() options for `access` (its .creds file, and its own inbox prefix)."""
     options: dict[str, Any] = {}
     if access.creds_path is not None:
-        access.read_creds()  # a missing or world-readable file fails here, clearly, not inside nats-py
+        options["inbox_prefix"] = access.inbox_prefix()  # reads the file: a missing or world-readable one fails here
         options["user_credentials"] = str(access.creds_path)
-        options["inbox_prefix"] = access.inbox_prefix()
     if access.tls_ca_path is not None:
         options["tls"] = client_context(access.tls_ca_path, access.tls_cert_path, access.tls_key_path)
     return options

@@ -24,6 +24,7 @@ import nats
 from spacegrid.engine.connection import nats_options
 from spacegrid.errors import ConfigError
 from spacegrid.security.access import Access
+from spacegrid.security.secrets import write_secret
 from spacegrid.lifeline import spawn
 
 SERVER_VERSION_MIN: Final = (2, 11)
@@ -257,10 +258,7 @@ class NatsServerProcess:
             raise ConfigError(f"nats-server {self.spec.server_name} is already running (pid {self.pid})")
         binary = self._binary or find_nats_server_binary()
         self.spec.store_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as config:
-            os.fchmod(fd, 0o600)
-            config.write(render_config(self.spec, self.port))
+        write_secret(self.config_path, render_config(self.spec, self.port))  # 0600: it may name keys and TLS files
         self._log_file = self.log_path.open("ab")
         # dies with this process, however it dies (a grid's nats-server must not outlive its launcher)
         self._proc = spawn([str(binary), "-c", str(self.config_path)], stdout=self._log_file)
@@ -374,9 +372,7 @@ def replace_config_line(config_path: Path, prefix: str, line: str) -> bool:
         return False
     for i in found:
         lines[i] = line
-    fd = os.open(config_path, os.O_WRONLY | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as config:
-        config.write("\n".join(lines) + "\n")
+    write_secret(config_path, "\n".join(lines) + "\n")
     return True
 
 

@@ -58,11 +58,19 @@ class Access:
         return Access(self.creds_path or fallback.creds_path, self.tls_ca_path or fallback.tls_ca_path,
                       self.tls_cert_path or fallback.tls_cert_path, self.tls_key_path or fallback.tls_key_path)
 
+    def given(self) -> list[tuple[str, str, Path]]:
+        """(command option, SPACEGRID_* variable, absolute path) of each file set: how a child process gets them."""
+        fields = (("--creds", ENV_CREDS, self.creds_path), ("--tls-ca", ENV_TLS_CA, self.tls_ca_path),
+                  ("--tls-cert", ENV_TLS_CERT, self.tls_cert_path), ("--tls-key", ENV_TLS_KEY, self.tls_key_path))
+        return [(option, env, path.resolve()) for option, env, path in fields if path is not None]
+
     def environment(self) -> dict[str, str]:
         """SPACEGRID_* variables that give a child process these files (paths only)."""
-        names = ((ENV_CREDS, self.creds_path), (ENV_TLS_CA, self.tls_ca_path), (ENV_TLS_CERT, self.tls_cert_path),
-                 (ENV_TLS_KEY, self.tls_key_path))
-        return {name: str(path.resolve()) for name, path in names if path is not None}
+        return {env: str(path) for _, env, path in self.given()}
+
+    def arguments(self) -> list[str]:
+        """Command options that give a child process these files (paths only)."""
+        return [arg for option, _, path in self.given() for arg in (option, str(path))]
 
     def with_creds(self, creds_path: Path) -> Access:
         return replace(self, creds_path=creds_path)

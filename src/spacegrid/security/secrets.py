@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import socket
 import stat
 import tempfile
 from pathlib import Path
@@ -24,6 +26,11 @@ TLS_DIR = "tls"  # DATA_DIR/secrets/tls: the grid's private CA and its servers' 
 OPERATOR_NAME = "spacegrid"
 APP_ACCOUNT_NAME = "spacegrid"
 SYSTEM_ACCOUNT_NAME = "SYS"
+
+
+def new_member_id(tag: str) -> str:
+    """A new PU incarnation's member id: `<host>-<tag>-<random>`, one subject token (no dots, no wildcards)."""
+    return f"{socket.gethostname().split('.')[0][:16]}-{tag}-{secrets.token_hex(3)}"
 
 
 def write_secret(path: Path, text: str) -> Path:

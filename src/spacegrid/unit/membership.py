@@ -64,12 +64,12 @@ class MembershipAgent:
         coordinator declared this PU dead: drop every partition, then join again as a fresh member. With a
         liveness thread attached, this loop only registers and hands the thread each new snapshot to publish
         (`wake_liveness`: at once, after a table change); the thread renews."""
-        sent_at_s = time.monotonic()
         if self.liveness is not None and self._revision != 0:
             self.liveness.publish(self.info())
             if wake_liveness:
                 self.liveness.beat_now()
             return
+        sent_at_s = time.monotonic()
         if self._revision == 0:
             self._revision = await self.coord.register(self.member_id, self.info())
             if self.liveness is not None:

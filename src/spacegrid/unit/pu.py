@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import secrets
 import socket
 import time
 from contextlib import AbstractContextManager, nullcontext
@@ -32,12 +31,9 @@ from spacegrid.unit.replies import Replies
 from spacegrid.unit.serving import Server
 from spacegrid.unit.slot import Slot
 from spacegrid.security.access import Access
+from spacegrid.security.secrets import new_member_id
 
 log = logging.getLogger("spacegrid.pu")
-
-
-def new_member_id() -> str:
-    return f"{socket.gethostname().split('.')[0][:16]}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 def check_store_needed(space: Space, store: Store | None) -> None:
@@ -71,7 +67,7 @@ class ProcessingUnit:
         self.nats_url = nats_url
         self.limits = limits
         self.replicas = replicas
-        self.member_id = member_id or new_member_id()
+        self.member_id = member_id or new_member_id(str(os.getpid()))
         self.time_limit = time_limit
         self.names = Names(space.name)
         self.metrics_url: str | None = None

@@ -29,7 +29,6 @@ class TimeLimit:
         self.fired_for_s = -1.0
         self.tick_spent_s = 0.0  # user code's time in the current event-loop tick
         self.tick_open = False
-        self.ticks_exhausted = 0  # calls refused because their tick's budget was spent
         self._main_thread_id = threading.get_ident()
         signal.signal(signal.SIGALRM, self._on_alarm)
         threading.Thread(target=self._watch, name="spacegrid-timelimit", daemon=True).start()
@@ -44,7 +43,6 @@ class TimeLimit:
             self._open_tick()
         remaining_s = self.limit_s - self.tick_spent_s
         if remaining_s <= 0:
-            self.ticks_exhausted += 1
             raise HandlerTimeout(f"not run: the handlers of this message already ran {self.tick_spent_s:.2f} s, "
                                  f"the budget per event-loop tick (limits.handler_time_limit_s = {self.limit_s} s); "
                                  "retry it in a message of its own")
