@@ -81,6 +81,13 @@ class Fenced(RoutingError):
         self.last_seq = last_seq
 
 
+class FenceBusy(NotApplied):
+    """A replicated stream refused an append because another one fenced on the same claims is still in process
+    (JetStream checks the fence before it proposes the message); nothing was applied: append again once it is."""
+
+    code = "fence_busy"
+
+
 class Overloaded(NotApplied):
     """A queue on the way (a PU's, or the client's own in-flight limit) is full; nothing was applied: back off
     before sending again."""

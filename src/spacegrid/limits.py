@@ -20,6 +20,7 @@ class Limits:
     append_bytes_max: int = 512 * KIB
     append_timeout_s: float = 5.0
     appends_in_flight_max: int = 2  # a PU's log messages in flight at once (each holds many partitions' writes)
+    append_busy_retry_s: float = 0.002  # a replicated stream refused an append (another on the fence in process)
     claim_attempts_max: int = 20  # a new owner's compare-and-set claim of a partition, retried while others land
     handler_time_limit_s: float = 1.0
     call_deadline_s: float = 10.0
@@ -67,6 +68,7 @@ class Limits:
         assert self.write_bytes_max < self.append_bytes_max <= self.request_payload_bytes_max
         assert self.heartbeat_interval_s < self.lease_s <= self.heartbeat_timeout_s
         assert self.attempt_timeout_s <= self.call_deadline_s
+        assert 0 < self.append_busy_retry_s < self.append_timeout_s
         assert self.catch_ups_max >= 1 and self.append_records_max >= 1 and self.dedup_window_ops >= 1 and self.appends_in_flight_max >= 1 \
             and self.claim_attempts_max >= 1 and self.client_batches_per_pu_max >= 1
 

@@ -27,6 +27,7 @@ def test_grid_keeps_working_when_a_nats_node_dies(tmp_path: Path) -> None:
                 kill = FaultAt(300, victim.kill)
                 await write_load(client, history, ops=1600, workers=8, time_budget_s=90, on_progress=kill)
                 assert kill.fired
+                assert history.errors == [], history.errors[:5]
                 await check_history(client, history, exact=True)
 
         asyncio.run(main())

@@ -71,12 +71,12 @@ async def append_values(changelog: Changelog, partition: int, values: list[Any])
     return [await changelog.append(message(partition, value), fence) for value in values]
 
 
-async def replayed(changelog: Changelog, after_seq: int, until_seq: int,
-                   timeout_s: float = 5.0) -> tuple[list[tuple[int, list[tuple[int, Any]]]], int]:
+async def replayed(changelog: Changelog, after_seq: int, until_seq: int, timeout_s: float = 5.0,
+                   until_subject: str | None = None) -> tuple[list[tuple[int, list[tuple[int, Any]]]], int]:
     """What replay feeds for after_seq and until_seq, [(seq, [(partition, value)])], and what it returns."""
     fed: list[tuple[int, list[tuple[int, Any]]]] = []
     last = await changelog.replay(after_seq, until_seq, lambda seq, msg: fed.append((seq, decoded(msg))),
-                                  SIZE_MAX_BYTES, timeout_s)
+                                  SIZE_MAX_BYTES, timeout_s, until_subject)
     return fed, last
 
 
@@ -141,7 +141,7 @@ def test_an_append_fenced_on_an_older_claim_is_refused_after_another_members_cla
                 await a.append(message(0, "no claim seen"), 0)
             assert unclaimed.value.last_seq == taken
             assert await a.last_sequence(NAMES.pu_log_wildcard) == accepted
-            fed, _ = await replayed(a, 0, taken)
+            fed, _ = await replayed(a, 0, taken, until_subject=NAMES.claim_subject(0))
             assert fed == [(mine, [(0, "mine")]), (accepted, [(0, "after")])]
 
     run(main)
@@ -179,8 +179,7 @@ def test_a_claim_is_a_compare_and_set_on_the_partitions_last_claim(nats_url: str
 
 def test_replay_feeds_every_pus_messages_in_stream_order_up_to_until_seq(nats_url: str) -> None:
     """replay(after_seq, until_seq) feeds the messages of every PU subject with after_seq < seq <= until_seq, in
-    stream order, and no claim; it returns until_seq, and when the log ends before until_seq it feeds the rest and
-    returns until_seq."""
+    stream order, and no claim; it returns until_seq, at once when until_seq is not past after_seq."""
 
     async def main() -> None:
         async with opened(nats_url, "pu-a") as a, opened(nats_url, "pu-b") as b:
@@ -199,10 +198,7 @@ def test_replay_feeds_every_pus_messages_in_stream_order_up_to_until_seq(nats_ur
             (later,) = await append_values(a, 0, ["after the claim"])
             fed, last = await replayed(b, seqs[3], later)
             assert (fed, last) == (expected[4:] + [(later, [(0, "after the claim")])], later)
-            fed, last = await replayed(b, later, later + 100)  # nothing after `later`: returns at once
-            assert (fed, last) == ([], later + 100)
-            fed, last = await replayed(b, seqs[-1], later + 100)  # the log ends before until_seq
-            assert (fed, last) == ([(later, [(0, "after the claim")])], later + 100)
+            assert await replayed(b, later, later) == ([], later)
 
     run(main)
 
@@ -218,8 +214,10 @@ def test_replay_stops_at_an_until_seq_that_is_no_pu_message(nats_url: str) -> No
             claim = await b.claim(0, 1, "pu-b", CLAIM_ATTEMPTS_MAX)
             assert claim is not None
             await append_values(a, 1, ["after the claim"])
-            assert await replayed(b, 0, claim) == ([(seqs[0], [(0, "a0")]), (seqs[1], [(0, "a1")])], claim)
-            assert await replayed(b, seqs[1], claim) == ([], claim)
+            until_subject = b.names.claim_subject(0)
+            assert await replayed(b, 0, claim, until_subject=until_subject) == (
+                [(seqs[0], [(0, "a0")]), (seqs[1], [(0, "a1")])], claim)
+            assert await replayed(b, seqs[1], claim, until_subject=until_subject) == ([], claim)
 
     run(main)
 
@@ -235,7 +233,8 @@ def test_replay_of_an_empty_log_returns_at_once(nats_url: str) -> None:
             assert await replayed(changelog, 0, 0, timeout_s=30) == ([], 0)
             claim = await changelog.claim(0, 1, "pu-a", CLAIM_ATTEMPTS_MAX)
             assert claim is not None
-            assert await replayed(changelog, 0, claim, timeout_s=30) == ([], claim)
+            assert await replayed(changelog, 0, claim, timeout_s=30,
+                                  until_subject=changelog.names.claim_subject(0)) == ([], claim)
             assert loop.time() - started_s < 5, "replay waited for its timeout"
 
     run(main)
@@ -296,8 +295,9 @@ def test_follow_stops_at_a_message_it_cannot_decode_and_reports_it(nats_url: str
 
 
 def test_watch_claims_delivers_the_existing_claims_then_each_new_one(nats_url: str) -> None:
-    """watch_claims feeds every claim already in the log, then each new one, as (seq, partition, epoch, member),
-    in order and never a PU message; a claim that does not decode is delivered as partition -1 (it still fences)."""
+    """watch_claims feeds every claim message already in the log (a claim and its confirmation each), then each new
+    one, as (seq, partition, epoch, member), in order and never a PU message; a claim that does not decode is
+    delivered as partition -1 (it still fences)."""
 
     async def main() -> None:
         async with opened(nats_url, "pu-a") as a, opened(nats_url, "pu-b") as b:
@@ -311,14 +311,18 @@ def test_watch_claims_delivers_the_existing_claims_then_each_new_one(nats_url: s
             async def seen_count(count: int) -> None:
                 assert len(seen) == count, seen
 
-            await eventually(lambda: seen_count(2), timeout_s=5)
-            assert seen == [(first, 0, 1, "pu-a"), (second, 1, 1, "pu-b")]
+            def pair(confirmed: int | None, partition: int, epoch: int, member: str) -> list[tuple[int, int, int, str]]:
+                assert confirmed is not None
+                return [(confirmed - 1, partition, epoch, member), (confirmed, partition, epoch, member)]
+
+            await eventually(lambda: seen_count(4), timeout_s=5)
+            assert seen == pair(first, 0, 1, "pu-a") + pair(second, 1, 1, "pu-b")
             await append_values(b, 1, ["still not a claim"])
             third = await b.claim(0, 2, "pu-b", CLAIM_ATTEMPTS_MAX)
-            await eventually(lambda: seen_count(3), timeout_s=5)
-            assert seen[-1] == (third, 0, 2, "pu-b")
+            await eventually(lambda: seen_count(6), timeout_s=5)
+            assert seen[-2:] == pair(third, 0, 2, "pu-b")
             garbage = await a.js.publish(NAMES.claim_subject(3), b"\xc1")
-            await eventually(lambda: seen_count(4), timeout_s=5)
+            await eventually(lambda: seen_count(7), timeout_s=5)
             assert seen[-1] == (garbage.seq, -1, 0, "")
             await sub.unsubscribe()
 

@@ -34,7 +34,8 @@ def example(cls: type[SpacegridError]) -> SpacegridError:
 
 
 EXPECTED_BASES = {
-    NotApplied: {"RoutingError", "NotOwner", "PartitionUnavailable", "Fenced", "Overloaded", "GridUnavailable"},
+    NotApplied: {"RoutingError", "NotOwner", "PartitionUnavailable", "Fenced", "FenceBusy", "Overloaded",
+                 "GridUnavailable"},
     OutcomeUnknown: {"CommitUnknown", "GridTimeout", "AttemptTimeout"},
     CallerError: {"RequestError", "UnknownMap", "UnknownHandler", "InvalidKey", "EncodeError", "DecodeError",
                   "PayloadTooLarge", "WrongPartition", "VersionConflict", "HandlerError", "HandlerTimeout"},

@@ -17,8 +17,8 @@ from nats.js.errors import BadRequestError, NotFoundError
 from spacegrid import codec
 from spacegrid.engine.coordination import NOT_READY
 from spacegrid.engine.subjects import Names
-from spacegrid.errors import (CommitUnknown, ConfigError, DecodeError, Fenced, GridUnavailable, LogGap, PoisonedLog,
-                              RequestError, SpacegridError)
+from spacegrid.errors import (CommitUnknown, ConfigError, DecodeError, Fenced, FenceBusy, GridUnavailable, LogGap,
+                              PoisonedLog, RequestError, SpacegridError)
 from spacegrid.limits import CLAIM_BYTES_MAX, LOG_DUPLICATE_WINDOW_S, REPLAY_PENDING_BYTES_MAX, REPLAY_PENDING_MSGS_MAX
 
 # What applying a log message raises when the message itself is bad (undecodable, wrong shape, an invariant of the
@@ -28,6 +28,7 @@ POISON = (RequestError, LogGap, ValueError, TypeError, KeyError, IndexError, Ass
 log = logging.getLogger("spacegrid.changelog")
 
 WRONG_LAST_SEQUENCE = 10071
+FENCE_IN_PROCESS = 10164  # a replicated stream: another message fenced on the same subject is not applied yet
 FENCE_HEADER = "Nats-Expected-Last-Subject-Sequence"
 FENCE_SUBJECT_HEADER = "Nats-Expected-Last-Subject-Sequence-Subject"  # the fence checks this filter instead
 
@@ -90,18 +91,26 @@ class Changelog:
                                                            FENCE_SUBJECT_HEADER: self.names.claim_wildcard})
 
     async def claim(self, partition: int, epoch: int, member_id: str, attempts_max: int) -> int | None:
-        """Append this owner's claim of the partition at `epoch` after its last claim (compare-and-set, retried
-        while other claims land); returns the claim's sequence, or None when a claim at a newer epoch holds it.
-        From that sequence on every append of a previous owner fails its fence."""
+        """Claim the partition at `epoch` for this owner, or None when a claim at a newer epoch holds it. From the
+        claim on every append of a previous owner fails its fence. Two messages: the claim (compare-and-set on the
+        partition's last claim, retried while other claims land), then its confirmation (compare-and-set on the
+        claim); returns the confirmation's sequence, which the new owner's replay must reach. On a replicated
+        stream JetStream checks an append's fence before proposing it, against the claims applied so far: an
+        append checked while the claim was in process lands after the claim, accepted, and its writes are
+        acknowledged; the confirmation, proposed once the claim is applied, follows every such append."""
+        subject = self.names.claim_subject(partition)
+        body = codec.encode([epoch, member_id])
         for _ in range(attempts_max):
             last_seq, last_epoch = await self._last_claim(partition)
             if last_epoch > epoch:
                 return None
             try:
-                return await self._publish(self.names.claim_subject(partition), codec.encode([epoch, member_id]),
-                                           {FENCE_HEADER: str(last_seq)})
-            except Fenced:
+                claim_seq = await self._publish(subject, body, {FENCE_HEADER: str(last_seq)})
+                confirmed_seq = await self._publish(subject, body, {FENCE_HEADER: str(claim_seq)})
+            except (Fenced, FenceBusy):
                 continue  # another claim landed since we read: read again
+            assert confirmed_seq > claim_seq > last_seq, "claims only advance"
+            return confirmed_seq
         raise GridUnavailable(f"partition {partition}: {attempts_max} claims in a row lost the race")
 
     async def _last_claim(self, partition: int) -> tuple[int, int]:
@@ -182,46 +191,49 @@ class Changelog:
             raise GridUnavailable(f"trimming the log failed: {exc}") from exc
 
     async def replay(self, after_seq: int, until_seq: int, apply: Callable[[int, Any], None], size_max_bytes: int,
-                     timeout_s: float) -> int:
-        """Feed every PU message after after_seq to apply(seq, message), up to until_seq or, if the log ends
-        before it, to the log's end; returns the last sequence read (until_seq at least)."""
-        if await self.last_sequence(self.names.pu_log_wildcard) <= after_seq:
-            return max(after_seq, until_seq)
+                     timeout_s: float, until_subject: str | None = None) -> int:
+        """Feed every PU message after after_seq up to until_seq to apply(seq, message), in order; returns until_seq.
+        The message at until_seq is a PU message or, given, on `until_subject` (a new owner's claim): the replay
+        ends when it is delivered, or a later one (it was deleted). Never on "nothing pending": the consumer may be
+        placed on a replica of the stream that is behind, whose end is not the log's (a replay stopping there
+        would skip acknowledged writes)."""
+        if until_seq <= after_seq:
+            return after_seq
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         last = after_seq
+        pu_prefix = self.names.pu_log_wildcard[:-1]
 
         async def on_message(msg: Msg) -> None:
             nonlocal last
-            seq, pending = delivery_position(msg.reply)
+            seq, _ = delivery_position(msg.reply)
             if done.done() or seq <= last:
                 return
-            if seq > until_seq:  # past the bound (a claim is no PU message: the next one may follow it)
-                done.set_result(None)
-                return
-            try:
-                apply(seq, codec.decode(msg.data, size_max_bytes))
-            except POISON as exc:  # the message itself is bad: no retry will get past it
-                if isinstance(exc, LogGap):
+            if seq <= until_seq and msg.subject.startswith(pu_prefix):
+                try:
+                    apply(seq, codec.decode(msg.data, size_max_bytes))
+                except POISON as exc:  # the message itself is bad: no retry will get past it
+                    done.set_exception(exc if isinstance(exc, LogGap) else PoisonedLog(
+                        f"log message {seq} on {msg.subject} can not be applied ({type(exc).__name__}: {exc})", seq,
+                        msg.subject))
+                    return
+                except BaseException as exc:  # surface any failure to the awaiting caller
                     done.set_exception(exc)
-                else:
-                    done.set_exception(PoisonedLog(f"log message {seq} on {msg.subject} can not be applied "
-                                                   f"({type(exc).__name__}: {exc})", seq, msg.subject))
-                return
-            except BaseException as exc:  # surface any failure to the awaiting caller
-                done.set_exception(exc)
-                return
+                    return
             last = seq
-            if seq == until_seq or pending == 0:
+            if seq >= until_seq:
                 done.set_result(None)
 
-        sub = await self._subscribe_from(self.names.pu_log_wildcard, after_seq, on_message)
+        subjects = [self.names.pu_log_wildcard] + ([until_subject] if until_subject is not None else [])
+        sub = await self._subscribe_from(self.names.pu_log_wildcard, after_seq, on_message, subjects)
         try:
             await asyncio.wait_for(done, timeout_s)
         except asyncio.TimeoutError:
-            raise GridUnavailable(f"replay of the log did not reach seq {until_seq} in {timeout_s}s") from None
+            raise GridUnavailable(f"replay of the log did not reach seq {until_seq} in {timeout_s}s "
+                                  f"(at {last})") from None
         finally:
             await sub.unsubscribe()
-        return max(last, until_seq)
+        assert last >= until_seq, "a replay reports only a position it reached"
+        return until_seq
 
     async def follow(self, after_seq: int, apply: Callable[[int, str, Any, int], None], size_max_bytes: int,
                      on_broken: Callable[[], None], subjects: list[str] | None = None) -> Any:
@@ -314,4 +326,6 @@ def _parse_ack(msg: Msg) -> int | SpacegridError:
         description = str(error.get("description", ""))
         found = description.rpartition(":")[2].strip()
         return Fenced(f"append rejected by the fence: {description}", int(found) if found.isdigit() else 0)
+    if error.get("err_code") == FENCE_IN_PROCESS:
+        return FenceBusy("append refused while another one on the same fence is in process; nothing was applied")
     return CommitUnknown(f"append rejected: {error.get('description')} (err_code {error.get('err_code')})")

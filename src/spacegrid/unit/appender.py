@@ -12,7 +12,7 @@ from collections.abc import Callable
 from spacegrid.core.logformat import PART_FRAMING_BYTES_MAX, encode_pu_message
 from spacegrid.core.partition import AppendBatch, Outcome
 from spacegrid.engine.changelog import Changelog
-from spacegrid.errors import Fenced, SpacegridError
+from spacegrid.errors import FenceBusy, Fenced, SpacegridError
 from spacegrid.limits import KIB, Limits
 from spacegrid.unit.claims import ClaimView
 from spacegrid.unit.replies import Replies
@@ -30,17 +30,22 @@ class Appender:
     every failed one."""
 
     def __init__(self, changelog: Changelog, claims: ClaimView, limits: Limits, replies: Replies,
-                 on_settled: Callable[[Slot, SpacegridError | None], None], kick_store: Callable[[], None]) -> None:
+                 on_settled: Callable[[Slot, SpacegridError | None], None], kick_store: Callable[[], None],
+                 replicated: bool = False) -> None:
         self.changelog = changelog
+        # On a replicated stream JetStream refuses an append while another one on the same fence is in process:
+        # one at a time (group commit makes each carry more).
+        self.in_flight_max = 1 if replicated else limits.appends_in_flight_max
         self.claims = claims
         self.limits = limits
         self.replies = replies
         self.on_settled = on_settled
         self.kick_store = kick_store
         self.waiting = 0  # replies waiting for a commit (or for the store), on every slot together
-        self.counters = {"appends": 0, "records": 0, "parts": 0, "fence_retries": 0}
+        self.counters = {"appends": 0, "records": 0, "parts": 0, "fence_retries": 0, "fence_busy": 0}
         self._queue: deque[Slot] = deque()  # each slot at most once (slot.queued): bounded by the partition count
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._paused = False  # after a FenceBusy refusal, for append_busy_retry_s: appends would be refused too
 
     def wait(self, slot: Slot, wait_lsn: int, reply_to: str, req_id: int, outcome: Outcome) -> None:
         """Answer once the partition committed `wait_lsn`."""
@@ -52,7 +57,7 @@ class Appender:
             return
         slot.queued = True
         self._queue.append(slot)
-        if len(self._in_flight) < self.limits.appends_in_flight_max:
+        if len(self._in_flight) < self.in_flight_max:
             asyncio.get_running_loop().call_soon(self._start)  # after this tick's requests: one message for all
 
     async def wait_idle(self, timeout_s: float) -> None:
@@ -62,7 +67,9 @@ class Appender:
 
     def _start(self) -> None:
         loop = asyncio.get_running_loop()
-        while self._queue and len(self._in_flight) < self.limits.appends_in_flight_max:
+        if self._paused:
+            return  # _resume starts them
+        while self._queue and len(self._in_flight) < self.in_flight_max:
             entries = self._take_message()
             if not entries:
                 continue
@@ -103,6 +110,9 @@ class Appender:
         except Fenced as exc:
             await self._refused(entries, exc)
             return
+        except FenceBusy:
+            self._retry_later(entries)
+            return
         except SpacegridError as exc:
             for slot, _ in entries:
                 slot.appending = False
@@ -135,6 +145,23 @@ class Appender:
             slot.appending = False
             slot.state.retract_append()
             self._after(slot)
+
+    def _retry_later(self, entries: list[tuple[Slot, AppendBatch]]) -> None:
+        """Refused, not applied, while another append on the fence was in process (a replicated stream; another
+        PU's, since ours go one at a time there): the partitions append again after a short pause."""
+        self.counters["fence_busy"] += 1
+        for slot, _ in entries:
+            slot.appending = False
+            slot.state.retract_append()
+        self._paused = True
+        asyncio.get_running_loop().call_later(self.limits.append_busy_retry_s, self._resume,
+                                              [slot for slot, _ in entries])
+
+    def _resume(self, slots: list[Slot]) -> None:
+        self._paused = False
+        for slot in slots:
+            self._after(slot)
+        self._start()
 
     def _after(self, slot: Slot) -> None:
         """A slot's append settled: queue what follows, or tell the driver the partition is gone."""

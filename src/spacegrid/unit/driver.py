@@ -249,7 +249,7 @@ class Driver:
             size_max_bytes = self.limits.append_bytes_max
             seq = await self.changelog.replay(
                 ins.after_seq, ins.until_seq, lambda _, message: slot.state.replay_log_message(message, size_max_bytes),
-                2 * size_max_bytes, self.limits.replay_timeout_s)
+                2 * size_max_bytes, self.limits.replay_timeout_s, until_subject=self.names.claim_subject(p))
             return lc.ReplayReached(p, a, self._stimulus("replayed"), seq, slot.state.log_epoch)
         raise AssertionError(f"not an I/O instruction: {ins}")
 

@@ -95,7 +95,7 @@ class ProcessingUnit:
         slots: dict[int, Slot] = {}
         self.appender = Appender(self.changelog, self.claims, self.limits, self.replies,
                                  on_settled=lambda slot, error: self.driver.append_settled(slot, error),
-                                 kick_store=self._kick_store)
+                                 kick_store=self._kick_store, replicated=self.replicas > 1)
         self.pump = None if self.store is None else Pump(self.store, self.changelog, self.space, self.limits,
                                                          self.appender.on_persisted,
                                                          trims=self._trims)

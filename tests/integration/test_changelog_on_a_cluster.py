@@ -1,0 +1,186 @@
+"""The space's log on a 3-node NATS cluster (a replicated stream), where JetStream differs from a single server in two
+ways the grid must survive: an ephemeral consumer may be placed on a replica that is behind (its "nothing pending"
+is not the log's end), and an append's fence is checked before the message is proposed, against the claims
+applied so far (an append checked while a claim is in process lands after the claim, accepted)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+
+from spacegrid.engine.changelog import Changelog, ensure_stream
+from spacegrid.engine.connection import connect
+from spacegrid.engine.server import NatsServerProcess, start_cluster, stop_all
+from spacegrid.engine.subjects import Names
+from spacegrid.errors import Fenced, FenceBusy
+from tests.integration.test_engine_changelog import message
+
+SIZE_MAX_BYTES = 1 << 20
+STREAM_READY_TIMEOUT_S = 30.0
+TEST_TIMEOUT_S = 120.0
+REPLAY_TIMEOUT_S = 30.0
+CLAIM_ATTEMPTS_MAX = 20
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NatsServerProcess]]:
+    """A 3-node cluster for this module's tests (each uses a space of its own); stopped afterwards."""
+    nodes = start_cluster(tmp_path_factory.mktemp("nats"), 3)
+    try:
+        yield nodes
+    finally:
+        stop_all(nodes)
+
+
+async def _create_stream(js: JetStreamContext, names: Names) -> str:
+    """The space's R3 stream, once the cluster can place it (its meta leader knows every peer); its leader."""
+    deadline = time.monotonic() + STREAM_READY_TIMEOUT_S
+    while True:
+        try:
+            await ensure_stream(js, names, replicas=3, max_msg_bytes=SIZE_MAX_BYTES)
+            info = await js.stream_info(names.stream)
+            return str(info.cluster.leader if info.cluster else "")
+        except NatsError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+async def _replay(changelog: Changelog, partition: int, after_seq: int, claim_seq: int) -> tuple[int, list[int]]:
+    """A new owner's replay up to its claim: (the position it reports, the sequences it applied)."""
+    seen: list[int] = []
+    reached = await changelog.replay(after_seq, claim_seq, lambda seq, _: seen.append(seq), 2 * SIZE_MAX_BYTES,
+                                     REPLAY_TIMEOUT_S, until_subject=changelog.names.claim_subject(partition))
+    return reached, seen
+
+
+# ---- a replica that is behind ----------------------------------------------------------------------------------
+
+ROUNDS = 40
+MESSAGES_PER_ROUND = 30
+REPLAYS_PER_ROUND = 6
+STOPPED_S = 0.15  # the lagging replica is stopped this long, then runs RUNNING_S, in turns
+RUNNING_S = 0.015
+
+
+def _flap(node: NatsServerProcess, stop: threading.Event) -> None:
+    """SIGSTOP and SIGCONT the node in turns until `stop` is set (left running)."""
+    while not stop.is_set():
+        node.pause()
+        stop.wait(STOPPED_S)
+        node.resume()
+        stop.wait(RUNNING_S)
+
+
+def test_replay_reaches_its_bound_while_a_replica_lags(cluster: list[NatsServerProcess]) -> None:
+    """One follower of the stream is stopped 150 ms and run 15 ms in turns; 40 rounds each append 30 messages and
+    a claim, then replay them six times at once (some of those consumers are placed on the lagging follower):
+    every replay applies every message of its round, in order, and reports the claim's sequence. (Ending a replay
+    at the consumer's "nothing pending" skipped messages here.)"""
+    names = Names("lag")
+    stop = threading.Event()
+    flapper: threading.Thread | None = None
+
+    async def main() -> None:
+        nonlocal flapper
+        nc = await connect(cluster[0].url, "test-replay-lag")
+        try:
+            js = nc.jetstream()
+            leader = await _create_stream(js, names)
+            victim = next(node for node in cluster[1:] if node.spec.server_name != leader)  # not ours either
+            flapper = threading.Thread(target=_flap, args=(victim, stop), daemon=True)
+            flapper.start()
+            changelog = Changelog(nc, js, names, "pu-a", 10.0)
+            await changelog.start()
+            short: list[tuple[int, int, int]] = []
+            after_seq = 0  # the last claim: appends are fenced on it, replays start after it
+            for epoch in range(1, ROUNDS + 1):
+                appended = [await changelog.append(message(0, i), after_seq) for i in range(MESSAGES_PER_ROUND)]
+                claim_seq = await changelog.claim(0, epoch, "pu-b", CLAIM_ATTEMPTS_MAX)
+                assert claim_seq is not None and claim_seq > max(appended)
+                results = await asyncio.gather(*(_replay(changelog, 0, after_seq, claim_seq)
+                                                 for _ in range(REPLAYS_PER_ROUND)))
+                short += [(epoch, reached, len(seen)) for reached, seen in results if seen != appended]
+                assert all(reached == claim_seq for reached, _ in results)
+                after_seq = claim_seq
+            await changelog.stop()
+            assert not short, f"{len(short)} replays missed messages (round, reached, applied): {short[:5]}"
+        finally:
+            await nc.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), TEST_TIMEOUT_S))
+    finally:
+        stop.set()
+        if flapper is not None:
+            flapper.join()
+
+
+# ---- appends racing a claim ------------------------------------------------------------------------------------
+
+RACE_ROUNDS = 60
+APPENDERS = 3
+
+
+async def _append_until_fenced(changelog: Changelog, fence_seq: int, acked: list[int], stop: asyncio.Event) -> None:
+    """The deposed owner: appends fenced on the claims it knows, recording each acknowledged one, until refused
+    by the fence (or `stop`); refusals while another append is in process are retried at once."""
+    i = 0
+    while not stop.is_set():
+        i += 1
+        try:
+            acked.append(await changelog.append(message(0, i), fence_seq))
+        except FenceBusy:
+            await asyncio.sleep(0)
+        except Fenced:
+            return
+
+
+def test_appends_racing_a_claim_are_all_in_the_new_owners_replay(cluster: list[NatsServerProcess]) -> None:
+    """In each of 60 rounds, three tasks of the owner append as fast as they can while another member claims the
+    partition; every append the stream acknowledged (an owner would have answered its clients) lies before the
+    claim's confirmation and is applied by the new owner's replay, including those that landed after the claim
+    itself because their fence was checked while it was in process."""
+    names = Names("race")
+
+    async def main() -> None:
+        nc_a = await connect(cluster[0].url, "test-race-owner")
+        nc_b = await connect(cluster[1].url, "test-race-claimer")
+        try:
+            await _create_stream(nc_a.jetstream(), names)
+            owner = Changelog(nc_a, nc_a.jetstream(), names, "pu-a", 10.0)
+            claimer = Changelog(nc_b, nc_b.jetstream(), names, "pu-b", 10.0)
+            await owner.start()
+            await claimer.start()
+            missing: list[tuple[int, list[int]]] = []
+            fence_seq = 0
+            for epoch in range(1, RACE_ROUNDS + 1):
+                acked: list[int] = []
+                stop = asyncio.Event()
+                appenders = [asyncio.create_task(_append_until_fenced(owner, fence_seq, acked, stop))
+                             for _ in range(APPENDERS)]
+                while not acked:  # the owner is appending
+                    await asyncio.sleep(0.001)
+                claim_seq = await claimer.claim(0, epoch, f"pu-{epoch % 2}", CLAIM_ATTEMPTS_MAX)
+                assert claim_seq is not None
+                await asyncio.wait_for(asyncio.gather(*appenders), REPLAY_TIMEOUT_S)
+                _, replayed = await _replay(claimer, 0, fence_seq, claim_seq)
+                lost = sorted(set(acked) - set(replayed))
+                if lost:
+                    missing.append((epoch, lost))
+                fence_seq = claim_seq
+            await owner.stop()
+            await claimer.stop()
+            assert not missing, f"acknowledged appends the new owner never applied (round, seqs): {missing[:5]}"
+        finally:
+            await nc_a.close()
+            await nc_b.close()
+
+    asyncio.run(asyncio.wait_for(main(), TEST_TIMEOUT_S))
