@@ -6,8 +6,8 @@ applied so far (an append checked while a claim is in process lands after the cl
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from spacegrid.engine.connection import connect
 from spacegrid.engine.server import NatsServerProcess, start_cluster, stop_all
 from spacegrid.engine.subjects import Names
 from spacegrid.errors import Fenced, FenceBusy
+from spacegrid.testing.eventually import eventually
 from tests.integration.test_engine_changelog import message
 
 SIZE_MAX_BYTES = 1 << 20
@@ -41,16 +42,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NatsServe
 
 async def _create_stream(js: JetStreamContext, names: Names) -> str:
     """The space's R3 stream, once the cluster can place it (its meta leader knows every peer); its leader."""
-    deadline = time.monotonic() + STREAM_READY_TIMEOUT_S
-    while True:
+    async def placed() -> None:
         try:
             await ensure_stream(js, names, replicas=3, max_msg_bytes=SIZE_MAX_BYTES)
-            info = await js.stream_info(names.stream)
-            return str(info.cluster.leader if info.cluster else "")
-        except NatsError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.2)
+        except NatsError as exc:
+            raise AssertionError(f"the stream can not be placed yet: {exc}") from exc
+
+    await eventually(placed, timeout_s=STREAM_READY_TIMEOUT_S, interval_s=0.2)
+    info = await js.stream_info(names.stream)
+    return str(info.cluster.leader if info.cluster else "")
 
 
 async def _replay(changelog: Changelog, partition: int, after_seq: int, claim_seq: int) -> tuple[int, list[int]]:
@@ -129,16 +129,17 @@ RACE_ROUNDS = 60
 APPENDERS = 3
 
 
-async def _append_until_fenced(changelog: Changelog, fence_seq: int, acked: list[int], stop: asyncio.Event) -> None:
-    """The deposed owner: appends fenced on the claims it knows, recording each acknowledged one, until refused
-    by the fence (or `stop`); refusals while another append is in process are retried at once."""
-    i = 0
-    while not stop.is_set():
-        i += 1
+async def _append_until_fenced(changelog: Changelog, fence_seq: int, acked: list[int],
+                               appending: asyncio.Event) -> None:
+    """The deposed owner: appends fenced on the claims it knows, recording each acknowledged one (and setting
+    `appending` at the first), until refused by the fence; refusals while another append is in process are
+    retried at once."""
+    for i in itertools.count():
         try:
             acked.append(await changelog.append(message(0, i), fence_seq))
+            appending.set()
         except FenceBusy:
-            await asyncio.sleep(0)
+            continue
         except Fenced:
             return
 
@@ -163,11 +164,10 @@ def test_appends_racing_a_claim_are_all_in_the_new_owners_replay(cluster: list[N
             fence_seq = 0
             for epoch in range(1, RACE_ROUNDS + 1):
                 acked: list[int] = []
-                stop = asyncio.Event()
-                appenders = [asyncio.create_task(_append_until_fenced(owner, fence_seq, acked, stop))
+                appending = asyncio.Event()
+                appenders = [asyncio.create_task(_append_until_fenced(owner, fence_seq, acked, appending))
                              for _ in range(APPENDERS)]
-                while not acked:  # the owner is appending
-                    await asyncio.sleep(0.001)
+                await asyncio.wait_for(appending.wait(), REPLAY_TIMEOUT_S)
                 claim_seq = await claimer.claim(0, epoch, f"pu-{epoch % 2}", CLAIM_ATTEMPTS_MAX)
                 assert claim_seq is not None
                 await asyncio.wait_for(asyncio.gather(*appenders), REPLAY_TIMEOUT_S)

@@ -14,6 +14,7 @@ COUNTERS = {
     "parts": "Partitions' parts in those messages (parts / appends: partitions per message)",
     "records": "Records written to the log",
     "fence_retries": "Log messages refused because a partition was claimed since; appended again without it",
+    "fence_busy": "Log messages a replicated stream refused while another PU's append was in process; appended again",
     "fenced": "Partitions deposed because another PU claimed them",
     "failovers": "Dead members removed while this PU coordinated",
     "promoted": "Partitions taken over from a hot backup without a full replay",

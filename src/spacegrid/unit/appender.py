@@ -24,10 +24,10 @@ log = logging.getLogger("spacegrid.appender")
 class Appender:
     """`schedule(slot)` after a slot gains pending writes. Each log message holds the pending writes of every
     partition queued (one part per partition, ADR 0009), fenced on the claims this PU has seen; at most
-    `limits.appends_in_flight_max` messages are in flight, and a partition is in at most one of them, so under load
-    each message carries more (group commit across partitions and across the wait). `on_settled(slot, error)` is
-    called after every append of a partition that is no longer served or was claimed by another PU, and after
-    every failed one."""
+    `limits.appends_in_flight_max` messages are in flight (one on a replicated stream), and a partition is in at
+    most one of them, so under load each message carries more (group commit across partitions and across the
+    wait). `on_settled(slot, error)` is called after every append of a partition that is no longer served or was
+    claimed by another PU, and after every failed one."""
 
     def __init__(self, changelog: Changelog, claims: ClaimView, limits: Limits, replies: Replies,
                  on_settled: Callable[[Slot, SpacegridError | None], None], kick_store: Callable[[], None],
@@ -141,21 +141,25 @@ class Appender:
                 slot.appending = False
                 self.on_settled(slot, error)
             return
+        self._retract(entries)
         for slot, _ in entries:
-            slot.appending = False
-            slot.state.retract_append()
             self._after(slot)
 
     def _retry_later(self, entries: list[tuple[Slot, AppendBatch]]) -> None:
         """Refused, not applied, while another append on the fence was in process (a replicated stream; another
         PU's, since ours go one at a time there): the partitions append again after a short pause."""
         self.counters["fence_busy"] += 1
-        for slot, _ in entries:
-            slot.appending = False
-            slot.state.retract_append()
+        self._retract(entries)
         self._paused = True
         asyncio.get_running_loop().call_later(self.limits.append_busy_retry_s, self._resume,
                                               [slot for slot, _ in entries])
+
+    @staticmethod
+    def _retract(entries: list[tuple[Slot, AppendBatch]]) -> None:
+        """Nothing of the refused message was applied: its writes go back to the partitions' pending ones."""
+        for slot, _ in entries:
+            slot.appending = False
+            slot.state.retract_append()
 
     def _resume(self, slots: list[Slot]) -> None:
         self._paused = False
