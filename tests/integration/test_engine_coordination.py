@@ -1,9 +1,11 @@
 """Coordination in JetStream KV (engine/coordination.py) against a real nats-server: member records registered,
-renewed and removed by compare-and-set, the partition table written by compare-and-set, and watches."""
+renewed, left and removed by compare-and-set (the removal a message delete at the revision seen), the partition
+table written by compare-and-set, and watches."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -72,23 +74,52 @@ def test_register_then_renew_by_compare_and_set(nats_url: str) -> None:
     run(main)
 
 
-def test_remove_member_with_a_revision_only_if_it_has_not_renewed_since(nats_url: str) -> None:
-    """remove_member with a stale revision returns False and keeps the record; with the current one it deletes
-    it; the member's next renewal then returns None (declared dead), and it can register again."""
+def test_leave_deletes_the_own_record_by_compare_and_set(nats_url: str) -> None:
+    """leave (graceful) deletes the member's record with a KV delete: with a stale revision it returns False and
+    keeps the record; with the current one or none it deletes it; the member can register again."""
 
     async def main() -> None:
         async with opened(nats_url) as coord:
             first = await coord.register("m1", {"beat": 1})
             second = await coord.renew("m1", {"beat": 2}, first)
             assert second is not None
-            assert await coord.remove_member("m1", first) is False
+            assert await coord.leave("m1", first) is False
             assert await coord.read_member("m1") == ({"beat": 2}, second)
-            assert await coord.remove_member("m1", second) is True
+            assert await coord.leave("m1", second) is True
             assert await coord.read_member("m1") is None
-            assert await coord.renew("m1", {"beat": 3}, second) is None
-            again = await coord.register("m1", {"beat": 4})
-            assert await coord.read_member("m1") == ({"beat": 4}, again)
-            assert await coord.remove_member("m1") is True  # without a revision: unconditional
+            again = await coord.register("m1", {"beat": 3})
+            assert await coord.leave("m1", None) is True  # without a revision: unconditional
+            assert await coord.read_member("m1") is None
+            assert again > second
+
+    run(main)
+
+
+def test_a_members_bucket_that_denies_message_deletes_is_refused_with_create(nats_url: str) -> None:
+    """The members bucket is made allowing message deletes (the coordinator's removal), unlike nats-py's KV
+    buckets; a bucket made by nats-py (an older spacegrid's), whose stream denies them (JetStream does not let an
+    update cancel that), is refused by a PU's open (create) with a ConfigError saying what to do, and still
+    opened by readers (no create)."""
+
+    async def main() -> None:
+        nc = await connect(nats_url, "test-coordination")
+        try:
+            js = nc.jetstream()
+            await Coordination.open(js, NAMES, create=True)
+            info = await js.stream_info(f"KV_{NAMES.members_bucket}")
+            assert info.config.deny_delete is False and info.config.max_msgs_per_subject == 1
+            old = Names("old")
+            for bucket in (old.members_bucket, old.table_bucket):
+                await js.create_key_value(bucket=bucket, history=1)
+            with pytest.raises(ConfigError, match=f"denies message deletes.*KV_{old.members_bucket}"):
+                await Coordination.open(js, old, create=True)
+            reader = await Coordination.open(js, old, create=False)
+            assert await reader.read_member("nobody") is None
+            info = await js.stream_info(f"KV_{old.members_bucket}")
+            with pytest.raises(Exception, match="can not cancel deny message deletes"):
+                await js.update_stream(dataclasses.replace(info.config, deny_delete=False))
+        finally:
+            await nc.close()
 
     run(main)
 
@@ -128,8 +159,8 @@ def test_read_table_with_another_partition_count_is_a_config_error(nats_url: str
 
 
 def test_watch_delivers_the_current_value_then_every_change(nats_url: str) -> None:
-    """watch calls back first with the current value, then with each change in order, a deleted member as None,
-    with each entry's revision."""
+    """watch calls back first with the current value, then with each change in order, a member that left as None,
+    with each entry's revision; a member removed by the coordinator (a message delete) is not reported."""
 
     async def main() -> None:
         async with opened(nats_url) as coord:
@@ -160,10 +191,18 @@ def test_watch_delivers_the_current_value_then_every_change(nats_url: str) -> No
 
             registered = await coord.register("m1", {"beat": 1})
             renewed = await coord.renew("m1", {"beat": 2}, registered)
-            assert renewed is not None and await coord.remove_member("m1", renewed)
+            assert renewed is not None and await coord.leave("m1", renewed)
             await eventually(lambda: seen(members, 3), timeout_s=5)
             assert members[:2] == [("m1", {"beat": 1}, registered), ("m1", {"beat": 2}, renewed)]
             assert members[2][:2] == ("m1", None) and members[2][2] > renewed
+
+            # the coordinator's removal deletes the message: no marker, so the next entry a watch reports is the
+            # member's registration that follows it
+            back = await coord.register("m1", {"beat": 3})
+            assert await coord.remove_member("m1", back)
+            again = await coord.register("m1", {"beat": 4})
+            await eventually(lambda: seen(members, 5), timeout_s=5)
+            assert members[3:] == [("m1", {"beat": 3}, back), ("m1", {"beat": 4}, again)]
             for task in (table_watch, member_watch):
                 task.cancel()
             await asyncio.gather(table_watch, member_watch, return_exceptions=True)

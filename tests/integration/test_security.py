@@ -191,6 +191,45 @@ def test_a_pu_may_append_only_to_its_own_log_subject_and_never_delete_the_stream
     assert asyncio.run(_read_keys(grid)) == KEYS
 
 
+def test_a_pu_writes_no_member_record_but_its_own(secure_grid: LocalGrid) -> None:
+    """A PU's credential (a rogue one, of a member that is not in the grid) can not overwrite a running PU's
+    member record, delete it (a KV delete marker, or a purge of the bucket), create a fake member's record, update
+    the members stream, or delete a log message: each is refused by NATS; afterwards no fake record exists, both
+    PUs are still members with their own records, and the values are unchanged."""
+    grid = secure_grid
+    assert grid.secrets is not None
+    members = grid.status().members
+    victim = next(iter(members))
+    ca = grid.access.tls_ca_path if grid.access is not None else None
+    rogue = Access(grid.secrets.pu_creds("rogue-member"), ca)
+    record = f"$KV.{NAMES.members_bucket}"
+    forged = codec.encode({"pid": 1, "incarnation": "forged", "host": "attacker"})
+
+    def js_request(subject: str, body: dict[str, Any]) -> Callable[[Any], Awaitable[Any]]:
+        async def attack(nc: Any) -> Any:
+            return await nc.request(subject, json.dumps(body).encode(), timeout=2)
+        return attack
+
+    async def attacks() -> list[str]:
+        return [
+            await _denied(rogue, grid.url, lambda nc: nc.publish(f"{record}.{victim}", forged)),
+            await _denied(rogue, grid.url, lambda nc: nc.publish(f"{record}.{victim}", b"",
+                                                                  headers={"KV-Operation": "DEL"})),
+            await _denied(rogue, grid.url, lambda nc: nc.publish(f"{record}.intruder", forged)),
+            await _denied(rogue, grid.url, js_request(f"$JS.API.STREAM.PURGE.KV_{NAMES.members_bucket}", {})),
+            await _denied(rogue, grid.url, js_request(f"$JS.API.STREAM.UPDATE.KV_{NAMES.members_bucket}",
+                                                      {"name": f"KV_{NAMES.members_bucket}"})),
+            await _denied(rogue, grid.url, js_request(f"$JS.API.STREAM.MSG.DELETE.{NAMES.stream}", {"seq": 1})),
+        ]
+
+    assert len(asyncio.run(attacks())) == 6
+    assert asyncio.run(_absent(grid, f"{record}.intruder")), "no member record was forged"
+    after = grid.status().members
+    assert set(after) == set(members)
+    assert all(after[m].get("incarnation") == members[m].get("incarnation") for m in members)
+    assert asyncio.run(_read_keys(grid)) == KEYS
+
+
 def test_secrets_stay_in_0600_files_of_a_0700_data_dir(secure_grid: LocalGrid) -> None:
     """The data dir is 0700, every key (nkeys, TLS keys) and credential 0600, the nats-server configuration too;
     no seed or JWT is in a process's arguments or in grid.json."""

@@ -56,10 +56,17 @@ def test_a_client_may_not_publish_to_logs_or_buckets_and_reads_only_its_inbox() 
 
 
 def test_a_pu_appends_only_to_its_own_log_subject() -> None:
-    """A PU's permissions name its member's log and request subjects, deny deleting streams, and need a member."""
+    """A PU's permissions name its member's log, member record and request subjects; its JetStream API is an
+    explicit list over the space's three streams (no wildcard over the API, no deleting or updating a stream, no
+    stream of its own); and they need a member id."""
     permissions = roles.permissions("pu", "s", "UKEY", "m1")
     assert "sg.s.log.pu.m1" in permissions.publish and "sg.s.log.pu.>" not in permissions.publish
-    assert "$JS.API.STREAM.DELETE.>" in permissions.publish_deny
+    assert "$KV.sg_s_members.m1" in permissions.publish and "$KV.sg_s_members.>" not in permissions.publish
+    api = [subject for subject in permissions.publish if subject.startswith("$JS.API.")]
+    assert all("*" not in subject.removesuffix(".>") and not subject.startswith(("$JS.API.STREAM.DELETE",
+               "$JS.API.STREAM.UPDATE")) for subject in api), api
+    assert {s.rpartition(".")[2] for s in api if s.startswith("$JS.API.STREAM.CREATE.")} == {
+        "SG_s", "KV_sg_s_members", "KV_sg_s_table"}
     assert "sg.s.pu.m1" in permissions.subscribe
     with pytest.raises(ValueError, match="member"):
         roles.permissions("pu", "s", "UKEY")

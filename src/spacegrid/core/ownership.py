@@ -14,7 +14,12 @@ class Membership:
 
     A member is dead once it has not been heard of for timeout_s, or once NATS said nobody listens on its
     subject (it crashed or lost its connection) and it has not been heard of for lease_s: by then its read
-    lease, which it measures from before sending its last heartbeat, has run out."""
+    lease, which it measures from before sending its last heartbeat, has run out.
+
+    A member stays known (`info`, `dead()`) until `remove`: on its goodbye (a delete marker), or once the observer
+    learns that its record is gone. The coordinator's removal of a dead member deletes its record's message and
+    leaves no marker, so the other observers keep it, dead by its silence, until they read the record (the
+    driver's job: unit.membership). live() and dead() go by silence alone, so they are right without it."""
 
     def __init__(self, timeout_s: float, lease_s: float | None = None) -> None:
         assert timeout_s > 0

@@ -1,4 +1,10 @@
-"""Membership heartbeats and the partition table in JetStream KV; the table changes only by compare-and-set."""
+"""Membership heartbeats and the partition table in JetStream KV; the table changes only by compare-and-set.
+
+Each member writes only its own record (a PU credential may publish to its own key's subject and no other:
+security.roles); the coordinator removes a dead member's record by deleting the exact message of the revision it saw
+(`remove_member`), the one write to another member's record a PU may make. The members bucket is therefore made
+here, not by nats-py's `create_key_value`, whose streams deny message deletes (a setting JetStream never lets an
+update cancel)."""
 
 from __future__ import annotations
 
@@ -8,8 +14,9 @@ from typing import Any, Awaitable, Callable
 
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js import JetStreamContext
+from nats.js import JetStreamContext, api
 from nats.js.errors import (
+    APIError,
     BadRequestError,
     BucketNotFoundError,
     KeyNotFoundError,
@@ -30,6 +37,8 @@ from spacegrid.partitioning import PartitionTable
 log = logging.getLogger("spacegrid.coordination")
 
 KV_DELETES = ("DEL", "PURGE")
+MSG_DELETE_FAILED = 10057  # JetStream's answer to a refused message delete: no such message, or deletes denied
+KV_DUPLICATE_WINDOW_S_MAX = 120.0  # nats-py's KV streams: two minutes, or the TTL if shorter
 CONFIG_KEY = "config"  # the grid's configuration, next to the table's key in the table bucket
 NOT_READY: tuple[type[Exception], ...] = (NatsTimeoutError, NoRespondersError, ServiceUnavailableError,
                                           NoStreamResponseError)  # JetStream electing leaders, or not up yet
@@ -44,20 +53,58 @@ async def _bucket(js: JetStreamContext, name: str, replicas: int, ttl_s: float |
     return await js.create_key_value(bucket=name, history=1, replicas=replicas, ttl=ttl_s)
 
 
+def members_stream_config(bucket: str, replicas: int, ttl_s: float | None) -> api.StreamConfig:
+    """The members bucket's stream: what nats-py's `create_key_value(history=1)` makes, except that it allows
+    message deletes (`remove_member`). Heartbeats need no more history than the last record."""
+    return api.StreamConfig(
+        name=f"KV_{bucket}", subjects=[f"$KV.{bucket}.>"], allow_rollup_hdrs=True, allow_msg_ttl=True,
+        deny_delete=False, discard=api.DiscardPolicy.NEW,
+        duplicate_window=min(ttl_s or KV_DUPLICATE_WINDOW_S_MAX, KV_DUPLICATE_WINDOW_S_MAX), max_age=ttl_s,
+        max_consumers=-1, max_msgs=-1, max_msgs_per_subject=1, num_replicas=replicas,
+    )
+
+
+async def _members_bucket(js: JetStreamContext, name: str, replicas: int, ttl_s: float | None,
+                          create: bool) -> KeyValue:
+    """Open the members bucket, creating it if `create`; with `create` (a PU, `spacegrid up`), ConfigError if it
+    is an older spacegrid's, which denies the message deletes that remove dead members."""
+    stream = f"KV_{name}"
+    try:
+        info = await js.stream_info(stream)
+    except NotFoundError:
+        if not create:
+            raise GridUnavailable(f"KV bucket {name} does not exist: no PU of this space has started yet") from None
+        try:
+            await js.add_stream(members_stream_config(name, replicas, ttl_s))
+        except BadRequestError as exc:  # made meanwhile by another PU (with the same configuration, or checked below)
+            if "already in use" not in str(exc):
+                raise
+        info = await js.stream_info(stream)
+    if create and info.config.deny_delete:
+        raise ConfigError(
+            f"the members bucket {name} was made by an older spacegrid: its stream denies message deletes, by which "
+            f"the coordinator now removes a dead member's record (a PU may write only its own). It holds only "
+            f"heartbeats: stop every PU of this space, delete the stream {stream} with the admin credential (e.g. "
+            f"`nats stream rm {stream}`), and start them again"
+        )
+    return await js.key_value(name)
+
+
 class Coordination:
     """The space's two KV buckets: members (heartbeats) and table (the versioned partition table)."""
 
-    def __init__(self, names: Names, members: KeyValue, table: KeyValue) -> None:
+    def __init__(self, names: Names, members: KeyValue, table: KeyValue, js: JetStreamContext) -> None:
         self.names = names
         self.members = members
         self.table = table
+        self.js = js
 
     @classmethod
     async def open(cls, js: JetStreamContext, names: Names, replicas: int = 1, create: bool = False,
                    member_ttl_s: float = 60.0) -> Coordination:
-        members = await _bucket(js, names.members_bucket, replicas, member_ttl_s, create)
+        members = await _members_bucket(js, names.members_bucket, replicas, member_ttl_s, create)
         table = await _bucket(js, names.table_bucket, replicas, None, create)
-        return cls(names, members, table)
+        return cls(names, members, table, js)
 
     # ---- membership ----------------------------------------------------------------------------------------
 
@@ -96,9 +143,9 @@ class Coordination:
                 members[key] = found[0]
         return members
 
-    async def remove_member(self, member_id: str, revision: int | None = None) -> bool:
-        """Delete a member's record: on graceful leave, or by the coordinator once it is dead. With a revision,
-        only if the member has not heartbeated since (False then)."""
+    async def leave(self, member_id: str, revision: int | None) -> bool:
+        """This member's own record deleted on graceful leave (a KV delete: a delete marker, which every watch
+        reports); with a revision, only if it is still the current one (False otherwise)."""
         try:
             await self.members.delete(member_id, last=revision)
         except (KeyNotFoundError, NotFoundError):
@@ -110,6 +157,37 @@ class Coordination:
                 return False
             raise
         return True
+
+    async def remove_member(self, member_id: str, revision: int) -> bool:
+        """The coordinator removes a dead member's record by deleting the message of the `revision` it saw
+        (`$JS.API.STREAM.MSG.DELETE.KV_<members bucket>`). The bucket keeps one message per key, so if the member
+        renewed (or registered again) since, that message is gone and the delete fails: False. Once deleted, the
+        key holds no message, so the member's renewal (an update with last=revision) fails, which tells it that it
+        was declared dead, and its `register` (a create) works. True also when the record was gone already (another
+        coordinator removed it, it left, it expired). No delete marker is written, so watches do not report the
+        removal: MembershipAgent forgets silent members whose record is gone."""
+        assert revision > 0, "the coordinator removes only a revision it saw"
+        try:
+            # nats-py sends no `no_erase`: the server also overwrites the message's bytes (a small record, rarely)
+            await self.js.delete_msg(f"KV_{self.names.members_bucket}", revision)
+            return True
+        except APIError as exc:
+            if getattr(exc, "err_code", None) != MSG_DELETE_FAILED:
+                raise
+            refused = exc
+        current = await self.member_revision(member_id)
+        if current == revision:  # the message is there and the delete was refused: not a race, a misconfiguration
+            raise ConfigError(f"JetStream refused to delete member {member_id}'s record ({refused.description}); "
+                              f"the members bucket must allow message deletes")
+        return current == 0
+
+    async def member_revision(self, member_id: str) -> int:
+        """The revision of the member's current record; 0 if it has none (never written, deleted, expired)."""
+        try:
+            entry = await self.members.get(member_id)
+        except (KeyNotFoundError, NotFoundError):
+            return 0
+        return int(entry.revision or 0) if entry.value else 0
 
     # ---- the table -----------------------------------------------------------------------------------------
 
@@ -128,6 +206,16 @@ class Coordination:
                 f"this definition says {partition_count}; the partition count can't change"
             )
         return table, int(entry.revision or 0)
+
+    async def table_written(self) -> bool:
+        """Whether a partition table was ever written: the grid then had a log (GridUnavailable if not answered)."""
+        try:
+            entry = await self.table.get(self.names.table_key)
+        except (KeyNotFoundError, NotFoundError):
+            return False
+        except NOT_READY as exc:
+            raise GridUnavailable(f"the partition table could not be read: JetStream did not answer ({exc!r})") from exc
+        return bool(entry.value)
 
     async def write_table(self, table: PartitionTable, revision: int) -> int | None:
         """Compare-and-set: the new revision, or None if someone else wrote first."""

@@ -1,5 +1,11 @@
 """Membership of one PU: its heartbeat and read lease, the members and the partition table it watches, and, when
-it is the coordinator, removing dead members and writing a fair table, both by compare-and-set."""
+it is the coordinator, removing dead members and writing a fair table, both by compare-and-set.
+
+A PU writes only its own member record. The coordinator removes a dead member's record by deleting the message of
+the revision it saw (Coordination.remove_member), which leaves no delete marker: the other members' watches do not
+report it. They keep the removed member in their view, dead by its silence (live() and dead() go by silence alone),
+until they read that its record is gone (`_forget_removed`, each round; `wait_adopted`, at once). A graceful leave
+deletes the member's own record through KV, a delete marker every watch reports."""
 
 from __future__ import annotations
 
@@ -130,9 +136,9 @@ class MembershipAgent:
                 log.warning("heartbeat round failed: %s", exc)
 
     async def goodbye(self) -> None:
-        """Remove this member's record (best effort: the heartbeat timeout covers a failed goodbye)."""
+        """Delete this member's record (best effort: the heartbeat timeout covers a failed goodbye)."""
         try:
-            await self.coord.remove_member(self.member_id, self._revision or None)
+            await self.coord.leave(self.member_id, self._revision or None)
         except Exception as exc:
             log.warning("could not remove member record: %s", exc)
 
@@ -170,21 +176,31 @@ class MembershipAgent:
                 if m != self.member_id and not self.membership.info[m].get("leaving")]
 
     def previous_owner(self, partition: int) -> tuple[str, int] | None:
-        """The live PU this partition was taken from, and the table version that moved it (consumed)."""
+        """The PU this partition was taken from, if this PU has not seen it removed, and the table version that
+        moved it (consumed)."""
         previous = self.handed_from.pop(partition, None)
         if previous is None or previous[0] not in self.membership.info:
             return None
         return previous
 
     async def wait_adopted(self, member_id: str, table_version: int) -> None:
-        """Until `member_id` runs `table_version` (so it no longer answers reads for what it moved) or is gone;
-        bounded, because a PU that stays silent is declared dead."""
-        deadline_s = time.monotonic() + 2 * self.limits.heartbeat_timeout_s
+        """Until `member_id` runs `table_version` (so it no longer answers reads for what it moved) or is gone: its
+        record deleted (it left) or removed (the coordinator declared it dead, which no watch reports, so the
+        record is read: at once, then every heartbeat interval). Silence alone is not gone here: this PU's view
+        may be behind (its loop held). Bounded, because a PU that stays silent is declared dead."""
+        now_s = time.monotonic()
+        deadline_s = now_s + 2 * self.limits.heartbeat_timeout_s
+        read_at_s = now_s - self.limits.heartbeat_interval_s
         while member_id in self.membership.info and not self.membership.has_adopted(member_id, table_version):
-            if time.monotonic() > deadline_s:
+            now_s = time.monotonic()
+            if now_s > deadline_s:
                 log.warning("%s has not confirmed table v%d; going ahead (the fence guards writes)", member_id,
                             table_version)
                 return
+            if now_s - read_at_s >= self.limits.heartbeat_interval_s:
+                read_at_s = now_s
+                if await self._forget_if_removed(member_id):
+                    return
             await asyncio.sleep(self.limits.heartbeat_interval_s / 4)
 
     # ---- the coordinator -----------------------------------------------------------------------------------
@@ -194,10 +210,12 @@ class MembershipAgent:
         return coordinator(self.membership.live(time.monotonic())) == self.member_id
 
     async def coordinate(self) -> None:
-        """If this PU is the coordinator, remove dead members by compare-and-set and write a fair table."""
+        """Forget silent members whose record is gone; if this PU is the coordinator, remove dead members by
+        compare-and-set and write a fair table."""
         async with self._coordinating:
             if self.stopping:
                 return
+            await self._forget_removed()
             current = coordinator(self.membership.live(time.monotonic()))
             if current != self.member_id:
                 if current is not None:  # every member watches the coordinator, so a crashed one is replaced fast
@@ -227,10 +245,28 @@ class MembershipAgent:
                 log.info("wrote table v%d for %d live members", proposal.version, len(live))
                 self.adopt(proposal, revision)
 
+    async def _forget_removed(self) -> None:
+        """Drop from this PU's view the members dead by their silence whose record is gone: removed by a
+        coordinator (no watch reports that), or expired. A member whose record is still there stays, dead, until
+        the coordinator removes it or it heartbeats again."""
+        for member_id in self.membership.dead(time.monotonic()):
+            if await self._forget_if_removed(member_id):
+                log.info("member %s is gone (its record was removed)", member_id)
+
+    async def _forget_if_removed(self, member_id: str) -> bool:
+        """Forget `member_id` if it has no record, unless it was heard of during the read (it registered again):
+        True if forgotten."""
+        heard_at_s = self.membership.last_seen_s.get(member_id)
+        if await self.coord.member_revision(member_id) != 0 or self.membership.last_seen_s.get(member_id) != heard_at_s:
+            return False
+        self.membership.remove(member_id)
+        return True
+
     async def _remove_dead(self) -> bool:
-        """Remove every dead member's record; False if one heartbeated meanwhile (no table this round)."""
+        """Remove every dead member's record by compare-and-set on the revision last seen; False if one
+        heartbeated meanwhile (no table this round)."""
         for dead in self.membership.dead(time.monotonic()):
-            if not await self.coord.remove_member(dead, self.membership.revisions.get(dead)):
+            if not await self.coord.remove_member(dead, self.membership.revisions[dead]):
                 log.info("member %s renewed before it could be removed", dead)
                 return False
             log.warning("member %s is dead (silent, or gone from NATS past its lease): removed it", dead)
