@@ -24,7 +24,7 @@ from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from spacegrid.durability import Fsync
-from spacegrid.errors import ConfigError, GridUnavailable
+from spacegrid.errors import ConfigError, GridUnavailable, LogMissing
 from spacegrid.limits import DEFAULT_LIMITS, MEMBER_TTL_HEARTBEAT_TIMEOUTS, MEMBER_TTL_S_MIN, Limits
 from spacegrid.security.access import Access
 from spacegrid.security.secrets import read_secret, write_secret
@@ -340,6 +340,8 @@ async def _answered(step: Callable[[], Awaitable[T]], limits: Limits) -> T:
     while True:
         try:
             return await step()
+        except LogMissing:
+            raise  # an answer: retrying does not bring the log back
         except GridUnavailable as exc:
             if time.monotonic() > deadline_s:
                 raise
@@ -398,8 +400,9 @@ async def initialize(nats_url: str, proposed: GridConfig, force: bool = False,
                                                       proposed.heartbeat_timeout_s, limits, "spacegrid-init",
                                                       access=access)
     try:
+        had_table = await _answered(coordination.table_written, limits)
         await _answered(lambda: transport.ensure_stream(Names(proposed.space), proposed.replicas,
-                                                        2 * limits.append_bytes_max), limits)
+                                                        2 * limits.append_bytes_max, create=not had_table), limits)
         stored, revision = await _answered(lambda: read(coordination), limits)
         if stored is None:
             if await coordination.create_config(proposed.to_wire()) is not None:

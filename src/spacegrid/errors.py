@@ -103,6 +103,20 @@ class GridUnavailable(NotApplied):
     code = "grid_unavailable"
 
 
+class LogUnavailable(GridUnavailable):
+    """The log did not take an append: no JetStream stream answered its subject (JetStream electing a leader, or
+    the stream deleted); nothing was applied. Inside a PU only: the append is retried, the partitions are kept."""
+
+    code = "log_unavailable"
+
+
+class LogMissing(GridUnavailable):
+    """The space's log stream is gone (deleted by an operator): PUs keep serving reads from memory and flushing
+    to the store, but refuse writes until an operator recreates it (`spacegrid repair --recreate-log`)."""
+
+    code = "log_missing"
+
+
 # ---- outcome unknown ---------------------------------------------------------------------------------------
 
 

@@ -21,6 +21,9 @@ class Limits:
     append_timeout_s: float = 5.0
     appends_in_flight_max: int = 2  # a PU's log messages in flight at once (each holds many partitions' writes)
     append_busy_retry_s: float = 0.002  # a replicated stream refused an append (another on the fence in process)
+    log_unavailable_retry_s: float = 0.25  # no stream took an append: append again after this; while the stream is
+    # missing (deleted), look for it again this often
+    log_check_interval_s: float = 2.0  # a PU looks whether the log stream is there this often, writes or not
     claim_attempts_max: int = 20  # a new owner's compare-and-set claim of a partition, retried while others land
     handler_time_limit_s: float = 1.0
     call_deadline_s: float = 10.0
@@ -69,6 +72,7 @@ class Limits:
         assert self.heartbeat_interval_s < self.lease_s <= self.heartbeat_timeout_s
         assert self.attempt_timeout_s <= self.call_deadline_s
         assert 0 < self.append_busy_retry_s < self.append_timeout_s
+        assert 0 < self.log_unavailable_retry_s < self.append_timeout_s
         assert self.catch_ups_max >= 1 and self.append_records_max >= 1 and self.dedup_window_ops >= 1 and self.appends_in_flight_max >= 1 \
             and self.claim_attempts_max >= 1 and self.client_batches_per_pu_max >= 1
 

@@ -21,6 +21,7 @@ from spacegrid.testing.eventually import eventually
 from spacegrid.unit.appender import Appender
 from spacegrid.unit.backups import Backups
 from spacegrid.unit.claims import ClaimView
+from spacegrid.unit.logguard import LogGuard
 from spacegrid.unit.driver import Driver
 from spacegrid.unit.membership import MembershipAgent
 from spacegrid.unit.replies import Replies
@@ -81,7 +82,9 @@ async def start_unit(url: str, member_id: str, limits: Limits = LIMITS) -> Unit:
     replies = Replies(transport, limits)
     slots: dict[int, Slot] = {}
     appender = Appender(changelog, claims, limits, replies,
-                        on_settled=lambda slot, error: holder["d"].append_settled(slot, error), kick_store=lambda: None)
+                        on_settled=lambda slot, error: holder["d"].append_settled(slot, error), kick_store=lambda: None,
+                        guard=LogGuard(changelog, limits, on_restored=lambda: claims.restart(
+                            limits.bootstrap_timeout_s, limits.bootstrap_retry_s)))
     backups = Backups(changelog, space, limits, nullcontext, None)
     membership = MembershipAgent(transport, coord, names, member_id, limits, space.partitions, 0, info=lambda: {},
                                  on_table=lambda: None, on_declared_dead=lambda: None)

@@ -35,7 +35,7 @@ def example(cls: type[SpacegridError]) -> SpacegridError:
 
 EXPECTED_BASES = {
     NotApplied: {"RoutingError", "NotOwner", "PartitionUnavailable", "Fenced", "FenceBusy", "Overloaded",
-                 "GridUnavailable"},
+                 "GridUnavailable", "LogUnavailable", "LogMissing"},
     OutcomeUnknown: {"CommitUnknown", "GridTimeout", "AttemptTimeout"},
     CallerError: {"RequestError", "UnknownMap", "UnknownHandler", "InvalidKey", "EncodeError", "DecodeError",
                   "PayloadTooLarge", "WrongPartition", "VersionConflict", "HandlerError", "HandlerTimeout"},

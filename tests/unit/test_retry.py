@@ -37,13 +37,17 @@ def test_backoff_doubles_up_to_its_maximum():
 
 
 def test_no_wait_and_no_attempt_outlives_the_deadline():
-    """Near the deadline the wait and the attempt timeout are cut to what is left of the call."""
+    """Near the deadline the attempt timeout is cut to what is left of the call; when the back-off would reach the
+    deadline the call ends at once with the last error (an attempt sent then could only time out, and would turn
+    a call that was never applied into one that may have been)."""
     retries = CallRetries.start(LIMITS, now_s=0.0)
     assert retries.attempt_timeout_s(now_s=0.0) == 0.5
     assert retries.attempt_timeout_s(now_s=0.8) == pytest.approx(0.2)
     for _ in range(3):
         retries.after_failure(errors.NotOwner("moved"), now_s=0.0)  # back-off now at its max, 0.04
-    assert retries.after_failure(errors.NotOwner("moved"), now_s=0.99) == pytest.approx(0.01)
+    assert retries.after_failure(errors.NotOwner("moved"), now_s=0.95) == pytest.approx(0.04)
+    with pytest.raises(errors.NotOwner, match="none was applied"):
+        retries.after_failure(errors.NotOwner("moved"), now_s=0.99)
 
 
 def test_a_caller_error_is_raised_at_once_as_is():

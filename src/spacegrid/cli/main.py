@@ -395,6 +395,9 @@ def status(data_dir: Path, nats_url: str | None, app: str | None, as_json: bool,
                         str(len(row["active"])), str(row["requests"]), str(row["appends"]))
     out.print(members)
     rows = grid.to_json()["members"]
+    if any(row["log_missing"] for row in rows):
+        out.print(f"[red]the log stream of space {space.name} is missing (deleted?): the PUs refuse writes and serve "
+                  "reads. Run `spacegrid repair --recreate-log` (docs/runbooks/log-missing.md)[/red]")
     if any("store_available" in row for row in rows):
         store = Table(title="store (write-behind)")
         for column in ("member", "available", "lag records", "lag s", "rows persisted", "errors", "dead letters"):

@@ -6,7 +6,7 @@
     anything else    raise it (CallerError: the same request fails the same way; others say nothing to retry on)
 
 The back-off doubles from limits.retry_backoff_s_min to limits.retry_backoff_s_max, and no attempt outlives the
-call's deadline. When the deadline passes, the call ends with GridTimeout (OutcomeUnknown) if some attempt may
+call's deadline (none is sent when the back-off would reach it: it could only time out). When the deadline passes, the call ends with GridTimeout (OutcomeUnknown) if some attempt may
 have been applied, and otherwise with its last NotApplied error, saying so. Pure: no asyncio, no clock; the
 caller passes the time in and does the waiting."""
 
@@ -69,9 +69,9 @@ class CallRetries:
         if action is Action.RETRY_SAME_OP:
             self.maybe_applied = True
         remaining_s = self.deadline_s - now_s
-        if remaining_s <= 0:
+        if remaining_s <= self.backoff_s:  # the wait would end at the deadline: no attempt could be answered
             raise self._deadline_error(error)
-        delay_s = min(self.backoff_s, remaining_s)
+        delay_s = self.backoff_s
         self.backoff_s = min(self.backoff_s * 2, self.backoff_s_max)
         return delay_s
 

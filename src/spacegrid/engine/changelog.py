@@ -18,7 +18,7 @@ from spacegrid import codec
 from spacegrid.engine.coordination import NOT_READY
 from spacegrid.engine.subjects import Names
 from spacegrid.errors import (CommitUnknown, ConfigError, DecodeError, Fenced, FenceBusy, GridUnavailable, LogGap,
-                              PoisonedLog, RequestError, SpacegridError)
+                              LogMissing, LogUnavailable, PoisonedLog, RequestError, SpacegridError)
 from spacegrid.limits import CLAIM_BYTES_MAX, LOG_DUPLICATE_WINDOW_S, REPLAY_PENDING_BYTES_MAX, REPLAY_PENDING_MSGS_MAX
 
 # What applying a log message raises when the message itself is bad (undecodable, wrong shape, an invariant of the
@@ -33,9 +33,8 @@ FENCE_HEADER = "Nats-Expected-Last-Subject-Sequence"
 FENCE_SUBJECT_HEADER = "Nats-Expected-Last-Subject-Sequence-Subject"  # the fence checks this filter instead
 
 
-async def ensure_stream(js: JetStreamContext, names: Names, replicas: int, max_msg_bytes: int) -> None:
-    """Create the space's log stream, or check the existing one covers its subjects."""
-    config = api.StreamConfig(
+def stream_config(names: Names, replicas: int, max_msg_bytes: int, first_seq: int | None = None) -> api.StreamConfig:
+    return api.StreamConfig(
         name=names.stream,
         subjects=[names.log_wildcard],
         storage=api.StorageType.FILE,
@@ -43,17 +42,50 @@ async def ensure_stream(js: JetStreamContext, names: Names, replicas: int, max_m
         max_msg_size=max_msg_bytes,
         duplicate_window=LOG_DUPLICATE_WINDOW_S,
         allow_direct=True,
+        first_seq=first_seq,
     )
+
+
+def missing_log_message(names: Names) -> str:
+    return (f"the space's log stream {names.stream} is missing (deleted?). The PUs refuse writes and keep serving "
+            "reads; run `spacegrid repair --recreate-log` (admin) to recreate it: it waits until the store holds "
+            "every acknowledged write, or says plainly what would be lost")
+
+
+async def ensure_stream(js: JetStreamContext, names: Names, replicas: int, max_msg_bytes: int,
+                        create: bool = True) -> None:
+    """Create the space's log stream, or check the existing one covers its subjects. Without `create` (a grid
+    that has a partition table, so it had a log), a missing stream raises LogMissing: a new empty log would
+    restart at sequence 1, under the positions the store keeps, and hide the writes it lost."""
     try:
         info = await js.stream_info(names.stream)
     except NotFoundError:
+        if not create:
+            raise LogMissing(missing_log_message(names)) from None
         try:
-            await js.add_stream(config)
+            await js.add_stream(stream_config(names, replicas, max_msg_bytes))
         except BadRequestError as exc:
             if "already in use" not in str(exc):
                 raise
         return
     assert names.log_wildcard in (info.config.subjects or []), "stream subjects changed under us"
+
+
+async def recreate_stream(js: JetStreamContext, names: Names, replicas: int, max_msg_bytes: int,
+                          first_seq: int) -> int:
+    """Create the missing log stream starting at `first_seq` (above every position of the lost log, so positions
+    only advance) and append the reset marker on the claims' filter; returns the marker's sequence. ConfigError
+    if the stream exists."""
+    try:
+        await js.stream_info(names.stream)
+    except NotFoundError:
+        pass
+    else:
+        raise ConfigError(f"the log stream {names.stream} exists: nothing to recreate")
+    await js.add_stream(stream_config(names, replicas, max_msg_bytes, first_seq=first_seq))
+    ack = await js.publish(names.log_reset_subject, codec.encode({"first_seq": first_seq}), stream=names.stream)
+    assert int(ack.seq) >= first_seq, "a recreated log starts at its first sequence"
+    return int(ack.seq)
 
 
 class Changelog:
@@ -151,6 +183,16 @@ class Changelog:
             future.set_exception(future_result)
         else:
             future.set_result(future_result)
+
+    async def stream_exists(self) -> bool | None:
+        """Whether the log stream exists; None when JetStream did not answer (electing a leader, or down)."""
+        try:
+            await self.js.stream_info(self.names.stream)
+        except NotFoundError:
+            return False
+        except NOT_READY:
+            return None
+        return True
 
     async def last_sequence(self, subject: str) -> int:
         """The stream sequence of the last message on a subject (wildcards allowed), 0 if there is none;
@@ -260,11 +302,15 @@ class Changelog:
 
     async def watch_claims(self, apply: Callable[[int, int, int, str], None]) -> Any:
         """Feed every partition's claims, then each new one, to apply(seq, partition, epoch, member); returns the
-        subscription. A claim that does not decode is skipped (logged): it fences like any other."""
+        subscription. A claim that does not decode is skipped (logged): it fences like any other. A recreated log's
+        reset marker comes as a claim of partition -1."""
         prefix = len(self.names.claim_wildcard) - 1
 
         async def on_message(msg: Msg) -> None:
             seq, _ = delivery_position(msg.reply)
+            if msg.subject == self.names.log_reset_subject:
+                apply(seq, -1, 0, "")  # a recreated log's first message: fences like a claim of no partition
+                return
             try:
                 epoch, member = decode_claim(msg.data)
                 partition = int(msg.subject[prefix:])
@@ -314,7 +360,8 @@ def delivery_position(reply: str) -> tuple[int, int]:
 def _parse_ack(msg: Msg) -> int | SpacegridError:
     if not msg.data:
         status = (msg.headers or {}).get("Status", "")
-        return GridUnavailable(f"JetStream did not take the append (status {status or 'empty reply'}); is JetStream up?")
+        return LogUnavailable(f"JetStream did not take the append (status {status or 'empty reply'}); nothing was "
+                              "applied")
     try:
         reply = json.loads(msg.data)
     except ValueError:

@@ -36,6 +36,12 @@ class Names:
         return f"sg.{self.space}.log.claim.*"
 
     @property
+    def log_reset_subject(self) -> str:
+        """The first message of a recreated log (`spacegrid repair --recreate-log`): on the claims' filter, so the
+        PUs' appends, fenced on the last claim they saw, are refused until they have seen it."""
+        return f"sg.{self.space}.log.claim.reset"
+
+    @property
     def dead_log_subject(self) -> str:
         """Log messages an operator quarantined (`spacegrid repair`): kept, with who, when and why, never replayed."""
         return f"sg.{self.space}.log.dead"

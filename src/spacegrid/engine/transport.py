@@ -13,7 +13,7 @@ from nats.aio.client import Client as NatsClient
 from nats.errors import NoRespondersError
 from nats.js.errors import NotFoundError
 
-from spacegrid.engine.changelog import Changelog, ensure_stream
+from spacegrid.engine.changelog import Changelog, ensure_stream, recreate_stream
 from spacegrid.engine.connection import connect
 from spacegrid.engine.coordination import NOT_READY, Coordination
 from spacegrid.engine.subjects import Names
@@ -126,10 +126,18 @@ class Transport:
                     raise GridUnavailable(f"JetStream did not answer within {timeout_s:g} s: {exc!r}") from exc
                 await asyncio.sleep(probe_timeout_s / 2)
 
-    async def ensure_stream(self, names: Names, replicas: int, max_msg_bytes: int) -> None:
-        """Create or check the space's log stream; GridUnavailable while JetStream does not answer."""
+    async def ensure_stream(self, names: Names, replicas: int, max_msg_bytes: int, create: bool = True) -> None:
+        """Create (with `create`) or check the space's log stream; GridUnavailable while JetStream does not answer,
+        LogMissing if it is missing and may not be created."""
         try:
-            await ensure_stream(self._js, names, replicas, max_msg_bytes)
+            await ensure_stream(self._js, names, replicas, max_msg_bytes, create)
+        except NOT_READY as exc:
+            raise GridUnavailable(f"JetStream did not answer: {exc!r}") from exc
+
+    async def recreate_stream(self, names: Names, replicas: int, max_msg_bytes: int, first_seq: int) -> int:
+        """Recreate a missing log stream from `first_seq`, with its reset marker (returns the marker's sequence)."""
+        try:
+            return await recreate_stream(self._js, names, replicas, max_msg_bytes, first_seq)
         except NOT_READY as exc:
             raise GridUnavailable(f"JetStream did not answer: {exc!r}") from exc
 

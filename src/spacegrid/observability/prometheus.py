@@ -30,6 +30,8 @@ COUNTERS = {
     "overloaded": "Requests refused with Overloaded because a queue of this PU was at its bound (limits.py)",
     "bad_requests": "Requests refused as malformed (the caller's fault)",
     "recovery_failures": "Recoveries of a partition that failed (each tried again after a backoff)",
+    "log_unavailable": "Log messages no stream took (nothing applied); appended again once the log takes them",
+    "log_missing_events": "Times this PU found the space's log stream missing (deleted)",
 }
 GAUGES = {
     "write_behind_lag_records": "Committed writes the store does not hold yet (keys, coalesced)",
@@ -39,6 +41,7 @@ GAUGES = {
     "append_backlog_records": "Writes applied but not yet appended (async maps, or waiting for an append)",
     "backups_catching_up": "Backups catching up with their partition's log (migration in progress)",
     "partitions_poisoned": "Partitions stopped by a log message they can't apply, until `spacegrid repair`",
+    "log_missing": "1 while the space's log stream is missing (writes refused) until `spacegrid repair --recreate-log`",
     "waiting_replies": "Requests waiting for a commit or the store (bounded by limits.waiters_max)",
     "unsent_replies": "Replies queued and not yet handed to NATS (bounded by limits.replies_pending_max)",
 }

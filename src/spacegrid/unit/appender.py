@@ -12,9 +12,10 @@ from collections.abc import Callable
 from spacegrid.core.logformat import PART_FRAMING_BYTES_MAX, encode_pu_message
 from spacegrid.core.partition import AppendBatch, Outcome
 from spacegrid.engine.changelog import Changelog
-from spacegrid.errors import FenceBusy, Fenced, SpacegridError
+from spacegrid.errors import FenceBusy, Fenced, LogUnavailable, SpacegridError
 from spacegrid.limits import KIB, Limits
 from spacegrid.unit.claims import ClaimView
+from spacegrid.unit.logguard import LogGuard
 from spacegrid.unit.replies import Replies
 from spacegrid.unit.slot import Slot
 
@@ -31,8 +32,9 @@ class Appender:
 
     def __init__(self, changelog: Changelog, claims: ClaimView, limits: Limits, replies: Replies,
                  on_settled: Callable[[Slot, SpacegridError | None], None], kick_store: Callable[[], None],
-                 replicated: bool = False) -> None:
+                 guard: LogGuard, replicated: bool = False) -> None:
         self.changelog = changelog
+        self.guard = guard
         # On a replicated stream JetStream refuses an append while another one on the same fence is in process:
         # one at a time (group commit makes each carry more).
         self.in_flight_max = 1 if replicated else limits.appends_in_flight_max
@@ -45,7 +47,7 @@ class Appender:
         self.counters = {"appends": 0, "records": 0, "parts": 0, "fence_retries": 0, "fence_busy": 0}
         self._queue: deque[Slot] = deque()  # each slot at most once (slot.queued): bounded by the partition count
         self._in_flight: set[asyncio.Task[None]] = set()
-        self._paused = False  # after a FenceBusy refusal, for append_busy_retry_s: appends would be refused too
+        self._paused = False  # after a refusal (FenceBusy, no stream), until _resume: appends would be refused too
 
     def wait(self, slot: Slot, wait_lsn: int, reply_to: str, req_id: int, outcome: Outcome) -> None:
         """Answer once the partition committed `wait_lsn`."""
@@ -113,6 +115,9 @@ class Appender:
         except FenceBusy:
             self._retry_later(entries)
             return
+        except LogUnavailable:
+            self._wait_for_log(entries)
+            return
         except SpacegridError as exc:
             for slot, _ in entries:
                 slot.appending = False
@@ -132,6 +137,9 @@ class Appender:
     async def _refused(self, entries: list[tuple[Slot, AppendBatch]], error: Fenced) -> None:
         """A claim landed after the one the message was fenced on: nothing of it was applied. Once the claims are
         seen up to the refusal's, partitions claimed by another PU are deposed; the others append again."""
+        if error.last_seq < self.claims.seen_seq:  # the claims went back: a recreated log, its marker not in yet
+            self._wait_for_log(entries)
+            return
         self.counters["fence_retries"] += 1
         try:
             await self.claims.wait_seen(error.last_seq, self.limits.append_timeout_s)
@@ -153,6 +161,13 @@ class Appender:
         self._paused = True
         asyncio.get_running_loop().call_later(self.limits.append_busy_retry_s, self._resume,
                                               [slot for slot, _ in entries])
+
+    def _wait_for_log(self, entries: list[tuple[Slot, AppendBatch]]) -> None:
+        """No stream took the message (nothing applied): the partitions keep their writes, and append again once
+        the log guard says the log takes appends (at once if the stream is there, else once it is recreated)."""
+        self._retract(entries)
+        self._paused = True
+        self.guard.unavailable(lambda: self._resume([slot for slot, _ in entries]))
 
     @staticmethod
     def _retract(entries: list[tuple[Slot, AppendBatch]]) -> None:

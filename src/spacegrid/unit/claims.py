@@ -45,6 +45,12 @@ class ClaimView:
                 await asyncio.sleep(retry_s)
         await self.wait_seen(last_seq, max(deadline_s - time.monotonic(), retry_s))
 
+    async def restart(self, timeout_s: float, retry_s: float) -> None:
+        """Follow the claims afresh from the log's start (a recreated log: the old subscription followed the deleted
+        stream); returns once the claims made before the call, its reset marker included, are applied."""
+        await self.stop()
+        await self.start(timeout_s, retry_s)
+
     async def stop(self) -> None:
         if self._sub is not None:
             await self._sub.unsubscribe()

@@ -14,7 +14,7 @@ from typing import Any, Callable
 from spacegrid.core.lifecycle import RECOVERING
 from spacegrid.engine.subjects import Names
 from spacegrid.engine.transport import Subscription, Transport
-from spacegrid.errors import ConfigError, GridUnavailable, StoreUnavailable
+from spacegrid.errors import ConfigError, GridUnavailable, LogMissing, StoreUnavailable
 from spacegrid.config import member_ttl_s
 from spacegrid.limits import DEFAULT_LIMITS, Limits
 from spacegrid.space import Space
@@ -25,6 +25,7 @@ from spacegrid.unit.backups import Backups
 from spacegrid.unit.claims import ClaimView
 from spacegrid.unit.driver import Driver
 from spacegrid.unit.liveness import LivenessThread
+from spacegrid.unit.logguard import LogGuard
 from spacegrid.unit.membership import MembershipAgent
 from spacegrid.unit.pump import Pump
 from spacegrid.unit.replies import Replies
@@ -93,9 +94,11 @@ class ProcessingUnit:
         await self.claims.start(self.limits.bootstrap_timeout_s, self.limits.bootstrap_retry_s)
         self.replies = Replies(self.transport, self.limits)
         slots: dict[int, Slot] = {}
+        self.log_guard = LogGuard(self.changelog, self.limits, on_restored=lambda: self.claims.restart(
+            self.limits.bootstrap_timeout_s, self.limits.bootstrap_retry_s))
         self.appender = Appender(self.changelog, self.claims, self.limits, self.replies,
                                  on_settled=lambda slot, error: self.driver.append_settled(slot, error),
-                                 kick_store=self._kick_store, replicated=self.replicas > 1)
+                                 kick_store=self._kick_store, guard=self.log_guard, replicated=self.replicas > 1)
         self.pump = None if self.store is None else Pump(self.store, self.changelog, self.space, self.limits,
                                                          self.appender.on_persisted,
                                                          trims=self._trims)
@@ -129,6 +132,7 @@ class ProcessingUnit:
         self._tasks.append(await coord.watch(coord.members, ">", self.membership.on_member))
         self._tasks.append(await coord.watch(coord.table, self.names.table_key, self.membership.on_table_entry))
         self._spawn(self.membership.run(), "heartbeat")
+        self._spawn(self.log_guard.run(self._is_stopping), "log-check")
         log.info("PU %s serving space %s", self.member_id, self.space.name)
 
     def _is_stopping(self) -> bool:
@@ -144,10 +148,14 @@ class ProcessingUnit:
         deadline_s = time.monotonic() + self.limits.bootstrap_timeout_s
         while True:
             try:
-                await self.transport.ensure_stream(self.names, self.replicas, 2 * self.limits.append_bytes_max)
-                return await self.transport.coordination(
-                    self.names, self.replicas, create=True,
-                    member_ttl_s=member_ttl_s(self.limits.heartbeat_timeout_s))
+                coord = await self.transport.coordination(self.names, self.replicas, create=True,
+                                                          member_ttl_s=member_ttl_s(self.limits.heartbeat_timeout_s))
+                # A grid with a table had a log: never start a new empty one in place of a deleted one.
+                await self.transport.ensure_stream(self.names, self.replicas, 2 * self.limits.append_bytes_max,
+                                                   create=not await coord.table_written())
+                return coord
+            except LogMissing:
+                raise
             except GridUnavailable as exc:  # JetStream not ready: timeouts, no responders, leader elections
                 if time.monotonic() > deadline_s:
                     raise GridUnavailable(f"JetStream did not answer within {self.limits.bootstrap_timeout_s}s: "
@@ -238,6 +246,7 @@ class ProcessingUnit:
         await self._flush_store()
         self.driver.release_all("PU stopping")
         await self.replies.flush()
+        await self.log_guard.stop()
         await self.claims.stop()
         await self.changelog.stop()
         await self.transport.drain()
@@ -284,10 +293,12 @@ class ProcessingUnit:
             "maps": self._map_statistics(),
             **self._store_statistics(),
             "table_version": self.membership.table.version,
+            "log_missing": self.log_guard.missing,
+            "log_seq": max([self.claims.seen_seq, *(slot.last_seq for slot in slots)]),
             "poisoned": self.driver.recovery.report(),
             "partitions_poisoned": len(self.driver.recovery.poisoned()),
             **self.server.counters, **self.appender.counters, **self.driver.counters, **self.membership.counters,
-            **self.backups.counters,
+            **self.backups.counters, **self.log_guard.counters,
         }
 
     def _map_statistics(self) -> dict[str, dict[str, int]]:

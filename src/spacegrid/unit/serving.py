@@ -11,8 +11,10 @@ from typing import Any
 
 from spacegrid import protocol
 from spacegrid.core.partition import Outcome
+from spacegrid.engine.changelog import missing_log_message
 from spacegrid.engine.transport import Message, Transport
 from spacegrid.errors import (
+    LogMissing,
     NotLoaded,
     NotOwner,
     Overloaded,
@@ -156,6 +158,8 @@ class Server:
     def _check_capacity(self, slot: Slot) -> None:
         """Refuse a write before applying it when this PU's queues are full: nothing was applied, the client
         backs off and retries."""
+        if self.appender.guard.missing:
+            raise LogMissing(missing_log_message(self.appender.changelog.names))
         limits = self.limits
         if (self.appender.waiting >= limits.waiters_max or self.replies.pending >= limits.replies_pending_max
                 or len(slot.state.unsent) >= limits.partition_backlog_ops_max):
