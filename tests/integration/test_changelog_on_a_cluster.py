@@ -56,7 +56,7 @@ async def _create_stream(js: JetStreamContext, names: Names) -> str:
 async def _replay(changelog: Changelog, partition: int, after_seq: int, claim_seq: int) -> tuple[int, list[int]]:
     """A new owner's replay up to its claim: (the position it reports, the sequences it applied)."""
     seen: list[int] = []
-    reached = await changelog.replay(after_seq, claim_seq, lambda seq, _: seen.append(seq), 2 * SIZE_MAX_BYTES,
+    reached = await changelog.replay(after_seq, claim_seq, lambda seq, _, __: seen.append(seq), 2 * SIZE_MAX_BYTES,
                                      REPLAY_TIMEOUT_S, until_subject=changelog.names.claim_subject(partition))
     return reached, seen
 

@@ -12,6 +12,8 @@ import pytest
 
 from spacegrid import codec, protocol
 from spacegrid.core.lifecycle import State
+from spacegrid.core.logformat import encode_pu_message
+from spacegrid.core.partition import LOG_WRITES
 from spacegrid.engine.subjects import Names
 from spacegrid.engine.transport import MessageHandler, Subscription, Transport
 from spacegrid.limits import Limits
@@ -59,6 +61,7 @@ class Unit:
 
     def set_table(self, table: PartitionTable) -> None:
         self.membership.table = table
+        self.membership.epochs.observe(table)
         self.driver.reconcile()
 
 
@@ -243,6 +246,73 @@ def test_a_claim_seen_by_the_owner_drops_its_partitions_at_once(nats_url: str) -
         assert (status, value) == (protocol.OK, None), "the write to the deposed owner was not applied"
         await first.transport.close()
         await second.transport.close()
+
+    run(main())
+
+
+def forged_message(partition: int, epoch: int, version: int, key: str, value: str) -> bytes:
+    """A PU log message as a rogue PU credential could append on its own subject, unfenced: one write of `key`."""
+    record = [f"forged:{epoch}", None, [["kv", key, version, codec.encode(value), False]]]
+    return encode_pu_message([(partition, codec.encode([LOG_WRITES, epoch, [record]]))])
+
+
+def test_records_the_table_never_let_their_writer_append_are_refused_on_replay(nats_url: str) -> None:
+    """A rogue PU subject holds two forged writes of a key: one at its owner's epoch (the wrong writer), one at an
+    epoch the table never issued. A new owner's replay refuses both (counted), applies the owner's real writes, and
+    serves the acknowledged value; without the check the first forged write takes the version of the next real one,
+    which then breaks the partition's invariants (a poisoned partition)."""
+
+    async def main() -> None:
+        first = await start_unit(nats_url, "pu-a")
+        first.set_table(table(1, "pu-a", 1))
+        await eventually(lambda: _assert(first.driver.partitions_in(State.ACTIVE) == list(range(space.partitions))))
+        key = "k4"
+        partition = space.partition_of("kv", key)
+        subject = Names(space.name).pu_subject("pu-a")
+        put = codec.decode(protocol.request(11, protocol.OP_PUT, partition, "kv", key, "v1", None, "op-11"), 1 << 20)
+        [[_, status, version]] = await ask(first.transport, subject, put)
+        assert status == protocol.OK
+        rogue = Names(space.name).pu_log_subject("rogue")
+        await first.transport.publish(rogue, forged_message(partition, 1, version + 1, key, "forged at epoch 1"))
+        await first.transport.publish(rogue, forged_message(partition, 99, version + 1, key, "forged at epoch 99"))
+        put = codec.decode(protocol.request(12, protocol.OP_PUT, partition, "kv", key, "v2", None, "op-12"), 1 << 20)
+        [[_, status, _]] = await ask(first.transport, subject, put)
+        assert status == protocol.OK
+        second = await start_unit(nats_url, "pu-b")
+        second.membership.epochs.observe(table(1, "pu-a", 1))  # pu-b ran while the table made pu-a the owner
+        first.set_table(table(2, "pu-b", 2))
+        await activated(second)
+        assert second.driver.counters["records_refused"] == 2
+        get = codec.decode(protocol.request(13, protocol.OP_GET, partition, "kv", key), 1 << 20)
+        [[_, status, value]] = await ask(second.transport, Names(space.name).pu_subject("pu-b"), get)
+        assert (status, value) == (protocol.OK, ["v2", version + 1])
+        await first.transport.close()
+        await second.transport.close()
+
+    run(main())
+
+
+def test_a_claim_at_an_epoch_the_table_never_issued_is_claimed_over(nats_url: str) -> None:
+    """A claim at epoch 10^6 on a partition (what a rogue PU credential could append) makes its owner drop it;
+    the owner's claim again finds that epoch newer than its own, reads the newest table from the bucket's leader,
+    sees the table never issued it, claims over it (counted) and serves the partition again. Before, the claim
+    was obeyed and the partition stayed without an owner until an operator stepped in."""
+
+    async def main() -> None:
+        unit = await start_unit(nats_url, "pu-a")
+        first_table = table(1, "pu-a", 1)
+        assert await unit.membership.coord.write_table(first_table, 0) is not None
+        unit.set_table(first_table)
+        await eventually(lambda: _assert(unit.driver.partitions_in(State.ACTIVE) == list(range(space.partitions))))
+        key = "k5"
+        partition = space.partition_of("kv", key)
+        await unit.transport.publish(Names(space.name).claim_subject(partition), codec.encode([10**6, "rogue"]))
+        await eventually(lambda: _assert(unit.driver.counters["claims_refused"] >= 1))
+        await eventually(lambda: _assert(unit.driver.partitions_in(State.ACTIVE) == list(range(space.partitions))))
+        put = codec.decode(protocol.request(14, protocol.OP_PUT, partition, "kv", key, "v", None, "op-14"), 1 << 20)
+        [[_, status, _]] = await ask(unit.transport, Names(space.name).pu_subject("pu-a"), put)
+        assert status == protocol.OK
+        await unit.transport.close()
 
     run(main())
 

@@ -75,7 +75,7 @@ async def replayed(changelog: Changelog, after_seq: int, until_seq: int, timeout
                    until_subject: str | None = None) -> tuple[list[tuple[int, list[tuple[int, Any]]]], int]:
     """What replay feeds for after_seq and until_seq, [(seq, [(partition, value)])], and what it returns."""
     fed: list[tuple[int, list[tuple[int, Any]]]] = []
-    last = await changelog.replay(after_seq, until_seq, lambda seq, msg: fed.append((seq, decoded(msg))),
+    last = await changelog.replay(after_seq, until_seq, lambda seq, _, msg: fed.append((seq, decoded(msg))),
                                   SIZE_MAX_BYTES, timeout_s, until_subject)
     return fed, last
 

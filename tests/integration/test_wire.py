@@ -113,7 +113,7 @@ def test_the_fence_rejects_a_deposed_writer(nats_server: NatsServerProcess) -> N
             new_seq = await new.append(encode_pu_message([(3, b"\x91\x01")]), new_claim)
             assert await new.last_sequence(names.pu_log_subject("pu-new")) == new_seq
             seen: list[tuple[int, list[tuple[int, bytes]]]] = []
-            await new.replay(0, new_seq, lambda seq, message: seen.append((seq, list(parts_of(message)))), 1 << 20, 5)
+            await new.replay(0, new_seq, lambda seq, _, message: seen.append((seq, list(parts_of(message)))), 1 << 20, 5)
             assert seen == [(old_seq, [(3, b"\x90")]), (new_seq, [(3, b"\x91\x01")])]
             await old.stop()
             await new.stop()

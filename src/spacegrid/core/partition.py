@@ -141,11 +141,21 @@ class PartitionState:
 
     # ---- replay -------------------------------------------------------------------------------------------
 
-    def replay_log_message(self, message: Any, part_bytes_max: int) -> None:
-        """Apply this partition's part, if any, of one PU log message (as decoded msgpack; ADR 0009)."""
+    def replay_log_message(self, message: Any, part_bytes_max: int,
+                           refusal: Callable[[int], str | None] | None = None) -> list[str]:
+        """Apply this partition's part, if any, of one PU log message (as decoded msgpack; ADR 0009), unless
+        `refusal(its epoch)` says why it must not be (a record the table never let its writer append): then it is
+        skipped and the reason returned."""
+        refused: list[str] = []
         for partition, part in parts_of(message):
             if partition == self.partition:
-                self.replay(codec.decode(part, part_bytes_max))
+                record = codec.decode(part, part_bytes_max)
+                why = None if refusal is None else refusal(int(record[1]))
+                if why is None:
+                    self.replay(record)
+                else:
+                    refused.append(why)
+        return refused
 
     def replay(self, message: Any) -> None:
         """Apply one committed log message (as decoded msgpack) during recovery."""

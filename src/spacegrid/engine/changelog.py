@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import json
 import logging
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -122,20 +122,26 @@ class Changelog:
         return await self._publish(self.subject, payload, {FENCE_HEADER: str(claims_seq),
                                                            FENCE_SUBJECT_HEADER: self.names.claim_wildcard})
 
-    async def claim(self, partition: int, epoch: int, member_id: str, attempts_max: int) -> int | None:
+    async def claim(self, partition: int, epoch: int, member_id: str, attempts_max: int,
+                    issued: Callable[[int, int], Awaitable[bool]] | None = None) -> int | None:
         """Claim the partition at `epoch` for this owner, or None when a claim at a newer epoch holds it. From the
         claim on every append of a previous owner fails its fence. Two messages: the claim (compare-and-set on the
         partition's last claim, retried while other claims land), then its confirmation (compare-and-set on the
         claim); returns the confirmation's sequence, which the new owner's replay must reach. On a replicated
         stream JetStream checks an append's fence before proposing it, against the claims applied so far: an
         append checked while the claim was in process lands after the claim, accepted, and its writes are
-        acknowledged; the confirmation, proposed once the claim is applied, follows every such append."""
+        acknowledged; the confirmation, proposed once the claim is applied, follows every such append.
+        A newer claim is obeyed only if `issued(partition, its epoch)` says the partition table issued that epoch;
+        one it never issued (written by no honest owner) is claimed over."""
         subject = self.names.claim_subject(partition)
         body = codec.encode([epoch, member_id])
         for _ in range(attempts_max):
             last_seq, last_epoch = await self._last_claim(partition)
             if last_epoch > epoch:
-                return None
+                if issued is None or await issued(partition, last_epoch):
+                    return None
+                log.error("partition %d: the claim at seq %d has epoch %d, which the partition table never issued: "
+                          "claiming over it at epoch %d", partition, last_seq, last_epoch, epoch)
             try:
                 claim_seq = await self._publish(subject, body, {FENCE_HEADER: str(last_seq)})
                 confirmed_seq = await self._publish(subject, body, {FENCE_HEADER: str(claim_seq)})
@@ -232,9 +238,11 @@ class Changelog:
         except NatsError as exc:
             raise GridUnavailable(f"trimming the log failed: {exc}") from exc
 
-    async def replay(self, after_seq: int, until_seq: int, apply: Callable[[int, Any], None], size_max_bytes: int,
-                     timeout_s: float, until_subject: str | None = None) -> int:
-        """Feed every PU message after after_seq up to until_seq to apply(seq, message), in order; returns until_seq.
+    async def replay(self, after_seq: int, until_seq: int, apply: Callable[[int, str, Any], None],
+                     size_max_bytes: int, timeout_s: float, until_subject: str | None = None) -> int:
+        """Feed every PU message after after_seq up to until_seq to apply(seq, writer, message), in order (`writer`:
+        the member whose subject it is on, which NATS permissions make the only one who may append there); returns
+        until_seq.
         The message at until_seq is a PU message or, given, on `until_subject` (a new owner's claim): the replay
         ends when it is delivered, or a later one (it was deleted). Never on "nothing pending": the consumer may be
         placed on a replica of the stream that is behind, whose end is not the log's (a replay stopping there
@@ -252,7 +260,7 @@ class Changelog:
                 return
             if seq <= until_seq and msg.subject.startswith(pu_prefix):
                 try:
-                    apply(seq, codec.decode(msg.data, size_max_bytes))
+                    apply(seq, msg.subject[len(pu_prefix):], codec.decode(msg.data, size_max_bytes))
                 except POISON as exc:  # the message itself is bad: no retry will get past it
                     done.set_exception(exc if isinstance(exc, LogGap) else PoisonedLog(
                         f"log message {seq} on {msg.subject} can not be applied ({type(exc).__name__}: {exc})", seq,

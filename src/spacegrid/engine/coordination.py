@@ -207,6 +207,20 @@ class Coordination:
             )
         return table, int(entry.revision or 0)
 
+    async def newest_table(self) -> PartitionTable | None:
+        """The table as the bucket's stream leader has it (never a replica that is behind, as a direct get may be),
+        or None if none was written: what a claim's epoch is checked against."""
+        bucket = self.names.table_bucket
+        try:
+            message = await self.js.get_last_msg(f"KV_{bucket}", f"$KV.{bucket}.{self.names.table_key}")
+        except NotFoundError:
+            return None
+        except NOT_READY as exc:
+            raise GridUnavailable(f"the partition table could not be read: JetStream did not answer ({exc!r})") from exc
+        if not message.data:
+            return None
+        return self.decode_table(message.data)
+
     async def table_written(self) -> bool:
         """Whether a partition table was ever written: the grid then had a log (GridUnavailable if not answered)."""
         try:

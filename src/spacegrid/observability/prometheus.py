@@ -32,6 +32,9 @@ COUNTERS = {
     "recovery_failures": "Recoveries of a partition that failed (each tried again after a backoff)",
     "log_unavailable": "Log messages no stream took (nothing applied); appended again once the log takes them",
     "log_missing_events": "Times this PU found the space's log stream missing (deleted)",
+    "records_refused": "Log records a recovery did not apply: their writer or epoch was never the table's owner's",
+    "backup_records_refused": "Log records a backup's catch-up did not apply: their writer was not their epoch's owner",
+    "claims_refused": "Claims at an epoch the partition table never issued, claimed over instead of obeyed",
 }
 GAUGES = {
     "write_behind_lag_records": "Committed writes the store does not hold yet (keys, coalesced)",

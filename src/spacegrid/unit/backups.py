@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from spacegrid import codec
+from spacegrid.core.epochs import EpochOwners
 from spacegrid.core.logformat import parts_of
 from spacegrid.core.partition import PartitionState
 from spacegrid.engine.changelog import Changelog
@@ -50,15 +51,18 @@ class Backups:
     Ownership moves only to a ready backup, so this also paces live migration."""
 
     def __init__(self, changelog: Changelog, space: Space, limits: Limits,
-                 time_limit: Callable[[], AbstractContextManager[Any]], store: Store | None = None) -> None:
+                 time_limit: Callable[[], AbstractContextManager[Any]], store: Store | None = None,
+                 epochs: EpochOwners | None = None) -> None:
         self.changelog = changelog
+        self.epochs = epochs  # records whose writer the table did not make owner at their epoch are not applied
         self.store = store  # with a store, a backup starts from the store's copy and follows the log's tail
         self.space = space
         self.limits = limits
         self.time_limit = time_limit
         self.held: dict[int, Backup] = {}
         self.waiting: deque[int] = deque()  # held, not started yet: started in order as catch-ups finish
-        self.counters = {"backup_follower_restarts": 0, "backup_messages": 0, "backup_parts_applied": 0}
+        self.counters = {"backup_follower_restarts": 0, "backup_messages": 0, "backup_parts_applied": 0,
+                         "backup_records_refused": 0}
         self._follower: Any = None
         self._follower_seq = 0  # the last log message the follower delivered (and applied to covered replicas)
         self._follower_pending = 0  # messages the server still had to deliver then
@@ -164,10 +168,18 @@ class Backups:
         retained tail's start: records the store holds are skipped, their operation ids kept (a replica promoted
         later answers a retry of a write it never applied from its dedup window, as a fresh owner does)."""
         size_max_bytes = self.limits.append_bytes_max
-        backup.applied_seq = await self.changelog.replay(
-            backup.applied_seq, backup.target_seq,
-            lambda _, message: backup.state.replay_log_message(message, size_max_bytes),
-            2 * size_max_bytes, self.limits.replay_timeout_s)
+        epochs = self.epochs
+
+        def apply(seq: int, writer: str, message: Any) -> None:
+            def refusal(epoch: int) -> str | None:
+                return None if epochs is None else epochs.refusal(backup.partition, epoch, writer, epoch_max=None)
+
+            for why in backup.state.replay_log_message(message, size_max_bytes, refusal):
+                self.counters["backup_records_refused"] += 1
+                log.error("backup of partition %d: log message %d not applied: %s", backup.partition, seq, why)
+
+        backup.applied_seq = await self.changelog.replay(backup.applied_seq, backup.target_seq, apply,
+                                                         2 * size_max_bytes, self.limits.replay_timeout_s)
 
     def _subject_of(self, backup: Backup) -> str:
         return self.changelog.names.pu_log_subject(backup.owner)

@@ -55,7 +55,7 @@ class Driver:
         self.slots = slots  # shared with the server, which reads it; only the driver changes it
         self.stopping = False
         self.counters = {"acquired": 0, "released": 0, "promoted": 0, "fenced": 0, "loaded_rows": 0,
-                         "recovery_failures": 0}
+                         "recovery_failures": 0, "records_refused": 0, "claims_refused": 0}
         self.recovery = RecoveryBackoff(limits.recovery_retry_s_min, limits.recovery_retry_s_max,
                                         limits.poisoned_retry_s)
         self._subs: dict[tuple[int, int], Subscription] = {}
@@ -239,7 +239,8 @@ class Driver:
             after_seq = await self._catch_up_with_store(slot, ins.promoted)
             return lc.StoreLoaded(p, a, self._stimulus("loaded"), after_seq)
         if isinstance(ins, lc.AppendClaim):
-            seq = await self.changelog.claim(p, ins.epoch, self.member_id, self.limits.claim_attempts_max)
+            seq = await self.changelog.claim(p, ins.epoch, self.member_id, self.limits.claim_attempts_max,
+                                             issued=self._issued)
             if seq is None:
                 return lc.FenceRejected(p, a, self._stimulus("claimed-at-newer-epoch"))
             return lc.FenceAppended(p, a, self._stimulus("claimed"), seq)
@@ -247,11 +248,32 @@ class Driver:
             if self.store is not None and slot.persist.seq >= ins.until_seq:
                 await self._forget_stale_position(slot, ins.until_seq)
             size_max_bytes = self.limits.append_bytes_max
-            seq = await self.changelog.replay(
-                ins.after_seq, ins.until_seq, lambda _, message: slot.state.replay_log_message(message, size_max_bytes),
-                2 * size_max_bytes, self.limits.replay_timeout_s, until_subject=self.names.claim_subject(p))
+            epochs = self.membership.epochs
+
+            def apply(seq: int, writer: str, message: Any) -> None:
+                def refusal(epoch: int) -> str | None:
+                    return epochs.refusal(p, epoch, writer, epoch_max=slot.epoch)
+
+                for why in slot.state.replay_log_message(message, size_max_bytes, refusal):
+                    self.counters["records_refused"] += 1
+                    log.error("partition %d: log message %d not applied: %s", p, seq, why)
+
+            seq = await self.changelog.replay(ins.after_seq, ins.until_seq, apply, 2 * size_max_bytes,
+                                              self.limits.replay_timeout_s, until_subject=self.names.claim_subject(p))
             return lc.ReplayReached(p, a, self._stimulus("replayed"), seq, slot.state.log_epoch)
         raise AssertionError(f"not an I/O instruction: {ins}")
+
+    async def _issued(self, partition: int, epoch: int) -> bool:
+        """Whether the partition table issued `epoch` for the partition (a newer claim is obeyed only then): the
+        table this PU runs says so, or the newest one, read from its leader. With no table written there is
+        nothing to check against: the claim is obeyed."""
+        if self.membership.table.epochs[partition] >= epoch:
+            return True
+        newest = await self.membership.coord.newest_table()
+        if newest is None or newest.epochs[partition] >= epoch:
+            return True
+        self.counters["claims_refused"] += 1
+        return False
 
     async def _forget_stale_position(self, slot: Slot, claim_seq: int) -> None:
         """The store's log position of the partition is past its claim: it comes from an earlier stream (NATS lost

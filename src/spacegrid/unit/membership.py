@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from spacegrid.core.epochs import EpochOwners
 from spacegrid.core.ownership import Membership, coordinator, next_table
 from spacegrid.engine.coordination import Coordination
 from spacegrid.engine.subjects import Names
@@ -34,7 +35,8 @@ class MembershipAgent:
 
     def __init__(self, transport: Transport, coord: Coordination, names: Names, member_id: str, limits: Limits,
                  partitions: int, backup_count: int, info: Callable[[], dict[str, Any]],
-                 on_table: Callable[[], None], on_declared_dead: Callable[[], None]) -> None:
+                 on_table: Callable[[], None], on_declared_dead: Callable[[], None],
+                 epochs: EpochOwners | None = None) -> None:
         self.transport = transport
         self.coord = coord
         self.names = names
@@ -45,6 +47,7 @@ class MembershipAgent:
         self.on_table = on_table
         self.on_declared_dead = on_declared_dead
         self.table = PartitionTable.empty(partitions)
+        self.epochs = EpochOwners(partitions) if epochs is None else epochs  # owners by epoch of every table adopted
         self.table_revision = 0
         self.membership = Membership(limits.heartbeat_timeout_s, limits.lease_s)
         self.lease_until_s = 0.0
@@ -167,6 +170,7 @@ class MembershipAgent:
             if new == self.member_id and old not in (None, self.member_id):
                 self.handed_from[partition] = (old, table.version)
         self.table, self.table_revision = table, revision
+        self.epochs.observe(table)
         self.on_table()
         self._beat_now.set()  # tell the new owners at once that this PU runs the new table
 

@@ -11,6 +11,7 @@ import time
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Callable
 
+from spacegrid.core.epochs import EpochOwners
 from spacegrid.core.lifecycle import RECOVERING
 from spacegrid.engine.subjects import Names
 from spacegrid.engine.transport import Subscription, Transport
@@ -102,11 +103,12 @@ class ProcessingUnit:
         self.pump = None if self.store is None else Pump(self.store, self.changelog, self.space, self.limits,
                                                          self.appender.on_persisted,
                                                          trims=self._trims)
-        self.backups = Backups(self.changelog, self.space, self.limits, self.time_limit, self.store)
+        epochs = EpochOwners(self.space.partitions)  # the tables' owners by epoch: what log records are checked on
+        self.backups = Backups(self.changelog, self.space, self.limits, self.time_limit, self.store, epochs=epochs)
         self.membership = MembershipAgent(self.transport, coord, self.names, self.member_id, self.limits,
                                           self.space.partitions, self.space.backup_count, self._member_info,
                                           on_table=lambda: self.driver.reconcile(),
-                                          on_declared_dead=self._on_declared_dead)
+                                          on_declared_dead=self._on_declared_dead, epochs=epochs)
         self.server = Server(self.space, self.limits, self.member_id, self.transport, self.replies, self.appender,
                              self.backups, self.store, slots, lease_valid=self.membership.lease_valid,
                              table_version=lambda: self.membership.table.version)
