@@ -84,17 +84,34 @@ def test_cli_without_a_grid_says_what_to_do(tmp_path: Path) -> None:
 
 def test_pus_serve_prometheus_metrics_with_replication_lag(tmp_path: Path) -> None:
     """Each PU started by a local grid serves Prometheus metrics: counters, partitions, replication lag of its hot
-    backups per partition, write-behind lag and the store's availability, entries and cache counters per map."""
+    backups per partition, write-behind lag (in seconds) and the store's availability, entries and cache counters per
+    map, request latency histograms by operation kind, error replies by class, and the process collectors."""
+    import asyncio
     import urllib.request
 
+    from spacegrid import Client
+    from spacegrid.errors import VersionConflict
     from spacegrid.launcher import LocalGrid
     from spacegrid.testing.apps import APP
     from spacegrid.testing.eventually import eventually_sync
 
     grid = LocalGrid(tmp_path / "grid", APP)
+
+    async def traffic() -> None:
+        async with await Client.connect(grid.space, grid.url, access=grid.client_access) as client:
+            for i in range(32):
+                await client.put("kv", f"k{i}", i)
+                await client.get("kv", f"k{i}")
+            for i in range(32):
+                try:
+                    await client.put("kv", f"k{i}", -1, expected_version=10**6)  # refused by its PU
+                except VersionConflict:
+                    pass
+
     try:
         grid.start(2)
         grid.wait_ready(60, members=2)
+        asyncio.run(traffic())
 
         def scraped() -> None:
             for member in grid.status().to_json()["members"]:
@@ -106,6 +123,15 @@ def test_pus_serve_prometheus_metrics_with_replication_lag(tmp_path: Path) -> No
                 assert "spacegrid_write_behind_lag_records{" in text and "spacegrid_store_available{" in text
                 assert re.search(r'spacegrid_map_entries\{map="kv",member="[^"]+"\}', text)
                 assert re.search(r'spacegrid_map_misses_total\{map="bounded",member="[^"]+"\}', text)
+                assert "spacegrid_write_behind_lag_seconds{" in text
+                for kind in ("get", "put"):
+                    assert re.search(r'spacegrid_request_duration_seconds_count\{kind="%s",member="[^"]+"\} [1-9]' % kind,
+                                     text), kind
+                assert re.search(r'spacegrid_request_duration_seconds_bucket\{kind="put",le="\+Inf"', text)
+                assert "process_resident_memory_bytes " in text and "python_gc_objects_collected_total" in text
+            texts = [urllib.request.urlopen(m["metrics_url"], timeout=5).read().decode()
+                     for m in grid.status().to_json()["members"]]
+            assert any(re.search(r'spacegrid_errors_total\{code="conflict",member="[^"]+"\} [1-9]', t) for t in texts)
 
         eventually_sync(scraped, timeout_s=20)
     finally:

@@ -42,6 +42,8 @@ class Outcome:
     wait_lsn: int
     error: SpacegridError | None = None
     durable: bool = False  # write-through: the reply also waits until the store holds wait_lsn
+    kind: str = ""  # set by the PU that serves it: the operation's kind and when its request arrived (monotonic),
+    received_s: float = 0.0  # for the latency of its reply
 
 
 @dataclass(slots=True)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator
 
-from prometheus_client import start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import GCCollector, PlatformCollector, ProcessCollector, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
+
+from spacegrid.unit.latency import LATENCY_BUCKETS_S
 
 COUNTERS = {
     "requests": "Requests served",
@@ -36,9 +38,10 @@ COUNTERS = {
     "backup_records_refused": "Log records a backup's catch-up did not apply: their writer was not their epoch's owner",
     "claims_refused": "Claims at an epoch the partition table never issued, claimed over instead of obeyed",
 }
+STATISTICS_KEYS = {"write_behind_lag_seconds": "write_behind_lag_s"}  # metric name -> its key in the statistics
 GAUGES = {
     "write_behind_lag_records": "Committed writes the store does not hold yet (keys, coalesced)",
-    "write_behind_lag_s": "Age of the oldest committed write the store does not hold yet",
+    "write_behind_lag_seconds": "Age of the oldest committed write the store does not hold yet",
     "write_through_waiting": "Write-through replies waiting for the store",
     "store_available": "1 while the write-behind pump reaches the store, 0 while it retries",
     "append_backlog_records": "Writes applied but not yet appended (async maps, or waiting for an append)",
@@ -67,10 +70,17 @@ class PuCollector(Collector):
         owned.add_metric([member], float(len(stats.get("active", ()))))
         yield owned
         for name, help_text in GAUGES.items():
-            if name in stats:
+            key = STATISTICS_KEYS.get(name, name)
+            if key in stats:
                 gauge = GaugeMetricFamily(f"spacegrid_{name}", help_text, labels=["member"])
-                gauge.add_metric([member], float(stats[name]))
+                gauge.add_metric([member], float(stats[key]))
                 yield gauge
+        yield _latency_histogram(member, stats.get("latency", {}))
+        errors = CounterMetricFamily("spacegrid_errors", "Error replies by the error's class (its wire code: "
+                                     "not_owner, overloaded, log_missing, ...)", labels=["member", "code"])
+        for code, count in sorted(stats.get("errors", {}).items()):
+            errors.add_metric([member, code], float(count))
+        yield errors
         yield from _map_metrics(member, stats.get("maps", {}))
         lag_records = GaugeMetricFamily("spacegrid_replication_lag_records",
                                         "Records a hot backup is behind its partition's log",
@@ -83,6 +93,22 @@ class PuCollector(Collector):
             lag_seconds.add_metric([member, str(partition)], float(seconds))
         yield lag_records
         yield lag_seconds
+
+
+def _latency_histogram(member: str, latency: dict[str, dict[str, Any]]) -> HistogramMetricFamily:
+    """Per operation kind: from the PU's receipt of a request to its reply (a write's wait for its append, and a
+    write-through one's for the store, included)."""
+    family = HistogramMetricFamily("spacegrid_request_duration_seconds",
+                                   "Time from a PU's receipt of a request to its reply, by operation kind",
+                                   labels=["member", "kind"])
+    for kind, observed in sorted(latency.items()):
+        cumulative = 0
+        buckets: list[tuple[str, float]] = []
+        for bound_s, count in zip((*LATENCY_BUCKETS_S, float("inf")), observed["counts"]):
+            cumulative += count
+            buckets.append(("+Inf" if bound_s == float("inf") else repr(bound_s), float(cumulative)))
+        family.add_metric([member, kind], buckets, sum_value=float(observed["sum_s"]))
+    return family
 
 
 MAP_COUNTERS = {
@@ -119,5 +145,8 @@ def serve_metrics(snapshot: Callable[[], dict[str, Any]], host: str, port: int) 
     """Start the endpoint on host:port (0: a free port) in a daemon thread; returns the port."""
     registry = CollectorRegistry()
     registry.register(PuCollector(snapshot))
+    ProcessCollector(registry=registry)  # process_cpu_seconds_total, process_resident_memory_bytes, open fds, ...
+    PlatformCollector(registry=registry)  # python_info
+    GCCollector(registry=registry)  # python_gc_*
     server, _ = start_http_server(port, addr=host, registry=registry)
     return int(server.server_port)

@@ -335,5 +335,7 @@ class ProcessingUnit:
         info = {"host": socket.gethostname(), "pid": os.getpid(), "started": self.started_s, "beat": time.time(),
                 "heartbeat_timeout_s": self.limits.heartbeat_timeout_s, "incarnation": self.membership.incarnation,
                 "metrics_url": self.metrics_url, **self.statistics()}
-        self.last_info = info  # replaced whole: the metrics thread reads it without locks
+        # Replaced whole: the metrics thread reads it without locks. Latencies and errors by class go to the metrics
+        # endpoint only, not into the member record every heartbeat.
+        self.last_info = {**info, "latency": self.replies.latencies.snapshot(), "errors": dict(self.replies.errors)}
         return info

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from spacegrid import protocol
 from spacegrid.core.partition import Outcome
 from spacegrid.engine.transport import Transport
 from spacegrid.errors import SpacegridError
 from spacegrid.limits import Limits
+from spacegrid.unit.latency import Latencies
 
 log = logging.getLogger("spacegrid.replies")
 
@@ -23,6 +25,8 @@ class Replies:
         self.transport = transport
         self.limits = limits
         self.pending = 0
+        self.latencies = Latencies()  # of the replies to served operations, by kind
+        self.errors: dict[str, int] = {}  # error replies by the error's class (its wire code)
         self._out: dict[str, list[bytes]] = {}
         self._flush_scheduled = False
 
@@ -36,9 +40,12 @@ class Replies:
             asyncio.get_running_loop().create_task(self.flush())
 
     def error(self, reply_to: str, req_id: int, error: SpacegridError) -> None:
+        self.errors[error.code] = self.errors.get(error.code, 0) + 1
         self.send(reply_to, protocol.error_reply(req_id, error))
 
     def outcome(self, reply_to: str, req_id: int, outcome: Outcome) -> None:
+        if outcome.received_s:
+            self.latencies.observe(outcome.kind, time.monotonic() - outcome.received_s)
         if outcome.error is not None:
             self.error(reply_to, req_id, outcome.error)
         else:

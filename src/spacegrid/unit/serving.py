@@ -78,16 +78,18 @@ class Server:
                 await self.transport.publish(reply_to, PING)
             return
         reads_ok = self.lease_valid()
+        received_s = time.monotonic()
         touched: set[Slot] = set()
         for raw in requests:
-            slot = self.serve(raw, reply_to, reads_ok)
+            slot = self.serve(raw, reply_to, reads_ok, received_s)
             if slot is not None:
                 touched.add(slot)
         for slot in touched:
             self.appender.schedule(slot)
 
-    def serve(self, raw: Any, reply_to: str, reads_ok: bool) -> Slot | None:
-        """Serve one request; returns the slot if it staged writes that need an append."""
+    def serve(self, raw: Any, reply_to: str, reads_ok: bool, received_s: float) -> Slot | None:
+        """Serve one request that arrived at `received_s` (monotonic); returns the slot if it staged writes that
+        need an append."""
         self.counters["requests"] += 1
         try:
             request = protocol.decode_request(raw, self.space.partitions)
@@ -96,16 +98,18 @@ class Server:
             self.replies.error(reply_to, protocol.request_id_of(raw), exc)
             return None
         try:
-            return self._dispatch(request, raw, reply_to, reads_ok)
+            return self._dispatch(request, raw, reply_to, reads_ok, received_s)
         except SpacegridError as exc:
             if isinstance(exc, Overloaded):
                 self.counters["overloaded"] += 1
             self.replies.error(reply_to, request.req_id, exc)
             return None
 
-    def _dispatch(self, request: protocol.Request, raw: Any, reply_to: str, reads_ok: bool) -> Slot | None:
+    def _dispatch(self, request: protocol.Request, raw: Any, reply_to: str, reads_ok: bool,
+                  received_s: float) -> Slot | None:
         if isinstance(request, protocol.GetBackup):
             self._serve_backup_read(reply_to, request)
+            self._answered("get_backup", received_s)
             return None
         slot = self._owned(request.partition)
         if not reads_ok and (isinstance(request, protocol.READS) or isinstance(request, protocol.Execute)
@@ -119,28 +123,39 @@ class Server:
                 self.replies.send(reply_to, protocol.entry_reply(request.req_id,
                                                                  state.get_encoded(request.map, request.key)))
             except NotLoaded as missing:
-                self._read_through(slot, missing, raw, reply_to)
+                self._read_through(slot, missing, raw, reply_to, received_s)
+                return None
+            self._answered("get", received_s)
             return None
         if isinstance(request, protocol.Query):
             self.replies.send(reply_to, protocol.ok_reply(request.req_id, state.query(request.query, request.args)))
+            self._answered("query", received_s)
             return None
         if isinstance(request, protocol.Versions):
             page = state.versions(request.map, request.after_key, min(request.limit, self.limits.versions_page_max),
                                   self.limits.versions_page_max)
             self.replies.send(reply_to, protocol.ok_reply(request.req_id, {**page, "persisted_lsn": slot.persist.lsn}))
+            self._answered("versions", received_s)
             return None
         self._check_capacity(slot)
         if isinstance(request, protocol.Put):
             outcome = state.put(request.op_id, request.map, request.key, request.value, request.expected_version)
+            outcome.kind = "put"
         elif isinstance(request, protocol.Delete):
             outcome = state.delete(request.op_id, request.map, request.key, request.expected_version)
+            outcome.kind = "delete"
         else:
             outcome = state.execute(request.op_id, request.handler, request.key, request.args)
+            outcome.kind = "call"
+        outcome.received_s = received_s
         return self._settle(slot, outcome, raw, reply_to, request.req_id)
+
+    def _answered(self, kind: str, received_s: float) -> None:
+        self.replies.latencies.observe(kind, time.monotonic() - received_s)
 
     def _settle(self, slot: Slot, outcome: Outcome, raw: Any, reply_to: str, req_id: int) -> Slot | None:
         if isinstance(outcome.error, NotLoaded):
-            self._read_through(slot, outcome.error, raw, reply_to)
+            self._read_through(slot, outcome.error, raw, reply_to, outcome.received_s)
             return None
         if outcome.wait_lsn <= slot.state.lsn_committed:
             self.appender.answer(slot, reply_to, req_id, outcome)
@@ -167,7 +182,7 @@ class Server:
                              f"commits, {self.replies.pending} unsent, {len(slot.state.unsent)} writes not appended "
                              f"on partition {slot.partition}): back off and retry")
 
-    def _read_through(self, slot: Slot, missing: NotLoaded, raw: Any, reply_to: str) -> None:
+    def _read_through(self, slot: Slot, missing: NotLoaded, raw: Any, reply_to: str, received_s: float) -> None:
         """The request needs a key evicted from memory: read it from the store, then serve the request again
         (requests for a key being read wait behind the first, in order)."""
         if self.loading >= self.limits.waiters_max:
@@ -180,9 +195,9 @@ class Server:
         item = (missing.map_name, missing.key)
         waiting = slot.loading.get(item)
         if waiting is not None:
-            waiting.append((raw, reply_to))
+            waiting.append((raw, reply_to, received_s))
             return
-        slot.loading[item] = [(raw, reply_to)]
+        slot.loading[item] = [(raw, reply_to, received_s)]
         asyncio.get_running_loop().create_task(self._load_key(slot, item))
 
     async def _load_key(self, slot: Slot, item: tuple[str, str]) -> None:
@@ -200,11 +215,11 @@ class Server:
         self.loading -= len(waiting)
         touched: set[Slot] = set()
         reads_ok = self.lease_valid()
-        for raw, reply_to in waiting:
+        for raw, reply_to, received_s in waiting:
             if failure is not None:
                 self.replies.error(reply_to, protocol.request_id_of(raw), failure)
                 continue
-            served = self.serve(raw, reply_to, reads_ok)
+            served = self.serve(raw, reply_to, reads_ok, received_s)
             if served is not None:
                 touched.add(served)
         for served in touched:

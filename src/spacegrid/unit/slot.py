@@ -31,7 +31,8 @@ class Slot:
     serving: bool = False  # the lifecycle has this attempt Active (kept by the driver after every event)
     appending: bool = False
     queued: bool = False
-    loading: dict[tuple[str, str], list[tuple[Any, str]]] = field(default_factory=dict)  # read-through waiters
+    loading: dict[tuple[str, str], list[tuple[Any, str, float]]] = field(default_factory=dict)  # read-through waiters
+    # (request, reply subject, when it arrived)
     persist: PersistState = field(default_factory=PersistState)
 
     def mark_unpersisted(self) -> None:
