@@ -106,6 +106,10 @@ REPLAY_PENDING_MSGS_MAX: Final = 65536  # a replay or backup consumer's undelive
 REPLAY_PENDING_BYTES_MAX: Final = 256 * MIB  # ...and bytes
 CLAIM_BYTES_MAX: Final = 1 * KIB  # one ownership claim (epoch, member id), encoded
 REPLY_MESSAGE_BYTES_MAX: Final = 8 * MIB  # one batched reply message a client accepts (the embedded max_payload)
+EVENTS_KEPT_MAX: Final = 100_000  # the events stream keeps at most this many events...
+EVENTS_KEPT_S: Final = 7 * 24 * 3600.0  # ...for at most this long (the older go first)
+EVENT_BYTES_MAX: Final = 8 * KIB  # one event, encoded (longer details are cut)
+EVENTS_PENDING_MAX: Final = 1024  # events a PU queued and not yet published: past it, new ones are dropped (counted)
 
 # ---- The wire's decode bounds (issue 11, item 5) ---------------------------------------------------------------
 # Every field of a request message a PU decodes is bounded: the message's bytes (Limits.request_payload_bytes_max),

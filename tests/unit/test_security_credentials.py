@@ -66,7 +66,7 @@ def test_a_pu_appends_only_to_its_own_log_subject() -> None:
     assert all("*" not in subject.removesuffix(".>") and not subject.startswith(("$JS.API.STREAM.DELETE",
                "$JS.API.STREAM.UPDATE")) for subject in api), api
     assert {s.rpartition(".")[2] for s in api if s.startswith("$JS.API.STREAM.CREATE.")} == {
-        "SG_s", "KV_sg_s_members", "KV_sg_s_table"}
+        "SG_s", "KV_sg_s_members", "KV_sg_s_table", "SG_s_events"}
     assert "sg.s.pu.m1" in permissions.subscribe
     with pytest.raises(ValueError, match="member"):
         roles.permissions("pu", "s", "UKEY")

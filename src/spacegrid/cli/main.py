@@ -20,6 +20,7 @@ from rich.table import Table
 from spacegrid.cli.auth import auth
 from spacegrid.cli.bench import bench
 from spacegrid.cli.chaos import chaos
+from spacegrid.cli.events import events
 from spacegrid.cli.common import (access_options, app_option, connect_timeout_option, console, data_dir_option,
                                   deadline_option, fail, given_access, given_settings, given_store, grid_limit_options, lock_data_dir, nats_option,
                                   parse_json, print_json, resolve, within_connect_bound, with_client)
@@ -431,6 +432,7 @@ def status(data_dir: Path, nats_url: str | None, app: str | None, as_json: bool,
 cli.add_command(auth)
 cli.add_command(bench)
 cli.add_command(chaos)
+cli.add_command(events)
 cli.add_command(reconcile)
 cli.add_command(repair)
 

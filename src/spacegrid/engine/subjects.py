@@ -46,6 +46,18 @@ class Names:
         """Log messages an operator quarantined (`spacegrid repair`): kept, with who, when and why, never replayed."""
         return f"sg.{self.space}.log.dead"
 
+    @property
+    def events_stream(self) -> str:
+        """The grid's events (joins, failovers, moves, fences, store outages...): a bounded stream of their own."""
+        return f"SG_{self.space}_events"
+
+    def event_subject(self, kind: str) -> str:
+        return f"sg.{self.space}.events.{kind}"
+
+    @property
+    def events_wildcard(self) -> str:
+        return f"sg.{self.space}.events.>"
+
     def pu_subject(self, member_id: str) -> str:
         """Where a smart client sends batches bound for one PU."""
         return f"sg.{self.space}.pu.{member_id}"

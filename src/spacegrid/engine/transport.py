@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -16,6 +16,7 @@ from nats.js.errors import NotFoundError
 from spacegrid.engine.changelog import Changelog, ensure_stream, recreate_stream
 from spacegrid.engine.connection import connect
 from spacegrid.engine.coordination import NOT_READY, Coordination
+from spacegrid.engine.events import EventEmitter, ensure_events_stream, read_events
 from spacegrid.engine.subjects import Names
 from spacegrid.errors import GridUnavailable
 
@@ -140,6 +141,19 @@ class Transport:
             return await recreate_stream(self._js, names, replicas, max_msg_bytes, first_seq)
         except NOT_READY as exc:
             raise GridUnavailable(f"JetStream did not answer: {exc!r}") from exc
+
+    async def ensure_events_stream(self, names: Names, replicas: int) -> None:
+        """Create the space's events stream if missing; GridUnavailable while JetStream does not answer."""
+        try:
+            await ensure_events_stream(self._js, names, replicas)
+        except NOT_READY as exc:
+            raise GridUnavailable(f"JetStream did not answer: {exc!r}") from exc
+
+    def events(self, names: Names, member_id: str) -> EventEmitter:
+        return EventEmitter(self._nc, names, member_id)
+
+    def read_events(self, names: Names, since_s: float | None, follow: bool, idle_s: float) -> AsyncIterator[dict[str, Any]]:
+        return read_events(self._js, names, since_s, follow, idle_s)
 
     def changelog(self, names: Names, member_id: str, append_timeout_s: float) -> Changelog:
         return Changelog(self._nc, self._js, names, member_id, append_timeout_s)

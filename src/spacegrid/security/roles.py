@@ -7,10 +7,11 @@
   `$JS.API.STREAM.MSG.DELETE.KV_<members bucket>`, the one write to another member's record it may make), writes the
   partition table (the coordinator writes it), trims the log (`STREAM.PURGE` of the log stream: the coordinator),
   creates and reads the space's three streams (the JetStream API as an explicit list: no other stream, no update,
-  no deletion); replies to any inbox.
+  no deletion); creates the events stream and publishes events to it; replies to any inbox.
 - client: sends requests to PUs and partitions, reads the partition table and members, receives replies only in
   its own inbox; never publishes to a log subject, writes a bucket, or reads the log.
-- reader: what `status` and dashboards need: the buckets, stream and account info; no requests to PUs.
+- reader: what `status`, `events` and dashboards need: the buckets, the log stream's info, the events stream; no
+  requests to PUs.
 
 Every identity's inbox is `_INBOX.<its public key>` (`inbox_prefix`), so one credential never sees another's replies.
 """
@@ -63,9 +64,10 @@ def pu(names: Names, member_id: str, user_public_key: str) -> Permissions:
     jetstream = [f"{_JS}.INFO", f"{_JS}.STREAM.PURGE.{names.stream}", f"{_JS}.STREAM.MSG.DELETE.{members_stream}"]
     for stream in streams:
         jetstream += [f"{_JS}.STREAM.CREATE.{stream}", *_read_stream(stream), f"$JS.ACK.{stream}.>"]
+    jetstream += [f"{_JS}.STREAM.CREATE.{names.events_stream}", f"{_JS}.STREAM.INFO.{names.events_stream}"]
     return Permissions(
         publish=(names.pu_log_subject(member_id), names.claim_wildcard, f"$KV.{names.members_bucket}.{member_id}",
-                 f"$KV.{names.table_bucket}.>", *jetstream, names.pu_wildcard, "_INBOX.>"),
+                 f"$KV.{names.table_bucket}.>", *jetstream, names.events_wildcard, names.pu_wildcard, "_INBOX.>"),
         subscribe=(names.pu_subject(member_id), names.partition_wildcard, names.dead_log_subject,
                    f"{inbox_prefix(user_public_key)}.>"),
     )
@@ -77,7 +79,8 @@ def client(names: Names, user_public_key: str) -> Permissions:
 
 
 def reader(names: Names, user_public_key: str) -> Permissions:
-    return Permissions(publish=(*_read_buckets(names), f"{_JS}.STREAM.INFO.{names.stream}"),
+    return Permissions(publish=(*_read_buckets(names), f"{_JS}.STREAM.INFO.{names.stream}",
+                                *_read_stream(names.events_stream)),
                        subscribe=(f"{inbox_prefix(user_public_key)}.>",))
 
 

@@ -16,6 +16,7 @@ from spacegrid.core.ownership import plan
 from spacegrid.core.recovery import RecoveryBackoff
 from spacegrid.core.partition import PartitionState
 from spacegrid.engine.changelog import Changelog
+from spacegrid.engine.events import NO_EVENTS, EventSink
 from spacegrid.engine.subjects import Names
 from spacegrid.engine.transport import MessageHandler, Subscription, Transport
 from spacegrid.errors import CommitUnknown, Fenced, PoisonedLog, SpacegridError
@@ -54,6 +55,7 @@ class Driver:
         self.lifecycle = lc.Lifecycle()
         self.slots = slots  # shared with the server, which reads it; only the driver changes it
         self.stopping = False
+        self.events: EventSink = NO_EVENTS
         self.counters = {"acquired": 0, "released": 0, "promoted": 0, "fenced": 0, "loaded_rows": 0,
                          "recovery_failures": 0, "records_refused": 0, "claims_refused": 0}
         self.recovery = RecoveryBackoff(limits.recovery_retry_s_min, limits.recovery_retry_s_max,
@@ -124,6 +126,7 @@ class Driver:
             return
         if isinstance(error, Fenced):
             self.counters["fenced"] += 1
+            self.events.emit("fenced", partition=slot.partition, epoch=slot.epoch)
             log.warning("partition %d: deposed (%s); dropping it and its uncommitted writes", slot.partition, error)
         else:
             log.warning("partition %d: append outcome unknown (%s); rebuilding it from the log", slot.partition, error)
@@ -172,6 +175,10 @@ class Driver:
             return
         assert slot is not None and slot.attempt == ins.attempt, f"instruction {ins} for a slot that is gone"
         if isinstance(ins, lc.StartServing):
+            previous = self.membership.epochs.owner(ins.partition, ins.epoch - 1)
+            if previous is not None and previous != self.member_id:  # a failover or a move, not a first start
+                self.events.emit("partition_recovered", partition=ins.partition, epoch=ins.epoch, previous=previous,
+                                 promoted=slot.promoted, took_s=round(time.monotonic() - slot.assigned_at_s, 3))
             slot.state.set_owner_epoch(ins.epoch)
             slot.last_seq = ins.last_seq
             slot.claim_seq = ins.claim_seq
@@ -224,6 +231,8 @@ class Driver:
             log.error("PARTITION %d STOPPED: %s. It stays unavailable (tried again every %.0f s, attempt %d) until "
                       "an operator repairs the log: `spacegrid repair --seq %d`", partition, exc,
                       self.limits.poisoned_retry_s, failure.count, exc.seq)
+            if failure.count == 1:
+                self.events.emit("partition_poisoned", partition=partition, seq=exc.seq, subject=exc.subject)
             return
         failure = self.recovery.failed(partition, time.monotonic(), str(exc))
         log.warning("recovery of partition %d failed (%s); trying again in %.2f s (attempt %d)", partition, exc,
@@ -257,6 +266,7 @@ class Driver:
                 for why in slot.state.replay_log_message(message, size_max_bytes, refusal):
                     self.counters["records_refused"] += 1
                     log.error("partition %d: log message %d not applied: %s", p, seq, why)
+                    self.events.emit("records_refused", partition=p, seq=seq, writer=writer, reason=why)
 
             seq = await self.changelog.replay(ins.after_seq, ins.until_seq, apply, 2 * size_max_bytes,
                                               self.limits.replay_timeout_s, until_subject=self.names.claim_subject(p))
@@ -273,6 +283,8 @@ class Driver:
         if newest is None or newest.epochs[partition] >= epoch:
             return True
         self.counters["claims_refused"] += 1
+        self.events.emit("claim_refused", partition=partition, claim_epoch=epoch,
+                         reason="the partition table never issued this epoch: claimed over")
         return False
 
     async def _forget_stale_position(self, slot: Slot, claim_seq: int) -> None:

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from spacegrid.engine.changelog import Changelog, missing_log_message
+from spacegrid.engine.events import NO_EVENTS, EventSink
 from spacegrid.limits import Limits
 
 log = logging.getLogger("spacegrid.logguard")
@@ -25,6 +26,7 @@ class LogGuard:
         self.limits = limits
         self.on_restored = on_restored
         self.missing = False
+        self.events: EventSink = NO_EVENTS
         self.counters = {"log_unavailable": 0, "log_missing_events": 0}
         self._resumes: list[Callable[[], None]] = []
         self._task: asyncio.Task[None] | None = None
@@ -56,6 +58,7 @@ class LogGuard:
             self.missing = True
             self.counters["log_missing_events"] += 1
             log.error("%s", missing_log_message(self.changelog.names))
+            self.events.emit("log_missing", stream=self.changelog.names.stream)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -76,6 +79,7 @@ class LogGuard:
                     log.warning("the log stream is back but its claims can't be followed yet (%s); retrying", exc)
                     continue
                 log.warning("the log stream %s is back: appending again", self.changelog.names.stream)
+                self.events.emit("log_restored", stream=self.changelog.names.stream)
                 self.missing = False
             break
         self._task = None

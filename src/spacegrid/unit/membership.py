@@ -19,6 +19,7 @@ from typing import Any
 from spacegrid.core.epochs import EpochOwners
 from spacegrid.core.ownership import Membership, coordinator, next_table
 from spacegrid.engine.coordination import Coordination
+from spacegrid.engine.events import NO_EVENTS, EventSink
 from spacegrid.engine.subjects import Names
 from spacegrid.engine.transport import Transport
 from spacegrid.limits import Limits
@@ -26,6 +27,7 @@ from spacegrid.partitioning import PartitionTable
 from spacegrid.unit.serving import PING
 
 log = logging.getLogger("spacegrid.membership")
+TABLE_EVENT_MOVES_MAX = 64  # partitions listed in a table event (the count is always whole)
 
 
 class MembershipAgent:
@@ -60,6 +62,7 @@ class MembershipAgent:
         self._members_changed_at_s = time.monotonic()
         self._beat_now = asyncio.Event()
         self._coordinating = asyncio.Lock()
+        self.events: EventSink = NO_EVENTS
         self.liveness: Any = None  # a unit.liveness.LivenessThread renewing the record off this loop, once attached
 
     def lease_valid(self) -> bool:
@@ -81,6 +84,8 @@ class MembershipAgent:
         sent_at_s = time.monotonic()
         if self._revision == 0:
             self._revision = await self.coord.register(self.member_id, self.info())
+            self.events.emit("member_rejoined" if self.counters["rejoins"] else "member_joined",
+                             incarnation=self.incarnation)
             if self.liveness is not None:
                 await self.liveness.start(self._revision, self.info())
         else:
@@ -140,6 +145,7 @@ class MembershipAgent:
 
     async def goodbye(self) -> None:
         """Delete this member's record (best effort: the heartbeat timeout covers a failed goodbye)."""
+        self.events.emit("member_left")
         try:
             await self.coord.leave(self.member_id, self._revision or None)
         except Exception as exc:
@@ -247,6 +253,10 @@ class MembershipAgent:
                 self.adopt(table, revision)
             else:
                 log.info("wrote table v%d for %d live members", proposal.version, len(live))
+                moved = {p: [old, new] for p, (old, new) in enumerate(zip(self.table.owners, proposal.owners))
+                         if old != new}
+                self.events.emit("table", version=proposal.version, members=len(live), moved=len(moved),
+                                 moves=dict(list(moved.items())[:TABLE_EVENT_MOVES_MAX]))
                 self.adopt(proposal, revision)
 
     async def _forget_removed(self) -> None:
@@ -274,6 +284,8 @@ class MembershipAgent:
                 log.info("member %s renewed before it could be removed", dead)
                 return False
             log.warning("member %s is dead (silent, or gone from NATS past its lease): removed it", dead)
+            self.events.emit("member_dead", dead=dead,
+                             silent_s=round(time.monotonic() - self.membership.last_seen_s[dead], 3))
             self.counters["failovers"] += 1
             self.membership.remove(dead)
         return True

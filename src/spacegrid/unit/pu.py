@@ -115,6 +115,9 @@ class ProcessingUnit:
         self.driver = Driver(self.space, self.limits, self.names, self.member_id, self.time_limit, self.transport,
                              self.changelog, self.store, self.backups, self.appender, self.membership,
                              self.server.on_message, slots)
+        self.events = self.transport.events(self.names, self.member_id)
+        for part in (self.membership, self.driver, self.log_guard, *([] if self.pump is None else [self.pump])):
+            part.events = self.events
         self._request_sub: Subscription = await self.transport.subscribe(self.names.pu_subject(self.member_id),
                                                                          self.server.on_message)
         self._repair_sub = await self.transport.subscribe(self.names.dead_log_subject, self._on_repair)
@@ -155,6 +158,7 @@ class ProcessingUnit:
                 # A grid with a table had a log: never start a new empty one in place of a deleted one.
                 await self.transport.ensure_stream(self.names, self.replicas, 2 * self.limits.append_bytes_max,
                                                    create=not await coord.table_written())
+                await self.transport.ensure_events_stream(self.names, self.replicas)
                 return coord
             except LogMissing:
                 raise
@@ -249,6 +253,7 @@ class ProcessingUnit:
         self.driver.release_all("PU stopping")
         await self.replies.flush()
         await self.log_guard.stop()
+        await self.events.stop()
         await self.claims.stop()
         await self.changelog.stop()
         await self.transport.drain()
@@ -300,7 +305,7 @@ class ProcessingUnit:
             "poisoned": self.driver.recovery.report(),
             "partitions_poisoned": len(self.driver.recovery.poisoned()),
             **self.server.counters, **self.appender.counters, **self.driver.counters, **self.membership.counters,
-            **self.backups.counters, **self.log_guard.counters,
+            **self.backups.counters, **self.log_guard.counters, **self.events.counters,
         }
 
     def _map_statistics(self) -> dict[str, dict[str, int]]:

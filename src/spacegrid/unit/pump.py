@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from spacegrid import codec
 from spacegrid.core.partition import Outcome, PartitionState
+from spacegrid.engine.events import NO_EVENTS, EventSink
 from spacegrid.engine.changelog import Changelog
 from spacegrid.errors import SpacegridError, StaleWrite, StoreError, StoreRejected
 from spacegrid.limits import Limits
@@ -65,6 +66,7 @@ class Pump:
         self.kick = asyncio.Event()
         self.counters = {"store_rows": 0, "store_flushes": 0, "store_errors": 0, "dead_letters": 0, "log_trims": 0}
         self.available = True  # False while the store fails: the lag grows, the grid keeps serving
+        self.events: EventSink = NO_EVENTS
         self.stopping = False  # run() ends at its next round (see MembershipAgent.run on cancellation)
         self._concurrency = asyncio.Semaphore(store.concurrency)
 
@@ -136,10 +138,12 @@ class Pump:
             if self.available:
                 log.warning("store unavailable (%s): write-behind retries with backoff; the grid keeps serving",
                             exc)
+                self.events.emit("store_unavailable", error=str(exc)[:200])
             self.available = False
             return False
         if not self.available:
             log.info("store available again")
+            self.events.emit("store_available")
         self.available = True
         persist.backoff_s = 0.0
         self.counters["store_rows"] += len(rows)

@@ -27,6 +27,7 @@ class Slot:
     start_seq: int = 0  # a promoted backup has applied the log so far: replay starts after it
     promoted: bool = False
     handoff: tuple[str, int] | None = None  # (previous owner, table version that moved it) to wait for
+    assigned_at_s: float = field(default_factory=time.monotonic)  # when the table gave it to this PU
     waiters: deque[Waiter] = field(default_factory=deque)
     serving: bool = False  # the lifecycle has this attempt Active (kept by the driver after every event)
     appending: bool = False
