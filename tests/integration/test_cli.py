@@ -8,8 +8,11 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from spacegrid.testing.eventually import eventually_sync
 
@@ -29,7 +32,8 @@ def _alive(pid: int) -> bool:
 
 
 def test_up_serves_the_cli_and_stops_everything_on_sigterm(tmp_path: Path) -> None:
-    """`spacegrid up` starts nats-server and PUs, the CLI works against it, and SIGTERM stops every process."""
+    """`spacegrid up` starts nats-server, PUs and the web console, the CLI and the console's snapshot work against
+    it, and SIGTERM stops every process (the console's port refuses connections after)."""
     data_dir = tmp_path / "grid"
     up = subprocess.Popen([*SPACEGRID, "up", "--pus", "2", "--data-dir", str(data_dir)], stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, start_new_session=True)
@@ -64,12 +68,19 @@ def test_up_serves_the_cli_and_stops_everything_on_sigterm(tmp_path: Path) -> No
         assert sg(data_dir, "put", "events", "k", "{not json").returncode == 2
         table = sg(data_dir, "status")
         assert table.returncode == 0 and "64/64 partitions active" in table.stdout
+        console_urls = [line.split()[-1] for line in (data_dir / "logs" / "console.log").read_text().splitlines()
+                        if line.startswith("console: ")]
+        assert len(console_urls) == 1, console_urls
+        snapshot = json.loads(urllib.request.urlopen(console_urls[0] + "api/snapshot", timeout=10).read())
+        assert len(snapshot["members"]) == 2 and snapshot["active_partitions"] == 64
     finally:
         up.send_signal(signal.SIGTERM)
         up.wait(timeout=60)
     pids = [*grid["nats_pids"], *grid["pus"]]
     eventually_sync(lambda: _assert_all_gone(pids), timeout_s=10)
     assert not (data_dir / "grid.json").exists()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(console_urls[0], timeout=5)
 
 
 def _assert_all_gone(pids: list[int]) -> None:

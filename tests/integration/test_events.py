@@ -37,7 +37,7 @@ def test_a_pu_kill_is_on_the_timeline_with_its_failovers(grid_factory: Callable[
     victim_pu = next(pu for pu in grid.pus if pu.pid == members[0]["pid"])
     joined = {event["member"] for event in events(grid.data_dir, "--kind", "member_joined")}
     assert joined == {victim, survivor}
-    assert events(grid.data_dir, "--kind", "table")
+    assert events(grid.data_dir, "--kind", "table"), events(grid.data_dir)
     victim_pu.signal(signal.SIGKILL)
 
     def recorded() -> None:

@@ -23,8 +23,9 @@ from spacegrid.limits import DEFAULT_LIMITS, Limits
 from spacegrid.security.access import ENV_CREDS, ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, Access
 from spacegrid.space import Space
 
-if TYPE_CHECKING:  # typing only: the client imports nats, loaded when a command runs
+if TYPE_CHECKING:  # typing only: the client and the transport import nats, loaded when a command runs
     from spacegrid.client.client import Client
+    from spacegrid.engine.transport import Transport
 
 T = TypeVar("T")
 console = Console(stderr=True)
@@ -176,6 +177,14 @@ async def within_connect_bound(opening: Coroutine[Any, Any, T], url: str, connec
     except TimeoutError:
         raise GridUnavailable(f"NATS at {url} is unreachable: no answer within {connect_timeout_s:g} s; check the "
                               f"network, the host and --nats, or raise --connect-timeout-s") from None
+
+
+async def open_transport(url: str, name: str, access: Access, connect_timeout_s: float) -> Transport:
+    """A connection to the grid's NATS for a command (`name` shows in NATS's connection list), within the bound."""
+    from spacegrid.engine.transport import Transport
+
+    return await within_connect_bound(Transport.connect(url, name, connect_timeout_s=connect_timeout_s, access=access),
+                                      url, connect_timeout_s)
 
 
 async def open_client(space: Space, url: str, connect_timeout_s: float, access: Access,

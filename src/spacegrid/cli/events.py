@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from spacegrid.cli.common import (access_options, app_option, connect_timeout_option, data_dir_option, fail,
-                                  given_access, nats_option, resolve, within_connect_bound)
+                                  given_access, nats_option, open_transport, resolve)
 from spacegrid.errors import SpacegridError
 
 EVENTS_IDLE_S = 0.5  # without --follow: stop once no event came for this long after the last one kept
@@ -66,11 +66,8 @@ def events(data_dir: Path, nats_url: str | None, app: str | None, since: str | N
 
     async def run() -> None:
         from spacegrid.engine.subjects import Names
-        from spacegrid.engine.transport import Transport
 
-        transport = await within_connect_bound(
-            Transport.connect(url, "spacegrid-events", connect_timeout_s=connect_timeout_s, access=access), url,
-            connect_timeout_s)
+        transport = await open_transport(url, "spacegrid-events", access, connect_timeout_s)
         shown = 0
         try:
             async for event in transport.read_events(Names(space.name), since_s, follow, EVENTS_IDLE_S):

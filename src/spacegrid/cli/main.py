@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import subprocess  # nosec B404  # Popen types and TimeoutExpired only; the console starts via lifeline.spawn
 import sys
 import time
 from dataclasses import replace
@@ -20,6 +21,7 @@ from rich.table import Table
 from spacegrid.cli.auth import auth
 from spacegrid.cli.bench import bench
 from spacegrid.cli.chaos import chaos
+from spacegrid.cli.console import console_command, start_console, stop_console
 from spacegrid.cli.events import events
 from spacegrid.cli.common import (access_options, app_option, connect_timeout_option, console, data_dir_option,
                                   deadline_option, fail, given_access, given_settings, given_store, grid_limit_options, lock_data_dir, nats_option,
@@ -72,10 +74,13 @@ def cli(log_level: str) -> None:
                    "authentication and TLS (the default; refused with --insecure).")
 @click.option("--insecure", is_flag=True, help="Run the embedded NATS without authentication: anyone who can reach "
                                                 "its port owns the grid. Loopback development only.")
+@click.option("--console-port", type=click.IntRange(0, 65535), default=0, show_default=True,
+              help="The web console's port on loopback (0: a free one).")
+@click.option("--no-console", is_flag=True, help="Do not serve the web console.")
 @access_options
 def up(pus: int, data_dir: Path, app: str | None, nats_url: str | None, port: int | None, nats_cluster: str,
        store_url: str | None, fsync: str, ready_timeout_s: float, stop_timeout_s: float, listen_host: str,
-       insecure: bool, **limits: Any) -> None:
+       insecure: bool, console_port: int, no_console: bool, **limits: Any) -> None:
     """Run a grid here: an embedded nats-server (unless --nats), PUS processing units and the app (Ctrl-C stops it).
     The data dir is locked while it runs; its processes die with it, even on SIGKILL. A new grid gets a configuration
     (store, limits, durability, metrics) that every PU takes; a restart on the same data dir must agree with it."""
@@ -89,6 +94,7 @@ def up(pus: int, data_dir: Path, app: str | None, nats_url: str | None, port: in
         console.print("[bold red]INSECURE[/bold red]: the embedded NATS takes connections without credentials; "
                       "anything that reaches its port can read and change every value. Loopback development only.")
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops the grid as Ctrl-C does, wherever the launcher is
+    console_process: subprocess.Popen[bytes] | None = None
     try:
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TimeElapsedColumn(), console=console) as progress:
@@ -114,6 +120,10 @@ def up(pus: int, data_dir: Path, app: str | None, nats_url: str | None, port: in
             console.print(f"  auth      credentials required; this grid's are in {grid.secrets.directory} "
                           f"(admin.creds, client.creds, reader.creds; --creds or SPACEGRID_CREDS elsewhere)")
         console.print(f"  store     {grid.store_url or 'none (in memory and the log only)'}")
+        if not no_console:
+            console_process, console_url = start_console(data_dir, console_port)
+            console_log = data_dir / "logs" / "console.log"
+            console.print(f"  console   {console_url or f'did not start: see {console_log}'}")
         console.print(f"  grid file {data_dir / 'grid.json'}   logs {data_dir / 'logs'}")
         creds = (f" --creds $(spacegrid auth creds pu --data-dir {data_dir}) --tls-ca {grid.client_access.tls_ca_path}"
                  if grid.secrets is not None else "")
@@ -133,8 +143,12 @@ def up(pus: int, data_dir: Path, app: str | None, nats_url: str | None, port: in
     except KeyboardInterrupt:
         pass
     except SpacegridError as exc:
+        if console_process is not None:
+            stop_console(console_process)
         _stop_grid(grid)
         fail(str(exc))
+    if console_process is not None:
+        stop_console(console_process)
     console.print(f"stopping the grid (at most {stop_timeout_s:g} s; Ctrl-C again kills it) ...")
     started_s = time.monotonic()
     _stop_grid(grid)
@@ -433,6 +447,7 @@ cli.add_command(auth)
 cli.add_command(bench)
 cli.add_command(chaos)
 cli.add_command(events)
+cli.add_command(console_command)
 cli.add_command(reconcile)
 cli.add_command(repair)
 

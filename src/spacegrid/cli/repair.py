@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from spacegrid.cli.common import (access_options, app_option, connect_timeout_option, data_dir_option, fail,
-                                  given_access, nats_option, print_json, resolve, within_connect_bound)
+                                  given_access, nats_option, open_transport, print_json, resolve)
 from spacegrid.errors import SpacegridError
 
 PREVIEW_BYTES = 64  # of a message that does not decode, shown as hex
@@ -59,11 +59,8 @@ def repair(data_dir: Path, nats_url: str | None, app: str | None, seq: int | Non
 
     async def run() -> Any:
         from spacegrid.engine.subjects import Names
-        from spacegrid.engine.transport import Transport
 
-        transport = await within_connect_bound(
-            Transport.connect(url, "spacegrid-repair", connect_timeout_s=connect_timeout_s, access=access), url,
-            connect_timeout_s)
+        transport = await open_transport(url, "spacegrid-repair", access, connect_timeout_s)
         try:
             names = Names(space.name)
             if recreate_log:

@@ -247,16 +247,18 @@ class MembershipAgent:
             )
             if proposal is None:
                 return
+            previous = self.table  # the table watch may adopt the proposal before write_table returns
             revision = await self.coord.write_table(proposal, self.table_revision)
             if revision is None:
                 table, revision = await self.coord.read_table(self.table.partition_count)
                 self.adopt(table, revision)
             else:
                 log.info("wrote table v%d for %d live members", proposal.version, len(live))
-                moved = {p: [old, new] for p, (old, new) in enumerate(zip(self.table.owners, proposal.owners))
+                moved = {p: [old, new] for p, (old, new) in enumerate(zip(previous.owners, proposal.owners))
                          if old != new}
-                self.events.emit("table", version=proposal.version, members=len(live), moved=len(moved),
-                                 moves=dict(list(moved.items())[:TABLE_EVENT_MOVES_MAX]))
+                if moved:  # a table that only places backups is not on the timeline
+                    self.events.emit("table", version=proposal.version, members=len(live), moved=len(moved),
+                                     moves=dict(list(moved.items())[:TABLE_EVENT_MOVES_MAX]))
                 self.adopt(proposal, revision)
 
     async def _forget_removed(self) -> None:
