@@ -70,3 +70,24 @@ def test_the_console_shows_the_grid_and_a_pu_kill_on_its_timeline(console_url: t
             page.wait_for_function("document.getElementById('pu-count').textContent === '1'", timeout=30_000)
         finally:
             browser.close()
+
+
+def test_top_once_shows_each_pu_with_its_rates(grid_factory: Callable[..., LocalGrid]) -> None:
+    """`spacegrid top --once` prints the grid's header and a row per PU (ops/s, latency, partitions, lags) after
+    two reads; under writes, the PUs' write latency is a number."""
+    grid = grid_factory(pus=2)
+    writer = subprocess.Popen([sys.executable, "-m", "spacegrid.cli.main", "bench", "--data-dir", str(grid.data_dir),
+                               "--targets", "grid", "--duration-s", "6", "--warmup-s", "0", "--concurrency", "4"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        done = subprocess.run([sys.executable, "-m", "spacegrid.cli.main", "top", "--once", "--interval-s", "1",
+                               "--data-dir", str(grid.data_dir)], capture_output=True, text=True, timeout=60,
+                              check=False)
+    finally:
+        writer.kill()
+        writer.wait(timeout=30)
+    assert done.returncode == 0, done.stderr
+    members = [m["id"] for m in grid.status().to_json()["members"]]
+    assert "partitions active 64/64" in done.stdout and all(member in done.stdout for member in members), done.stdout
+    rows = [line.strip() for line in done.stdout.splitlines() if any(line.strip().startswith(m) for m in members)]
+    assert len(rows) == 2 and all(row.split()[1] == "yes" for row in rows), rows

@@ -31,6 +31,7 @@ from spacegrid.config import (NO_STORE, NOT_RECORDED, OPTIONS, STORE_PASSWORD_EN
                               durability_of, written_by)
 from spacegrid.cli.reconcile import reconcile
 from spacegrid.cli.repair import repair
+from spacegrid.cli.top import top
 from spacegrid.engine.connection import install_uvloop
 from spacegrid.errors import SpacegridError
 from spacegrid.inspect import GridStatus, read_status
@@ -448,6 +449,7 @@ cli.add_command(bench)
 cli.add_command(chaos)
 cli.add_command(events)
 cli.add_command(console_command)
+cli.add_command(top)
 cli.add_command(reconcile)
 cli.add_command(repair)
 

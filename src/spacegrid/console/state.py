@@ -46,6 +46,18 @@ def parse_latency_and_errors(text: str) -> tuple[dict[str, dict[float, float]], 
     return buckets, errors
 
 
+OPERATION_GROUPS = {"write": ("put", "delete", "call"), "read": ("get", "query", "versions", "get_backup")}
+
+
+def merge(histograms: list[dict[float, float]]) -> dict[float, float]:
+    """Cumulative histograms with the same bounds, added."""
+    merged: dict[float, float] = {}
+    for counts in histograms:
+        for bound, count in counts.items():
+            merged[bound] = merged.get(bound, 0.0) + count
+    return merged
+
+
 def quantile_s(cumulative: dict[float, float], q: float) -> float | None:
     """The q-quantile of a cumulative histogram, interpolated within its bucket (as PromQL's histogram_quantile);
     None without observations."""
@@ -87,15 +99,18 @@ class GridView:
             lags_s = [lag[1] for lag in info.get("backup_lag", {}).values()]
             row["replication_lag_s_max"] = max(lags_s, default=0.0)
             row["log_missing"] = bool(info.get("log_missing", False))
-        scraped = await asyncio.gather(*(self._scrape(row["id"], row.get("metrics_url")) for row in view["members"]
-                                         if row["alive"]))
+        alive = [row for row in view["members"] if row["alive"]]
+        scraped = await asyncio.gather(*(self._scrape(row["id"], row.get("metrics_url")) for row in alive))
         window: dict[str, dict[float, float]] = {}
         errors: dict[str, float] = {}
+        for row, (buckets, _) in zip(alive, scraped):
+            for group, kinds in OPERATION_GROUPS.items():
+                merged_group = merge([buckets[kind] for kind in kinds if kind in buckets])
+                for q in QUANTILES:
+                    row[f"{group}_p{int(q * 100)}_ms"] = _ms(quantile_s(merged_group, q))
         for buckets, member_errors in scraped:
             for kind, counts in buckets.items():
-                merged = window.setdefault(kind, {})
-                for bound, count in counts.items():
-                    merged[bound] = merged.get(bound, 0.0) + count
+                window[kind] = merge([window.get(kind, {}), counts])
             for code, count in member_errors.items():
                 errors[code] = errors.get(code, 0.0) + count
         view["latency"] = {kind: {"requests": counts.get(float("inf"), 0.0),
