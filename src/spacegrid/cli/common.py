@@ -17,7 +17,7 @@ from rich.markup import escape
 from spacegrid.config import (GRID_LIMITS, OPTIONS, STORE_PASSWORD_FILE, GridConfig, check_store_url,
                               normalize_store_url, split_store_password)
 from spacegrid.datadir import DataDirLock, process_running
-from spacegrid.errors import ConfigError, GridUnavailable
+from spacegrid.errors import ConfigError, GridUnavailable, SpacegridError
 from spacegrid.launcher import DEFAULT_APP, GRID_FILE, load_space, read_grid_file
 from spacegrid.limits import DEFAULT_LIMITS, Limits
 from spacegrid.security.access import ENV_CREDS, ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, Access
@@ -177,6 +177,17 @@ async def within_connect_bound(opening: Coroutine[Any, Any, T], url: str, connec
     except TimeoutError:
         raise GridUnavailable(f"NATS at {url} is unreachable: no answer within {connect_timeout_s:g} s; check the "
                               f"network, the host and --nats, or raise --connect-timeout-s") from None
+
+
+def run_until_interrupted(main: Coroutine[Any, Any, None], failures: tuple[type[Exception], ...] = ()) -> None:
+    """A long-running command's loop: Ctrl-C ends it quietly; a SpacegridError (or one of `failures`) is printed
+    and exits 1."""
+    try:
+        asyncio.run(main)
+    except KeyboardInterrupt:
+        pass
+    except (SpacegridError, *failures) as exc:
+        fail(str(exc))
 
 
 async def open_transport(url: str, name: str, access: Access, connect_timeout_s: float) -> Transport:

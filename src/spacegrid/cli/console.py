@@ -11,8 +11,8 @@ from pathlib import Path
 
 import click
 
-from spacegrid.cli.common import (access_options, app_option, connect_timeout_option, console, data_dir_option, fail,
-                                  given_access, nats_option, open_transport, resolve)
+from spacegrid.cli.common import (access_options, app_option, connect_timeout_option, console, data_dir_option,
+                                  given_access, nats_option, open_transport, resolve, run_until_interrupted)
 from spacegrid.errors import SpacegridError
 from spacegrid.lifeline import spawn
 
@@ -104,9 +104,4 @@ def console_command(data_dir: Path, nats_url: str | None, app: str | None, host:
         finally:
             await transport.close()
 
-    try:
-        asyncio.run(run())
-    except KeyboardInterrupt:
-        pass
-    except (SpacegridError, ValueError) as exc:
-        fail(str(exc))
+    run_until_interrupted(run(), failures=(ValueError,))

@@ -3,7 +3,6 @@ with how long they took, fences, store outages, a missing log), from the events 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
@@ -14,9 +13,8 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
-from spacegrid.cli.common import (access_options, app_option, connect_timeout_option, data_dir_option, fail,
-                                  given_access, nats_option, open_transport, resolve)
-from spacegrid.errors import SpacegridError
+from spacegrid.cli.common import (access_options, app_option, connect_timeout_option, data_dir_option,
+                                  given_access, nats_option, open_transport, resolve, run_until_interrupted)
 
 EVENTS_IDLE_S = 0.5  # without --follow: stop once no event came for this long after the last one kept
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
@@ -89,9 +87,4 @@ def events(data_dir: Path, nats_url: str | None, app: str | None, since: str | N
         if shown == 0 and not as_json:
             out.print("no events" + (f" since {since}" if since else ""))
 
-    try:
-        asyncio.run(run())
-    except KeyboardInterrupt:
-        pass
-    except SpacegridError as exc:
-        fail(str(exc))
+    run_until_interrupted(run())

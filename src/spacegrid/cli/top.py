@@ -13,9 +13,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from spacegrid.cli.common import (access_options, app_option, connect_timeout_option, data_dir_option, fail,
-                                  given_access, nats_option, open_transport, resolve)
-from spacegrid.errors import SpacegridError
+from spacegrid.cli.common import (access_options, app_option, connect_timeout_option, data_dir_option,
+                                  given_access, nats_option, open_transport, resolve, run_until_interrupted)
 
 TOP_FRAMES_ONCE = 2  # --once: a rate needs two snapshots
 PIPED_WIDTH_CHARS = 200  # output to a pipe or file: wide enough that no column is cut
@@ -97,12 +96,7 @@ def top(data_dir: Path, nats_url: str | None, app: str | None, interval_s: float
         finally:
             await transport.close()
 
-    try:
-        asyncio.run(run())
-    except KeyboardInterrupt:
-        pass
-    except SpacegridError as exc:
-        fail(str(exc))
+    run_until_interrupted(run())
 
 
 class _NoLive:
