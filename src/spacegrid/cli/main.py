@@ -31,7 +31,9 @@ from spacegrid.config import (NO_STORE, NOT_RECORDED, OPTIONS, STORE_PASSWORD_EN
                               durability_of, written_by)
 from spacegrid.cli.reconcile import reconcile
 from spacegrid.cli.repair import repair
+from spacegrid.cli.scale import scale
 from spacegrid.cli.top import top
+from spacegrid.scaling import take_scale_request
 from spacegrid.engine.connection import install_uvloop
 from spacegrid.errors import SpacegridError
 from spacegrid.inspect import GridStatus, read_status
@@ -131,9 +133,12 @@ def up(pus: int, data_dir: Path, app: str | None, nats_url: str | None, port: in
         console.print(f"  add a PU  spacegrid pu --nats {grid.url} --app {grid.app}{creds}   (store, limits, metrics: "
                       f"the grid's configuration)")
         console.print("  try       spacegrid call create_event E1 '{\"seats\": 100}'   then   spacegrid status")
-        console.print("Ctrl-C stops the grid.")
+        console.print("Ctrl-C stops the grid; `spacegrid scale N` starts or stops PUs.")
         while True:
             time.sleep(0.2)
+            wanted = take_scale_request(data_dir)
+            if wanted is not None:
+                _scale(grid, wanted)
             for pu in grid.pus:
                 if not pu.alive() and pu.popen.returncode not in (0,):
                     console.print(f"[yellow]PU {pu.index} (pid {pu.pid}) exited with {pu.popen.returncode}[/yellow]; "
@@ -158,6 +163,21 @@ def up(pus: int, data_dir: Path, app: str | None, nats_url: str | None, port: in
 
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
+
+
+def _scale(grid: LocalGrid, pus: int) -> None:
+    """Start PUs up to `pus`, or stop the newest ones, one at a time, each gracefully: it hands its partitions off
+    (live migration) before it exits, so no acknowledged write is lost and every partition stays served."""
+    console.print(f"scaling from {len(grid.pus)} to {pus} PUs")
+    while len(grid.pus) < pus:
+        pu = grid.add_pu()
+        console.print(f"  started PU {pu.index} (pid {pu.pid})")
+    while len(grid.pus) > pus:
+        pu = grid.pus[-1]
+        console.print(f"  stopping PU {pu.index} (pid {pu.pid}): handing its partitions off")
+        pu.stop(grid.pu_stop_timeout_s)
+        grid.pus.remove(pu)
+    grid.write_grid_file()
 
 
 def _stop_grid(grid: LocalGrid) -> None:
@@ -450,6 +470,7 @@ cli.add_command(chaos)
 cli.add_command(events)
 cli.add_command(console_command)
 cli.add_command(top)
+cli.add_command(scale)
 cli.add_command(reconcile)
 cli.add_command(repair)
 
