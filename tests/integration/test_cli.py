@@ -96,7 +96,8 @@ def test_cli_without_a_grid_says_what_to_do(tmp_path: Path) -> None:
 def test_pus_serve_prometheus_metrics_with_replication_lag(tmp_path: Path) -> None:
     """Each PU started by a local grid serves Prometheus metrics: counters, partitions, replication lag of its hot
     backups per partition, write-behind lag (in seconds) and the store's availability, entries and cache counters per
-    map, request latency histograms by operation kind, error replies by class, and the process collectors."""
+    map, request latency histograms by operation kind, error replies by class, the process collectors, and the
+    liveness and readiness probes (200 on a serving PU)."""
     import asyncio
     import urllib.request
 
@@ -140,6 +141,10 @@ def test_pus_serve_prometheus_metrics_with_replication_lag(tmp_path: Path) -> No
                                      text), kind
                 assert re.search(r'spacegrid_request_duration_seconds_bucket\{kind="put",le="\+Inf"', text)
                 assert "process_resident_memory_bytes " in text and "python_gc_objects_collected_total" in text
+                base = member["metrics_url"].removesuffix("/metrics")
+                for probe in ("/healthz", "/readyz"):
+                    with urllib.request.urlopen(base + probe, timeout=5) as response:
+                        assert response.status == 200, probe
             texts = [urllib.request.urlopen(m["metrics_url"], timeout=5).read().decode()
                      for m in grid.status().to_json()["members"]]
             assert any(re.search(r'spacegrid_errors_total\{code="conflict",member="[^"]+"\} [1-9]', t) for t in texts)

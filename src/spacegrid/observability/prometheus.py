@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Callable, Iterator
+from wsgiref.simple_server import make_server
 
-from prometheus_client import GCCollector, PlatformCollector, ProcessCollector, start_http_server
+from prometheus_client import GCCollector, PlatformCollector, ProcessCollector, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from spacegrid.observability.health import Health
 from spacegrid.unit.latency import LATENCY_BUCKETS_S
+
+PROBES = ("/healthz", "/readyz")
 
 COUNTERS = {
     "requests": "Requests served",
@@ -141,12 +147,27 @@ def _map_metrics(member: str, maps: dict[str, dict[str, int]]) -> Iterator[Any]:
     yield hit_rate
 
 
-def serve_metrics(snapshot: Callable[[], dict[str, Any]], host: str, port: int) -> int:
-    """Start the endpoint on host:port (0: a free port) in a daemon thread; returns the port."""
+def serve_metrics(snapshot: Callable[[], dict[str, Any]], host: str, port: int,
+                  health: Callable[[], Health] | None = None) -> int:
+    """Start the endpoint on host:port (0: a free port) in a daemon thread; returns the port. Besides the metrics
+    (any other path), `/healthz` (liveness) and `/readyz` (readiness) answer 200 or 503 with the reason, from
+    `health()`, for Kubernetes probes."""
     registry = CollectorRegistry()
     registry.register(PuCollector(snapshot))
     ProcessCollector(registry=registry)  # process_cpu_seconds_total, process_resident_memory_bytes, open fds, ...
     PlatformCollector(registry=registry)  # python_info
     GCCollector(registry=registry)  # python_gc_*
-    server, _ = start_http_server(port, addr=host, registry=registry)
+    metrics = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        path = environ.get("PATH_INFO", "")
+        if path in PROBES and health is not None:
+            state = health()
+            ok = state.live if path == "/healthz" else state.ready
+            start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
+            return [state.why.encode() + b"\n"]
+        return metrics(environ, start_response)
+
+    server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_SilentHandler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return int(server.server_port)

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from spacegrid.core.epochs import EpochOwners
 from spacegrid.core.lifecycle import RECOVERING
+from spacegrid.observability.health import Health, health
 from spacegrid.engine.subjects import Names
 from spacegrid.engine.transport import Subscription, Transport
 from spacegrid.errors import ConfigError, GridUnavailable, LogMissing, StoreUnavailable
@@ -74,6 +75,7 @@ class ProcessingUnit:
         self.names = Names(space.name)
         self.metrics_url: str | None = None
         self.last_info: dict[str, Any] = {}
+        self.last_info_at_s: float | None = None  # monotonic: when the loop last took a snapshot (liveness)
         self.started_s = time.time()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -282,6 +284,16 @@ class ProcessingUnit:
 
     # ---- statistics ----------------------------------------------------------------------------------------
 
+    def health(self) -> Health:
+        """For the probes, from the metrics thread: plain reads of values the loop replaces whole."""
+        at_s = self.last_info_at_s
+        info = self.last_info
+        return health(None if at_s is None else time.monotonic() - at_s, self.limits.heartbeat_timeout_s,
+                      registered=self.membership.lease_until_s > 0,  # 0 until it joins, again once declared dead
+                      lease_valid=self.membership.lease_valid(),
+                      leaving=bool(info.get("leaving")), recovering=len(info.get("recovering", ())),
+                      log_missing=bool(info.get("log_missing")))
+
     def statistics(self) -> dict[str, Any]:
         slots = self.driver.slots.values()
         return {
@@ -343,4 +355,5 @@ class ProcessingUnit:
         # Replaced whole: the metrics thread reads it without locks. Latencies and errors by class go to the metrics
         # endpoint only, not into the member record every heartbeat.
         self.last_info = {**info, "latency": self.replies.latencies.snapshot(), "errors": dict(self.replies.errors)}
+        self.last_info_at_s = time.monotonic()
         return info

@@ -127,7 +127,7 @@ async def run_pu(space: Space, nats_url: str, limits: Limits, replicas: int = 1,
                         store=store, access=access)
     if metrics is not None:
         host, port = metrics
-        port = serve_metrics(lambda: pu.last_info, host, port)
+        port = serve_metrics(lambda: pu.last_info, host, port, health=pu.health)
         pu.metrics_url = f"http://{host}:{port}/metrics"
     stop = asyncio.Event()
     _install_signal_handlers(stop, limits)
