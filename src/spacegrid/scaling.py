@@ -1,6 +1,6 @@
-"""Scaling a grid that `spacegrid up` runs: the request `spacegrid scale` leaves in the data dir, the launcher's
-application of it (new PUs started; PUs stopped one at a time, each handing its partitions off first), and when a
-scaled grid has settled."""
+"""Scaling a grid that `spacegrid up` runs: the request `spacegrid scale` (or `spacegrid roll`) leaves in the data
+dir, for the launcher to apply (new PUs started; PUs stopped one at a time, each handing its partitions off first;
+every PU replaced, one at a time, a new one settled before an old one stops), and when a scaled grid has settled."""
 
 from __future__ import annotations
 
@@ -26,16 +26,21 @@ def check_pus(pus: int) -> int:
     return pus
 
 
-def request_scale(data_dir: Path, pus: int) -> None:
-    """Leave the request for the launcher (written whole: it never reads half of one)."""
+ROLL = "roll"  # the request to replace every PU, one at a time
+
+
+def request_scale(data_dir: Path, pus: int | str) -> None:
+    """Leave the request for the launcher: a PU count, or ROLL (written whole: it never reads half of one)."""
+    wanted = pus if pus == ROLL else check_pus(int(pus))
     path = data_dir / SCALE_REQUEST_FILE
     temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps({"pus": check_pus(pus)}))
+    temporary.write_text(json.dumps({"pus": wanted}))
     os.replace(temporary, path)
 
 
-def take_scale_request(data_dir: Path) -> int | None:
-    """The PU count asked for since the last call (consumed), or None; a bad request is logged and dropped."""
+def take_scale_request(data_dir: Path) -> int | str | None:
+    """The PU count (or ROLL) asked for since the last call (consumed), or None; a bad request is logged and
+    dropped."""
     path = data_dir / SCALE_REQUEST_FILE
     try:
         text = path.read_text()
@@ -43,7 +48,8 @@ def take_scale_request(data_dir: Path) -> int | None:
         return None
     path.unlink(missing_ok=True)
     try:
-        return check_pus(int(json.loads(text)["pus"]))
+        wanted = json.loads(text)["pus"]
+        return ROLL if wanted == ROLL else check_pus(int(wanted))
     except (ValueError, KeyError, TypeError, ConfigError) as exc:
         log.warning("ignored a scale request %r: %s", text[:80], exc)
         return None
