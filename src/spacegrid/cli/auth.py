@@ -1,4 +1,5 @@
-"""`spacegrid auth`: credentials of a grid whose keys are in a data dir (ADR 0010): mint one for a role."""
+"""`spacegrid auth`: credentials of a grid whose keys are in a data dir (ADR 0010): mint one for a role, revoke one,
+and export what nats-servers run elsewhere need to trust the grid (Docker Compose, Kubernetes, systemd; ADR 0011)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import click
 from spacegrid.cli.common import app_option, data_dir_option, fail
 from spacegrid.errors import SpacegridError
 from spacegrid.launcher import DEFAULT_APP, last_app, load_space
+from spacegrid.security.jwt import Identity
 from spacegrid.security.roles import ROLES
-from spacegrid.security.secrets import SECRETS_DIR, GridSecrets, new_member_id, write_secret
+from spacegrid.security.secrets import SECRETS_DIR, GridSecrets, mint, new_member_id, write_secret
 
 
 @click.group()
@@ -26,12 +28,21 @@ def auth() -> None:
 @click.option("--member-id", default=None, help="For ROLE pu: the member the PU will be (default: a new one).")
 @click.option("--out", "out_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write it here (mode 0600) [default: DATA_DIR/secrets/<role>.creds, or secrets/pu/<member>.creds].")
-def creds(role: str, data_dir: Path, app: str | None, member_id: str | None, out_path: Path | None) -> None:
+@click.option("--account-key-env", "account_key_env", metavar="VAR", default=None,
+              help="Sign with the grid account's nkey seed (DATA_DIR/secrets/account.nk) read from the environment "
+                   "variable VAR instead of a data dir, e.g. a Kubernetes init container given a Secret "
+                   "(docs/deploy.md). Needs --app and --out.")
+def creds(role: str, data_dir: Path, app: str | None, member_id: str | None, out_path: Path | None,
+          account_key_env: str | None) -> None:
     """Mint a new credential for ROLE and print its path (never its contents). A PU's credential names its member:
     `spacegrid pu --nats URL --app M:S --creds $(spacegrid auth creds pu)` adds a PU to a running grid."""
+    if account_key_env is not None:
+        _creds_from_env(role, account_key_env, app, member_id, out_path)
+        return
     if not (data_dir / SECRETS_DIR / "account.nk").exists():
         fail(f"{data_dir} holds no grid keys ({data_dir / SECRETS_DIR}/account.nk): start the grid once with "
-             f"`spacegrid up --data-dir {data_dir}`, or give the data dir of the grid that made them")
+             f"`spacegrid up --data-dir {data_dir}`, or make them with `spacegrid auth server-config --data-dir "
+             f"{data_dir} --out DIR`, or give the data dir of the grid that made them")
     space = load_space(app or last_app(data_dir) or DEFAULT_APP)
     grid = GridSecrets.ensure(data_dir, space.name)
     if role == "pu":
@@ -44,6 +55,48 @@ def creds(role: str, data_dir: Path, app: str | None, member_id: str | None, out
     else:
         path = write_secret(out_path, grid.mint(role))
     click.echo(str(path.resolve()))
+
+
+def _creds_from_env(role: str, variable: str, app: str | None, member_id: str | None, out_path: Path | None) -> None:
+    """`creds --account-key-env VAR`: mint with the account seed in $VAR; nothing read from or written to a data dir."""
+    if app is None or out_path is None:
+        fail("--account-key-env needs --app (the credential is for that app's space) and --out (no data dir is used)")
+    seed = os.environ.get(variable, "").strip()
+    if not seed:
+        fail(f"${variable} is empty or not set: give it the grid account's seed (DATA_DIR/secrets/account.nk)")
+    try:
+        account = Identity.from_seed("account", seed)
+    except SpacegridError as exc:
+        fail(f"${variable}: {exc}")
+    space = load_space(app)
+    try:
+        text = mint(account, space.name, role, (member_id or new_member_id("m")) if role == "pu" else None)
+    except ValueError as exc:  # a member id that is not one subject token (a pod name with a dot)
+        fail(str(exc))
+    click.echo(str(write_secret(out_path, text).resolve()))
+
+
+@auth.command("server-config")
+@data_dir_option
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="The directory to write into (created 0700).")
+@click.option("--tls-host", "tls_hosts", multiple=True, metavar="HOST",
+              help="Also issue a server certificate of the grid's CA naming HOST (repeat: every name or address "
+                   "clients and routes use, wildcards like '*.nats-headless' allowed), into OUT/tls with its "
+                   "tls.conf and route-tls.conf.")
+def server_config(data_dir: Path, out_dir: Path, tls_hosts: tuple[str, ...]) -> None:
+    """Write what nats-servers run elsewhere need to trust this grid (the keys in DATA_DIR/secrets, made on first
+    use as `spacegrid up` makes them): OUT/auth.conf to `include` (operator, accounts, resolver: MEMORY),
+    OUT/nats-helm-values.yaml for the NATS Helm chart, and with --tls-host a server certificate. No seed is written:
+    the JWTs are public. Run it again after `spacegrid auth revoke` and reload the servers."""
+    from spacegrid.security.export import write_server_config
+
+    try:
+        written = write_server_config(GridSecrets.ensure(data_dir, space=""), out_dir, tls_hosts)
+    except SpacegridError as exc:
+        fail(str(exc))
+    for path in written:
+        click.echo(str(path))
 
 
 @auth.command("revoke")

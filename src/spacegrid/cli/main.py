@@ -31,9 +31,9 @@ from spacegrid.config import (NO_STORE, NOT_RECORDED, OPTIONS, STORE_PASSWORD_EN
                               durability_of, written_by)
 from spacegrid.cli.reconcile import reconcile
 from spacegrid.cli.repair import repair
-from spacegrid.cli.scale import roll, scale
+from spacegrid.cli.scale import apply_scale_request, roll, scale
 from spacegrid.cli.top import top
-from spacegrid.scaling import ROLL, settling, take_scale_request
+from spacegrid.scaling import take_scale_request
 from spacegrid.engine.connection import install_uvloop
 from spacegrid.errors import SpacegridError
 from spacegrid.inspect import GridStatus, read_status
@@ -137,10 +137,8 @@ def up(pus: int, data_dir: Path, app: str | None, nats_url: str | None, port: in
         while True:
             time.sleep(0.2)
             wanted = take_scale_request(data_dir)
-            if wanted == ROLL:
-                _roll(grid)
-            elif wanted is not None:
-                _scale(grid, int(wanted))
+            if wanted is not None:
+                apply_scale_request(grid, wanted)
             for pu in grid.pus:
                 if not pu.alive() and pu.popen.returncode not in (0,):
                     console.print(f"[yellow]PU {pu.index} (pid {pu.pid}) exited with {pu.popen.returncode}[/yellow]; "
@@ -165,58 +163,6 @@ def up(pus: int, data_dir: Path, app: str | None, nats_url: str | None, port: in
 
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
-
-
-def _scale(grid: LocalGrid, pus: int) -> None:
-    """Start PUs up to `pus`, or stop the newest ones, one at a time, each gracefully: it hands its partitions off
-    (live migration) before it exits, so no acknowledged write is lost and every partition stays served."""
-    console.print(f"scaling from {len(grid.pus)} to {pus} PUs")
-    while len(grid.pus) < pus:
-        pu = grid.add_pu()
-        console.print(f"  started PU {pu.index} (pid {pu.pid})")
-    while len(grid.pus) > pus:
-        pu = grid.pus[-1]
-        console.print(f"  stopping PU {pu.index} (pid {pu.pid}): handing its partitions off")
-        pu.stop(grid.pu_stop_timeout_s)
-        grid.pus.remove(pu)
-    grid.write_grid_file()
-
-
-ROLL_SETTLE_S = 180.0  # `spacegrid roll`: how long one step may take to settle before rolling stops
-ROLL_POLL_S = 0.3
-
-
-def _roll(grid: LocalGrid) -> None:
-    """Replace every PU, one at a time, as a Kubernetes rolling update does with maxSurge 1 and maxUnavailable 0: start
-    a new PU, wait until the grid has settled (it took its fair share), stop the oldest gracefully (it hands its
-    partitions off), wait again. Stops rolling, saying why, if the grid does not settle within ROLL_SETTLE_S."""
-    count = len(grid.pus)
-    console.print(f"rolling {count} PUs, one at a time")
-    for old in list(grid.pus):
-        new = grid.add_pu()
-        grid.write_grid_file()
-        if not _wait_settled(grid, count + 1, f"PU {new.index} (pid {new.pid}) to take its share"):
-            return
-        console.print(f"  PU {new.index} (pid {new.pid}) serves; stopping PU {old.index} (pid {old.pid})")
-        old.stop(grid.pu_stop_timeout_s)
-        grid.pus.remove(old)
-        grid.write_grid_file()
-        if not _wait_settled(grid, count, f"PU {old.index}'s partitions to move"):
-            return
-    console.print(f"rolled {count} PUs")
-
-
-def _wait_settled(grid: LocalGrid, pus: int, what: str) -> bool:
-    deadline_s = time.monotonic() + ROLL_SETTLE_S
-    while time.monotonic() < deadline_s:
-        try:
-            if settling(grid.status(), pus).done:
-                return True
-        except SpacegridError as exc:
-            console.print(f"  [yellow]status not read ({exc}); retrying[/yellow]")
-        time.sleep(ROLL_POLL_S)
-    console.print(f"[red]rolling stopped[/red]: waited {ROLL_SETTLE_S:g} s for {what}; see `spacegrid events`")
-    return False
 
 
 def _stop_grid(grid: LocalGrid) -> None:
@@ -252,8 +198,9 @@ def _stop_grid(grid: LocalGrid) -> None:
               show_default=True, help="Exit (non-zero) after NATS has been unreachable this long.")
 @connect_timeout_option
 @access_options
-@click.option("--wait-for-config", is_flag=True, hidden=True,
-              help="Wait for the grid's configuration instead of writing one (PUs of `spacegrid up`).")
+@click.option("--wait-for-config", is_flag=True,
+              help="Wait for the grid's configuration (written by `spacegrid init` or `up`) instead of writing one: "
+                   "for PUs that start with the grid, as on Kubernetes or next to `spacegrid up`.")
 def pu(app: str | None, nats_url: str | None, data_dir: Path, store_url: str | None,
        store_password_file: Path | None, metrics_port: int | None, stop_timeout_s: float, nats_lost_exit_s: float,
        connect_timeout_s: float, wait_for_config: bool, **settings: Any) -> None:

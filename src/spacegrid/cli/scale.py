@@ -15,6 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from spacegrid.cli.common import (access_options, app_option, connect_timeout_option, console, data_dir_option, fail,
                                   given_access, read_running_grid_file, resolve)
 from spacegrid.errors import SpacegridError
+from spacegrid.launcher import LocalGrid
 from spacegrid.scaling import ROLL, check_pus, request_scale, settling
 
 SCALE_POLL_S = 0.3  # the grid's status is read this often while it settles
@@ -106,3 +107,66 @@ def roll(data_dir: Path, app: str | None, timeout_s: float, connect_timeout_s: f
 
     _follow(data_dir, app, len(before), timeout_s, connect_timeout_s, f"rolling {len(before)} PUs", replaced)
     console.print(f"[green]rolled[/green]: {len(before)} PUs replaced, every partition served")
+
+
+# ---- in the launcher (`spacegrid up`) ----------------------------------------------------------------------
+
+
+def apply_scale_request(grid: LocalGrid, wanted: int | str) -> None:
+    """What `spacegrid up` does with a request `scale` or `roll` left (blocking its loop until done)."""
+    if wanted == ROLL:
+        _roll(grid)
+    else:
+        _scale(grid, int(wanted))
+
+
+def _scale(grid: LocalGrid, pus: int) -> None:
+    """Start PUs up to `pus`, or stop the newest ones, one at a time, each gracefully: it hands its partitions off
+    (live migration) before it exits, so no acknowledged write is lost and every partition stays served."""
+    console.print(f"scaling from {len(grid.pus)} to {pus} PUs")
+    while len(grid.pus) < pus:
+        pu = grid.add_pu()
+        console.print(f"  started PU {pu.index} (pid {pu.pid})")
+    while len(grid.pus) > pus:
+        pu = grid.pus[-1]
+        console.print(f"  stopping PU {pu.index} (pid {pu.pid}): handing its partitions off")
+        pu.stop(grid.pu_stop_timeout_s)
+        grid.pus.remove(pu)
+    grid.write_grid_file()
+
+
+ROLL_SETTLE_S = 180.0  # `spacegrid roll`: how long one step may take to settle before rolling stops
+ROLL_POLL_S = 0.3
+
+
+def _roll(grid: LocalGrid) -> None:
+    """Replace every PU, one at a time, as a Kubernetes rolling update does with maxSurge 1 and maxUnavailable 0: start
+    a new PU, wait until the grid has settled (it took its fair share), stop the oldest gracefully (it hands its
+    partitions off), wait again. Stops rolling, saying why, if the grid does not settle within ROLL_SETTLE_S."""
+    count = len(grid.pus)
+    console.print(f"rolling {count} PUs, one at a time")
+    for old in list(grid.pus):
+        new = grid.add_pu()
+        grid.write_grid_file()
+        if not _wait_settled(grid, count + 1, f"PU {new.index} (pid {new.pid}) to take its share"):
+            return
+        console.print(f"  PU {new.index} (pid {new.pid}) serves; stopping PU {old.index} (pid {old.pid})")
+        old.stop(grid.pu_stop_timeout_s)
+        grid.pus.remove(old)
+        grid.write_grid_file()
+        if not _wait_settled(grid, count, f"PU {old.index}'s partitions to move"):
+            return
+    console.print(f"rolled {count} PUs")
+
+
+def _wait_settled(grid: LocalGrid, pus: int, what: str) -> bool:
+    deadline_s = time.monotonic() + ROLL_SETTLE_S
+    while time.monotonic() < deadline_s:
+        try:
+            if settling(grid.status(), pus).done:
+                return True
+        except SpacegridError as exc:
+            console.print(f"  [yellow]status not read ({exc}); retrying[/yellow]")
+        time.sleep(ROLL_POLL_S)
+    console.print(f"[red]rolling stopped[/red]: waited {ROLL_SETTLE_S:g} s for {what}; see `spacegrid events`")
+    return False

@@ -52,7 +52,8 @@ class Identity:
         try:
             key = identity.public_key
         except Exception as exc:  # nkeys raises its own errors, and binascii's, for a damaged seed
-            raise ConfigError(f"not a valid NATS {kind} seed ({exc}); regenerate it with `spacegrid auth init`") from exc
+            raise ConfigError(f"not a valid NATS {kind} seed ({exc}); restore it from a backup of DATA_DIR/secrets") \
+                from exc
         if not key.startswith(kind[0].upper()):
             raise ConfigError(f"expected a NATS {kind} seed, got one for a key {key[:1]}...")
         return identity

@@ -15,6 +15,7 @@ import socket
 import stat
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from spacegrid.errors import ConfigError
 from spacegrid.security import jwt, roles
@@ -91,18 +92,29 @@ class GridSecrets:
                 keys.append(identity)
         return cls(directory, space, *keys)
 
-    def server_config(self) -> list[str]:
-        """nats-server configuration lines: trust this operator, preload the two accounts (JWTs, no secrets)."""
+    def trust_settings(self) -> dict[str, Any]:
+        """What makes nats-server trust this grid, as a mapping (its configuration and the NATS Helm chart's
+        `config.merge` both take it): the operator, the system account, both accounts' JWTs preloaded
+        (`resolver: MEMORY`; the grid account's with the revocations in force). Public JWTs, no secret."""
         operator = jwt.operator_jwt(self.operator, self.system, OPERATOR_NAME)
         system = jwt.account_jwt(self.system, self.operator, SYSTEM_ACCOUNT_NAME, jetstream=False)
-        return [f'operator: "{operator}"', f'system_account: "{self.system.public_key}"', "resolver: MEMORY",
-                "resolver_preload: {", f'  {self.system.public_key}: "{system}"', self.account_preload_line(), "}"]
+        return {"operator": operator, "system_account": self.system.public_key, "resolver": "MEMORY",
+                "resolver_preload": {self.system.public_key: system, self.account.public_key: self._account_jwt()}}
+
+    def server_config(self) -> list[str]:
+        """nats-server configuration lines: trust this operator, preload the two accounts (JWTs, no secrets)."""
+        settings = self.trust_settings()
+        return [f'operator: "{settings["operator"]}"', f'system_account: "{settings["system_account"]}"',
+                f'resolver: {settings["resolver"]}', "resolver_preload: {",
+                *(f'  {key}: "{value}"' for key, value in settings["resolver_preload"].items()), "}"]
 
     def account_preload_line(self) -> str:
         """The grid account's line of `resolver_preload`: its JWT, with the revocations in force."""
-        account = jwt.account_jwt(self.account, self.operator, APP_ACCOUNT_NAME, jetstream=True,
-                                  revocations=self.revocations())
-        return f'  {self.account.public_key}: "{account}"'
+        return f'  {self.account.public_key}: "{self._account_jwt()}"'
+
+    def _account_jwt(self) -> str:
+        return jwt.account_jwt(self.account, self.operator, APP_ACCOUNT_NAME, jetstream=True,
+                               revocations=self.revocations())
 
     def revocations(self) -> dict[str, int]:
         path = self.directory / REVOCATIONS_FILE
@@ -126,10 +138,7 @@ class GridSecrets:
 
     def mint(self, role: str, member_id: str | None = None) -> str:
         """A new `.creds` text for `role` in this grid's space (a PU's for `member_id`)."""
-        user = Identity.generate("user")
-        name = f"pu:{member_id}@{self.space}" if role == "pu" else f"{role}@{self.space}"
-        permissions = roles.permissions(role, self.space, user.public_key, member_id)
-        return jwt.creds_text(jwt.user_jwt(user, self.account, name, permissions), user)
+        return mint(self.account, self.space, role, member_id)
 
     def role_creds(self, role: str) -> Path:
         """DATA_DIR/secrets/<role>.creds for this space: minted on first use, again if it was for another space."""
@@ -149,6 +158,15 @@ class GridSecrets:
 
     def discard_pu_creds(self, member_id: str) -> None:
         (self.directory / "pu" / f"{member_id}.creds").unlink(missing_ok=True)
+
+
+def mint(account: Identity, space: str, role: str, member_id: str | None = None) -> str:
+    """A new `.creds` text for `role` in `space`, signed by the grid's `account` key (a PU's names `member_id`):
+    all a credential needs is the account key, so a Kubernetes init container holding only that mints one."""
+    user = Identity.generate("user")
+    name = f"pu:{member_id}@{space}" if role == "pu" else f"{role}@{space}"
+    permissions = roles.permissions(role, space, user.public_key, member_id)
+    return jwt.creds_text(jwt.user_jwt(user, account, name, permissions), user)
 
 
 def member_of_creds(text: str) -> str | None:

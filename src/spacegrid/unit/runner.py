@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import signal
 import sys
 import threading
@@ -44,6 +45,7 @@ from spacegrid.unit.pu import ProcessingUnit
 from spacegrid.unit.timelimit import TimeLimit
 from spacegrid.security.access import Access
 
+ADVERTISE_HOST_ENV = "SPACEGRID_ADVERTISE_HOST"
 log = logging.getLogger("spacegrid.pu")
 
 STOP_EXIT_CODE_FORCED = 75  # the stop overran its bound, or a second signal came: exited without finishing
@@ -115,6 +117,14 @@ def _watch_launcher() -> None:
 _watching_launcher = False
 
 
+def advertised_host(bound_host: str) -> str:
+    """The address others reach this PU's metrics at: the bound one, or for a wildcard (a pod binds 0.0.0.0)
+    SPACEGRID_ADVERTISE_HOST (a pod's IP from the downward API) or the host name."""
+    if bound_host not in ("0.0.0.0", "::", ""):  # nosec B104  # compared with, to advertise another address
+        return bound_host
+    return os.environ.get(ADVERTISE_HOST_ENV) or socket.gethostname()
+
+
 async def run_pu(space: Space, nats_url: str, limits: Limits, replicas: int = 1,
                  metrics: tuple[str, int] | None = None, store_url: str | None = None, access: Access | None = None,
                  member_id: str | None = None) -> None:
@@ -128,7 +138,7 @@ async def run_pu(space: Space, nats_url: str, limits: Limits, replicas: int = 1,
     if metrics is not None:
         host, port = metrics
         port = serve_metrics(lambda: pu.last_info, host, port, health=pu.health)
-        pu.metrics_url = f"http://{host}:{port}/metrics"
+        pu.metrics_url = f"http://{advertised_host(host)}:{port}/metrics"
     stop = asyncio.Event()
     _install_signal_handlers(stop, limits)
     watch = NatsWatch(pu)
