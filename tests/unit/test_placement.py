@@ -106,3 +106,26 @@ def test_two_backups_follow_the_next_two_members():
     for p in range(16):
         owner = members.index(table.owner(p) or "")
         assert set(table.backups_of(p)) == {members[(owner + 1) % 4], members[(owner + 2) % 4]}
+
+
+def test_a_pu_that_joined_holds_its_share_of_backups_after_the_moves() -> None:
+    """Regression: 2 PUs, then a third joins and takes its fair share by live migration; once the moves are done
+    every PU holds at least the floor of its share of backups (before, the new PU held none and one old PU held the
+    new PU's partitions' backups on top of its own share: 42, 22, 0 of 64)."""
+    from collections import Counter
+
+    from spacegrid.core.ownership import next_table
+    from spacegrid.partitioning import PartitionTable
+
+    table = PartitionTable.empty(64)
+    for members in (["a", "b"], ["a", "b", "c"]):
+        for _ in range(10):
+            ready = {m: frozenset(p for p, group in enumerate(table.backups) if m in group) for m in members}
+            proposal = next_table(table, members, backup_count=1, ready=ready)
+            if proposal is None:
+                break
+            table = proposal
+    held = Counter(member for group in table.backups for member in group)
+    assert Counter(table.owners) == Counter({"a": 22, "b": 21, "c": 21})
+    assert min(held[m] for m in "abc") >= 64 // 3 and sum(held.values()) == 64, held
+    assert all(owner not in group for owner, group in zip(table.owners, table.backups))

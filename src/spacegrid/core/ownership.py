@@ -134,10 +134,32 @@ def place_backups(owners: tuple[str | None, ...], current: PartitionTable, membe
             pick = min(candidates, key=preference)
             group.append(pick)
             load[pick] += 1
+    _even_out(owners, groups, load, len(owners) * backup_count // len(members))
+    for partition, owner in enumerate(owners):
         target = pinned.get(partition)
-        if target is not None and target != owner and target not in group:
-            group.append(target)
+        if target is not None and target != owner and target not in groups[partition]:
+            groups[partition].append(target)
     return tuple(tuple(group) for group in groups)
+
+
+def _even_out(owners: tuple[str | None, ...], groups: list[list[str]], load: dict[str, int], share_min: int) -> None:
+    """Move backups to members under their share (the floor) from the members holding the most, above it. Kept
+    backups fill the old members first, and a member can't back up its own partitions, so a member that joined and
+    took partitions can otherwise be left holding no backup while another holds the new member's partitions'
+    backups on top of its own share."""
+    for taker in sorted(load, key=lambda m: (load[m], m)):
+        for partition, group in enumerate(groups):
+            if load[taker] >= share_min:
+                break
+            if taker == owners[partition] or taker in group:
+                continue
+            donors = [m for m in group if load[m] > share_min]
+            if donors:
+                donor = max(donors, key=lambda m: (load[m], m))
+                group[group.index(donor)] = taker
+                load[donor] -= 1
+                load[taker] += 1
+    assert sum(load.values()) == sum(len(group) for group in groups), "moving a backup keeps the count"
 
 
 def next_table(table: PartitionTable, live_members: list[str], backup_count: int = 0,
