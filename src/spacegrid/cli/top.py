@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,7 @@ def top(data_dir: Path, nats_url: str | None, app: str | None, interval_s: float
             view = GridView(await transport.coordination(names), names, space.partitions)
             previous: dict[str, tuple[int, float]] = {}
             frames = 0
-            with Live(console=out, auto_refresh=False, transient=False) if not once else _NoLive() as live:
+            with nullcontext() if once else Live(console=out, auto_refresh=False, transient=False) as live:
                 while True:
                     snapshot = await view.snapshot()
                     ops: dict[str, float | None] = {}
@@ -97,16 +98,3 @@ def top(data_dir: Path, nats_url: str | None, app: str | None, interval_s: float
             await transport.close()
 
     run_until_interrupted(run())
-
-
-class _NoLive:
-    """--once: no live display (the frame is printed as is)."""
-
-    def __enter__(self) -> _NoLive:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        return None
-
-    def update(self, *_: object, **__: object) -> None:
-        return None

@@ -15,6 +15,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError, NotFoundError
 
+from spacegrid.engine.changelog import delivery_position
 from spacegrid.engine.subjects import Names
 from spacegrid.limits import EVENT_BYTES_MAX, EVENTS_KEPT_MAX, EVENTS_KEPT_S, EVENTS_PENDING_MAX
 
@@ -144,7 +145,7 @@ async def read_events(js: JetStreamContext, names: Names, since_s: float | None,
                 continue
             if isinstance(event, dict):
                 yield event
-            if not follow and msg.metadata.sequence.stream >= last_seq:
+            if not follow and delivery_position(msg.reply)[0] >= last_seq:
                 return
     finally:
         await sub.unsubscribe()

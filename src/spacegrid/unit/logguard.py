@@ -42,6 +42,7 @@ class LogGuard:
         too (`spacegrid repair --recreate-log` waits until every PU has)."""
         while not is_stopping():
             await asyncio.sleep(self.limits.log_check_interval_s)
+            # looked at again after the await: an append may have started the watch meanwhile
             if self._task is None and await self._exists() is False and self._task is None:
                 self._mark_missing()
                 self._task = asyncio.create_task(self._watch(), name="log-guard")
