@@ -41,7 +41,9 @@ class Limits:
     jetstream_api_timeout_s: float = 2.0  # one JetStream API call (stream info, last message, consumer create)
     handoff_timeout_s: float = 30.0  # a leaving PU waits this long at most for its partitions to move
     pending_requests_max: int = 100_000  # a client's requests in flight
-    client_batches_per_pu_max: int = 2  # a client's messages to one PU not fully answered; more requests wait for one
+    client_batches_per_pu_eager: int = 2  # a client's messages to one PU not fully answered below which it sends at once
+    client_batch_requests_min: int = 16  # ...past that, a message goes only once this many requests have gathered...
+    client_batches_per_pu_max: int = 6  # ...up to this many unanswered; more requests wait for one
     waiters_max: int = 100_000  # a PU's requests waiting for a commit, the store or a read-through: past it, Overloaded
     replies_pending_max: int = 100_000  # a PU's replies queued and not yet handed to the connection: past it, Overloaded
     partition_backlog_ops_max: int = 50_000  # a partition's writes applied and not yet appended: past it, Overloaded
@@ -74,7 +76,8 @@ class Limits:
         assert 0 < self.append_busy_retry_s < self.append_timeout_s
         assert 0 < self.log_unavailable_retry_s < self.append_timeout_s
         assert self.catch_ups_max >= 1 and self.append_records_max >= 1 and self.dedup_window_ops >= 1 and self.appends_in_flight_max >= 1 \
-            and self.claim_attempts_max >= 1 and self.client_batches_per_pu_max >= 1
+            and self.claim_attempts_max >= 1 and 1 <= self.client_batches_per_pu_eager <= self.client_batches_per_pu_max \
+            and self.client_batch_requests_min >= 1
 
 
 DEFAULT_LIMITS: Final = Limits()

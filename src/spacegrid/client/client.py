@@ -247,18 +247,21 @@ class Client:
 
     def _flush(self) -> None:
         """Send what was queued: one message per PU (chunked by size), each with its own reply subject so that a
-        "no responders" status fails exactly its requests at once. A PU with `client_batches_per_pu_max` batches
-        not fully answered gets nothing now: its requests gather until one is (group commit on the client side:
-        the requests per message do not fall as a client's load splits across more PUs)."""
+        "no responders" status fails exactly its requests at once. A PU with `client_batches_per_pu_eager` batches
+        not fully answered gets a new one only once `client_batch_requests_min` requests have gathered for it, and
+        none past `client_batches_per_pu_max`: its requests gather until one is answered (group commit on the client
+        side: the requests per message do not fall as a client's load splits across more PUs, and one PU under a
+        heavy load still gets its work pipelined)."""
         self._flush_scheduled = False
         outgoing, self._outgoing = self._outgoing, {}
         loop = asyncio.get_running_loop()
         messages: list[tuple[str, bytes, str]] = []
         for subject, batch in outgoing.items():
-            if self._in_flight.get(subject, 0) >= self.limits.client_batches_per_pu_max:
-                self._outgoing[subject] = batch  # sent when one of its batches is answered (or expires)
+            in_flight = self._in_flight.get(subject, 0)
+            if not self._may_send(in_flight, len(batch)):
+                self._outgoing[subject] = batch  # sent when enough gathered or one of its batches is answered
                 continue
-            self._in_flight[subject] = self._in_flight.get(subject, 0) + 1
+            self._in_flight[subject] = in_flight + 1
             batch_no = next(self._batch_ids)
             req_ids = [req_id for req_id, _, _ in batch]
             timer = loop.call_later(min(timeout_s for _, _, timeout_s in batch), self._expire, batch_no)
@@ -269,6 +272,11 @@ class Client:
                 messages.append((subject, message, reply_to))
         self.counters["messages"] += len(messages)
         loop.create_task(self._publish(messages))  # one task a tick, whatever the number of PUs
+
+    def _may_send(self, in_flight: int, requests: int) -> bool:
+        limits = self.limits
+        return in_flight < limits.client_batches_per_pu_eager or (
+            in_flight < limits.client_batches_per_pu_max and requests >= limits.client_batch_requests_min)
 
     async def _publish(self, messages: list[tuple[str, bytes, str]]) -> None:
         for subject, message, reply_to in messages:
