@@ -48,6 +48,7 @@ class Appender:
         self._queue: deque[Slot] = deque()  # each slot at most once (slot.queued): bounded by the partition count
         self._in_flight: set[asyncio.Task[None]] = set()
         self._paused = False  # after a refusal (FenceBusy, no stream), until _resume: appends would be refused too
+        self._start_scheduled = False  # one _start per tick takes every slot queued in it
 
     def wait(self, slot: Slot, wait_lsn: int, reply_to: str, req_id: int, outcome: Outcome) -> None:
         """Answer once the partition committed `wait_lsn`."""
@@ -59,7 +60,8 @@ class Appender:
             return
         slot.queued = True
         self._queue.append(slot)
-        if len(self._in_flight) < self.in_flight_max:
+        if len(self._in_flight) < self.in_flight_max and not self._start_scheduled:
+            self._start_scheduled = True
             asyncio.get_running_loop().call_soon(self._start)  # after this tick's requests: one message for all
 
     async def wait_idle(self, timeout_s: float) -> None:
@@ -68,6 +70,7 @@ class Appender:
             await asyncio.wait(list(self._in_flight), timeout=timeout_s)
 
     def _start(self) -> None:
+        self._start_scheduled = False
         loop = asyncio.get_running_loop()
         if self._paused:
             return  # _resume starts them
