@@ -1,3 +1,3 @@
-"""Shared pytest configuration: registers spacegrid's reusable fixtures."""
+"""Shared pytest configuration: the suite's fixture names, adapters over the spacegrid pytest plugin's fixtures."""
 
-pytest_plugins = ["spacegrid.testing.fixtures"]
+pytest_plugins = ["spacegrid.testing.fixtures"]  # the plugin itself is loaded by its entry point (pytest11)

@@ -8,11 +8,13 @@ from spacegrid.core.eviction import Eviction
 from spacegrid.errors import SpacegridError
 from spacegrid.limits import Limits
 from spacegrid.space import EntryContext, PartitionView, Space
+from spacegrid.valuetypes import ValueType
 
 if TYPE_CHECKING:
     from spacegrid.client import Client, SyncClient
 
-__all__ = ["Client", "EntryContext", "Eviction", "Limits", "PartitionView", "Space", "SpacegridError", "SyncClient"]
+__all__ = ["Client", "EntryContext", "Eviction", "Limits", "PartitionView", "Space", "SpacegridError", "SyncClient",
+           "ValueType"]
 
 _LAZY = {"Client", "SyncClient"}  # imported on first use, so that importing spacegrid.core does not import nats
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Callable
 
 import msgpack
 
@@ -15,6 +15,7 @@ from spacegrid.limits import (
     WIRE_EXT_BYTES_MAX,
     WIRE_MAP_ITEMS_MAX,
     WIRE_STR_BYTES_MAX,
+    WIRE_TYPED_EXT_BYTES_MAX,
 )
 
 _packer_options = {"use_bin_type": True, "datetime": False}
@@ -32,6 +33,18 @@ def _refuse_ext(code: int, data: bytes) -> Any:
     raise DecodeError(f"msgpack extension type {code} is not accepted")
 
 
+def keep_ext(code: int, data: bytes) -> msgpack.ExtType:
+    """An ext_hook for decode that keeps an extension value as it came (msgpack.ExtType, which encode writes back
+    byte for byte): for what carries a space's typed values without looking at them (the log, replay, tools)."""
+    return msgpack.ExtType(code, data)
+
+
+def decode_opaque(data: bytes, size_max_bytes: int) -> Any:
+    """decode, keeping extension values as they came (keep_ext), each at most limits.WIRE_TYPED_EXT_BYTES_MAX: a log
+    record's results, read without the space's types and written back byte for byte."""
+    return decode(data, size_max_bytes, ext_bytes_max=WIRE_TYPED_EXT_BYTES_MAX, ext_hook=keep_ext)
+
+
 def encode_array(encoded_items: list[bytes]) -> bytes:
     """A msgpack array made of items that are already encoded (no re-encoding)."""
     n = len(encoded_items)
@@ -47,17 +60,18 @@ def encode_array(encoded_items: list[bytes]) -> bytes:
 def decode(data: bytes, size_max_bytes: int, *, str_bytes_max: int = WIRE_STR_BYTES_MAX,
            bin_bytes_max: int = WIRE_BIN_BYTES_MAX, array_items_max: int = WIRE_ARRAY_ITEMS_MAX,
            map_items_max: int = WIRE_MAP_ITEMS_MAX, ext_bytes_max: int = WIRE_EXT_BYTES_MAX,
-           depth_max: int = MSGPACK_DEPTH_MAX) -> Any:
+           depth_max: int = MSGPACK_DEPTH_MAX, ext_hook: Callable[[int, bytes], Any] | None = None) -> Any:
     """Decode one msgpack document no larger than size_max_bytes, each str, bin, array, map and extension value
-    within its bound (spacegrid.limits.WIRE_*) and nested at most depth_max deep. Extension types are refused,
-    except msgpack's timestamp, which the library decodes itself and we turn into a float (seconds since the epoch).
+    within its bound (spacegrid.limits.WIRE_*) and nested at most depth_max deep. Extension types are refused (unless
+    `ext_hook(code, data)` says otherwise: keep_ext, or a space's registered types, spacegrid.values), except
+    msgpack's timestamp, which the library decodes itself and we turn into a float (seconds since the epoch).
     A document past a bound raises PayloadTooLarge (its size) or DecodeError naming the bound and its value; any
     other undecodable document raises DecodeError saying why: all the sender's fault, never retried."""
     assert 1 <= depth_max <= MSGPACK_DEPTH_MAX, f"msgpack nests at most {MSGPACK_DEPTH_MAX} deep, not {depth_max}"
     if len(data) > size_max_bytes:
         raise PayloadTooLarge(f"a message of {len(data)} bytes exceeds size_max_bytes={size_max_bytes}")
     try:
-        value = msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_refuse_ext, timestamp=1,
+        value = msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=ext_hook or _refuse_ext, timestamp=1,
                                 max_str_len=str_bytes_max, max_bin_len=bin_bytes_max, max_array_len=array_items_max,
                                 max_map_len=map_items_max, max_ext_len=ext_bytes_max)
     except msgpack.StackError as exc:  # msgpack's own depth bound: its fixed stack (limits.MSGPACK_DEPTH_MAX)
@@ -96,6 +110,8 @@ def _decode_failure(exc: Exception, bounds: dict[str, int]) -> str:
         size, kind = broken.group(1), broken.group(2)
         what, unit, name, default = _BOUND_WORDS[kind]
         origin = f" (limits.{name})" if bounds[kind] == default else ""
+        if kind == "ext" and bounds[kind] == WIRE_TYPED_EXT_BYTES_MAX:
+            origin = " (limits.WIRE_TYPED_EXT_BYTES_MAX)"
         return f"{what} of {size} {unit} exceeds max_{kind}_len={bounds[kind]}{origin}"
     if isinstance(exc, TypeError):  # an array or map as a map key: unhashable
         return f"undecodable message: a map key must be a str, int, float, bool, bytes or nil ({exc})"

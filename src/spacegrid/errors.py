@@ -165,7 +165,8 @@ class InvalidKey(RequestError):
 
 
 class EncodeError(RequestError):
-    """A value can't be encoded as msgpack (only dict, list, str, int, float, bool, bytes, None)."""
+    """A value can't be encoded: neither a msgpack type (dict, list, str, int, float, bool, bytes, None) nor a type
+    registered on the space (docs/typed-values.md)."""
 
     code = "encode"
 
@@ -213,6 +214,27 @@ class HandlerTimeout(HandlerError):
     code = "handler_timeout"
 
 
+# ---- the HTTP gateway's own (spacegrid.gateway): the caller's fault too -------------------------------------
+
+
+class Unauthorized(CallerError):
+    """An HTTP caller of the gateway presented no bearer token, or one the gateway did not issue (or expired)."""
+
+    code = "unauthorized"
+
+
+class Forbidden(CallerError):
+    """The role of the caller's token may not do this (a reader's token writing)."""
+
+    code = "forbidden"
+
+
+class NotFound(CallerError):
+    """Over HTTP: the entry does not exist (the same read finds nothing until someone writes it), or no such path."""
+
+    code = "not_found"
+
+
 # ---- outside the three bases -------------------------------------------------------------------------------
 
 
@@ -251,6 +273,14 @@ class LogGap(SpacegridError):
     """A partition's log does not continue where its state stands (trimmed past it): reload from the store."""
 
     code = "log_gap"
+
+
+class ChangesLost(SpacegridError):
+    """A change feed can not go on from its position: the log no longer holds the changes after it (trimmed behind
+    the store, or the log was recreated). Retrying won't help: take a new snapshot (`continuous_query`), or read the
+    store, and listen from the position it gives."""
+
+    code = "changes_lost"
 
 
 class NotLoaded(SpacegridError):

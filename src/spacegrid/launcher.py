@@ -330,6 +330,16 @@ class LocalGrid:
     def status(self) -> GridStatus:
         return asyncio.run(read_status(self.url, self.space.name, self.space.partitions, access=self.access))
 
+    def crash_and_restart_pus(self, timeout_s: float = 60.0) -> None:
+        """SIGKILL every PU (a crash of all of them at once), start as many new ones and wait until they serve."""
+        count = len(self.pus)
+        for pu in self.pus:
+            pu.kill()
+        self.pus.clear()
+        for _ in range(count):
+            self.add_pu()
+        self.wait_ready(timeout_s, members=count)
+
     def wait_ready(self, timeout_s: float = 60.0, on_progress: Callable[[GridStatus], None] | None = None,
                    members: int | None = None) -> GridStatus:
         """Until every partition is active on an owner this launcher runs (and, if given, exactly `members` are in

@@ -96,6 +96,18 @@ def spawn(command: Sequence[str], *, stdout: IO[bytes] | int | None = None, life
     return _spawner_thread().submit(start).result()
 
 
+def stop_child(process: subprocess.Popen[Any], wait_s: float) -> None:
+    """SIGTERM a child this process started, then SIGKILL if it has not exited within wait_s (bounded: at most
+    2 x wait_s)."""
+    if process.poll() is None:
+        process.terminate()
+    try:
+        process.wait(timeout=wait_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=wait_s)
+
+
 class Lifeline:
     """A pipe: the launcher keeps the write end (never inherited), children get the read end. Nothing is ever
     written; the read end sees EOF once every copy of the write end is closed, i.e. when the launcher is gone."""

@@ -97,6 +97,8 @@ NATS_RECONNECT_JITTER: Final = 0.2  # +-20% of the wait
 NATS_LOST_LOG_INTERVAL_S: Final = 30.0  # while NATS stays unreachable, one log line this often (and on the loss)
 DATA_DIR_LOCK_READ_S: Final = 0.5  # how long a refused locker waits for the holder to write its PID into the lock file
 MEMBER_TTL_S_MIN: Final = 60.0  # the members bucket's TTL: at least this...
+MEMBER_TAKEOVER_TIMEOUTS: Final = 4  # a restarted PU waits this many heartbeat timeouts at most for its member id's
+# earlier record to go unrenewed (then removes it); a record renewed all along: another live PU with that id
 MEMBER_TTL_HEARTBEAT_TIMEOUTS: Final = 10  # ...and at least this many heartbeat timeouts (ProcessingUnit._bootstrap)
 
 # Wire, engine and definition bounds (the same for every space).
@@ -107,6 +109,10 @@ NATS_PENDING_BYTES_MAX: Final = 64 * MIB  # what one connection buffers while NA
 LOG_DUPLICATE_WINDOW_S: Final = 120.0  # JetStream's Msg-Id deduplication window of the log stream
 REPLAY_PENDING_MSGS_MAX: Final = 65536  # a replay or backup consumer's undelivered messages held client-side...
 REPLAY_PENDING_BYTES_MAX: Final = 256 * MIB  # ...and bytes
+FEED_QUEUE_MSGS_MAX: Final = 256  # log messages a change feed holds read and not yet turned into changes (then the
+# consumer waits: nats-py holds up to REPLAY_PENDING_* more, past which the ordered consumer reads again from the gap)
+FEED_SNAPSHOT_PAGE_ENTRIES_MAX: Final = 2000  # entries in one page of a continuous query's snapshot of a partition
+FEED_SNAPSHOT_PAGE_BYTES_MAX: Final = 4 * MIB  # ...and their encoded bytes, at most (one reply message)
 CLAIM_BYTES_MAX: Final = 1 * KIB  # one ownership claim (epoch, member id), encoded
 REPLY_MESSAGE_BYTES_MAX: Final = 8 * MIB  # one batched reply message a client accepts (the embedded max_payload)
 EVENTS_KEPT_MAX: Final = 100_000  # the events stream keeps at most this many events...
@@ -127,6 +133,10 @@ WIRE_BIN_BYTES_MAX: Final = 1 * MIB  # one bin
 WIRE_ARRAY_ITEMS_MAX: Final = 1024 * 1024  # one array's items
 WIRE_MAP_ITEMS_MAX: Final = 1024 * 1024  # one map's entries
 WIRE_EXT_BYTES_MAX: Final = 12  # one extension value: msgpack's timestamp (4, 8 or 12 bytes) is the only one accepted
+# (by codec.decode; a space's own codec, Space.values, accepts the types registered on it, within the two below)
+WIRE_TYPED_EXT_BYTES_MAX: Final = 1 * MIB  # one typed value's extension payload (Space(types=...)), as one str
+WIRE_TYPED_NESTING_MAX: Final = 8  # typed values nested in typed values (a dataclass holding a datetime: 2); each
+# one's payload nests arrays and maps at most WIRE_VALUE_DEPTH_MAX deep, on encode and decode alike
 MSGPACK_DEPTH_MAX: Final = 1024  # arrays and maps nested in any document: msgpack's own bound, not a setting (measured
 # on msgpack 1.1: its C unpacker keeps a fixed stack of 1024 containers and raises StackError, with no message and no
 # recursion, at the 1025th; 100,000 levels cost nothing more). codec.decode walks a document only for a lower bound.
@@ -134,3 +144,11 @@ WIRE_VALUE_DEPTH_MAX: Final = 64  # arrays and maps nested in a request's value 
 # value 1000 deep would decode but break Python's recursion (repr, a handler), and the log nests a value 5 deeper
 WIRE_NAME_CHARS_MAX: Final = 64  # a request's map, handler or query name: as long as a definition allows (space._NAME)
 WIRE_OP_ID_CHARS_MAX: Final = 128  # a request's operation id (the client's are ~20), each kept in the dedup window
+
+# ---- The HTTP gateway (spacegrid.gateway) ----------------------------------------------------------------------
+GATEWAY_BODY_BYTES_MAX: Final = 1 * MIB  # one request's body (a value or handler arguments): past it, 413
+GATEWAY_REQUESTS_IN_FLIGHT_MAX: Final = 4096  # requests the gateway serves at once: past it, 429 Overloaded
+GATEWAY_CHANGE_STREAMS_MAX: Final = 256  # change feeds (server-sent events) open at once: past it, 429 Overloaded
+GATEWAY_START_S: Final = 10.0  # the gateway binds within this, or the command fails
+GATEWAY_STOP_S: Final = 1.0  # open event streams get this long to close on shutdown
+GATEWAY_TOKEN_TTL_S_MAX: Final = 10 * 365 * 24 * 3600.0  # a bearer token's lifetime at most (0: no expiry)

@@ -16,7 +16,17 @@ from spacegrid.errors import (
     error_from_wire,
     error_to_wire,
 )
-from spacegrid.limits import KEY_CHARS_MAX, WIRE_NAME_CHARS_MAX, WIRE_OP_ID_CHARS_MAX, WIRE_VALUE_DEPTH_MAX, Limits
+from spacegrid.limits import (
+    KEY_CHARS_MAX,
+    REPLY_MESSAGE_BYTES_MAX,
+    WIRE_NAME_CHARS_MAX,
+    WIRE_OP_ID_CHARS_MAX,
+    WIRE_VALUE_DEPTH_MAX,
+    Limits,
+)
+from spacegrid.values import Undecodable, Values
+
+PLAIN: Final = Values()  # the codec of a space that registered no type: msgpack's own types only
 
 # Request: [req_id, op, partition, map_or_name, key, arg1, arg2, op_id]
 OP_GET: Final = 1
@@ -26,6 +36,7 @@ OP_EXECUTE: Final = 4  # map_or_name handler name, arg1 args
 OP_QUERY: Final = 5  # map_or_name query name, arg1 args
 OP_GET_BACKUP: Final = 6  # a get answered by a hot backup: [value, version, lag_records, lag_s]
 OP_VERSIONS: Final = 7  # reconciliation: a map's (key, version) pairs in a partition; arg1 after key, arg2 limit (0: digest)
+OP_SCAN: Final = 8  # a snapshot page: a map's committed entries in a partition, sorted; arg1 after key, arg2 limit
 
 # Reply: [req_id, status, payload]; status OK or an error code, payload [message, current_version] on error.
 OK: Final = 0
@@ -106,19 +117,32 @@ class Versions:
     limit: int
 
 
-Request = Get | GetBackup | Put | Delete | Execute | Query | Versions
-READS: Final = (Get, Query, Versions)  # served only within the read lease (a read-only Execute too)
+@dataclass(slots=True)
+class Scan:
+    """A snapshot page: a map's committed entries (key, value, version) after `after_key`, at most `limit`."""
+
+    req_id: int
+    partition: int
+    map: str
+    after_key: str | None
+    limit: int
+
+
+Request = Get | GetBackup | Put | Delete | Execute | Query | Versions | Scan
+READS: Final = (Get, Query, Versions, Scan)  # served only within the read lease (a read-only Execute too)
 REQUEST_FIELDS: Final = 8
 
 
-def decode_message(data: bytes, limits: Limits) -> list[Any]:
+def decode_message(data: bytes, limits: Limits, values: Values = PLAIN) -> list[Any]:
     """A request message: one msgpack array of at most limits.requests_per_message_max requests, no longer than
     limits.request_payload_bytes_max, each str, bin, array, map and extension value within codec.decode's bounds
-    (limits.WIRE_*). Past a bound: PayloadTooLarge, DecodeError or RequestError naming it, the sender's fault."""
+    (limits.WIRE_*), values of the space's registered types typed (a request holding one it can't decode is an
+    Undecodable, refused alone by decode_request). Past a bound: PayloadTooLarge, DecodeError or RequestError naming
+    it, the sender's fault."""
     if len(data) > limits.request_payload_bytes_max:
         raise PayloadTooLarge(f"a request message of {len(data)} bytes exceeds request_payload_bytes_max="
                               f"{limits.request_payload_bytes_max} (Limits.request_payload_bytes_max)")
-    requests = codec.decode(data, limits.request_payload_bytes_max)
+    requests = values.decode_items(data, limits.request_payload_bytes_max)
     if type(requests) is not list:
         raise RequestError(f"a request message is a msgpack array of requests, not {_type_name(requests)}")
     if len(requests) > limits.requests_per_message_max:
@@ -130,6 +154,8 @@ def decode_message(data: bytes, limits: Limits) -> list[Any]:
 def request_id_of(raw: Any) -> int:
     """The request id of an undecodable request, if it has one, to address the error reply (an int: not a bool,
     which msgpack keeps apart and Python counts as an int)."""
+    if type(raw) is Undecodable:
+        raw = raw.raw
     if isinstance(raw, list) and raw and type(raw[0]) is int:
         return int(raw[0])
     return MALFORMED_REQ_ID
@@ -138,6 +164,8 @@ def request_id_of(raw: Any) -> int:
 def decode_request(raw: Any, partition_count: int) -> Request:
     """Validate one wire request [req_id, op, partition, name, key, arg1, arg2, op_id] and type it; a request
     that does not fit raises RequestError (the caller's fault) naming what is wrong and the bound it broke."""
+    if type(raw) is Undecodable:
+        raise raw.error
     if type(raw) is not list or len(raw) != REQUEST_FIELDS:
         raise RequestError(f"a request is a list of {REQUEST_FIELDS} fields [req_id, op, partition, name, key, arg1, "
                            f"arg2, op_id], not {_type_name(raw)}")
@@ -175,6 +203,10 @@ def decode_request(raw: Any, partition_count: int) -> Request:
         if arg1 is not None and type(arg1) is not str or type(arg2) is not int or arg2 < 0:
             raise RequestError("a versions request takes after_key (str or None) and limit (an integer >= 0)")
         return Versions(req_id, partition, name, arg1, arg2)
+    if op == OP_SCAN:
+        if arg1 is not None and type(arg1) is not str or type(arg2) is not int or arg2 < 1:
+            raise RequestError("a scan request takes after_key (str or None) and limit (an integer >= 1)")
+        return Scan(req_id, partition, name, arg1, arg2)
     raise RequestError(f"unknown operation {op}")
 
 
@@ -211,12 +243,14 @@ def _version(value: Any) -> int | None:
 
 
 def request(req_id: int, op: int, partition: int, name: str, key: str = "", arg1: Any = None,
-            arg2: Any = None, op_id: str = "") -> bytes:
-    return codec.encode([req_id, op, partition, name, key, arg1, arg2, op_id])
+            arg2: Any = None, op_id: str = "", values: Values = PLAIN) -> bytes:
+    """A request, its arguments encoded with the space's codec (values: Space.values)."""
+    return values.encode([req_id, op, partition, name, key, arg1, arg2, op_id])
 
 
-def ok_reply(req_id: int, payload: Any) -> bytes:
-    return codec.encode([req_id, OK, payload])
+def ok_reply(req_id: int, payload: Any, values: Values = PLAIN) -> bytes:
+    """A result, encoded with the space's codec (values: Space.values)."""
+    return values.encode([req_id, OK, payload])
 
 
 def entry_reply(req_id: int, entry: tuple[bytes, int] | None) -> bytes:
@@ -232,6 +266,16 @@ def backup_entry_reply(req_id: int, entry: tuple[bytes, int] | None, lag_records
     value = entry[0] if entry is not None else codec.encode(None)
     version = codec.encode(entry[1] if entry is not None else None)
     body = codec.encode_array([value, version, codec.encode(lag_records), codec.encode(lag_s)])
+    return codec.encode_array([codec.encode(req_id), codec.encode(OK), body])
+
+
+def scan_reply(req_id: int, entries: list[tuple[str, bytes, int]], lsn: int, after_seq: int, idle: bool,
+               more: bool) -> bytes:
+    """A scan's reply [[[key, value, version], ...], lsn, after_seq, idle, more], splicing the stored encoded values
+    in without decoding them."""
+    rows = codec.encode_array([codec.encode_array([codec.encode(key), value, codec.encode(version)])
+                               for key, value, version in entries])
+    body = codec.encode_array([rows, codec.encode(lsn), codec.encode(after_seq), codec.encode(idle), codec.encode(more)])
     return codec.encode_array([codec.encode(req_id), codec.encode(OK), body])
 
 
@@ -264,8 +308,19 @@ class Refused:
 Reply = Answered | Refused
 
 
+def decode_replies(data: bytes, values: Values = PLAIN) -> list[Any]:
+    """A reply message's replies, values of the space's registered types typed; a reply holding a value this side
+    can't decode (an unregistered type) is an Undecodable, which decode_reply turns into its request's DecodeError."""
+    return values.decode_items(data, REPLY_MESSAGE_BYTES_MAX)
+
+
 def decode_reply(item: Any) -> Reply:
     """Type one reply [req_id, status, payload]; a reply of another shape raises DecodeError."""
+    if type(item) is Undecodable:
+        req_id = request_id_of(item)
+        if req_id == MALFORMED_REQ_ID:
+            raise item.error
+        return Refused(req_id, item.error)
     if not isinstance(item, list) or len(item) != 3 or type(item[0]) is not int:
         raise DecodeError(f"a reply is [req_id, status, payload], not {_short(item)}")
     req_id, status, payload = item

@@ -8,7 +8,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from spacegrid import codec
 from spacegrid.client.client import Client
 from spacegrid.core.rows import Row
 from spacegrid.errors import ConfigError
@@ -117,7 +116,7 @@ class Reconciler:
                 if entry is None:
                     gone.append(drift.key)
                 else:
-                    rows.append(Row(map_name, drift.key, codec.encode(entry[0]), entry[1]))
+                    rows.append(Row(map_name, drift.key, self.client.space.values.encode(entry[0]), entry[1]))
             if rows:
                 await self.store.write_rows(report.partition, rows)
             if gone:
@@ -128,7 +127,8 @@ class Reconciler:
                 if row is None or row.value is None:
                     await self.client.delete(map_name, drift.key)
                     continue
-                version = await self.client.put(map_name, drift.key, codec.decode(row.value, 1 << 30))
+                value = self.client.space.values.decode(row.value, 1 << 30)  # typed as the space registered
+                version = await self.client.put(map_name, drift.key, value)
                 # The grid's new version may be below the row's (written behind the grid's back): write-behind's
                 # version guard would keep the row, so the store takes the grid's version now.
                 await self.store.write_rows(report.partition, [Row(map_name, drift.key, row.value, version)])

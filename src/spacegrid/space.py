@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 from spacegrid.core.eviction import Eviction
 from spacegrid.errors import DefinitionError, InvalidKey, UnknownHandler, UnknownMap
 from spacegrid.limits import KEY_CHARS_MAX, PARTITIONS_MAX
 from spacegrid.partitioning import partition_of
+from spacegrid.values import Values
+from spacegrid.valuetypes import ValueType
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 
@@ -86,7 +88,9 @@ class QueryDef:
 
 @dataclass
 class Space:
-    """A partitioned space: the unit a grid serves. Define it once, import it in PUs and clients alike."""
+    """A partitioned space: the unit a grid serves. Define it once, import it in PUs and clients alike.
+    `types` allows values of those types besides msgpack's own (spacegrid.valuetypes, docs/typed-values.md): ready-made
+    ones by class (datetime, date, Decimal, set, frozenset, tuple, UUID) or ValueTypes; `values` is its codec."""
 
     name: str
     partitions: int = 64
@@ -95,6 +99,8 @@ class Space:
     handlers: dict[str, HandlerDef] = field(default_factory=dict)
     queries: dict[str, QueryDef] = field(default_factory=dict)
     dead_letter_hooks: list[DeadLetterHook] = field(default_factory=list)
+    types: Sequence[ValueType | type] = ()
+    values: Values = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):
@@ -103,6 +109,15 @@ class Space:
             raise DefinitionError(f"partitions must be between 1 and {PARTITIONS_MAX}, not {self.partitions}")
         if not 0 <= self.backup_count <= 3:
             raise DefinitionError(f"backup_count must be between 0 and 3, not {self.backup_count}")
+        self.values = Values(self.name, self.types)
+
+    def register_type(self, cls: type, code: int | None = None, encode: Callable[[Any], Any] | None = None,
+                      decode: Callable[[Any], Any] | None = None) -> ValueType:
+        """Allow values of exactly `cls` in this space's maps, arguments and results: a ready-made type by class
+        (datetime, date, Decimal, set, frozenset, tuple, UUID), a dataclass or pydantic model with a `code` in
+        16..127, any other class with a code, `encode(value) -> plain values` and `decode(plain) -> value`. Register
+        it where the space is defined, so that every client and PU allows the same types."""
+        return self.values.register(cls, code, encode, decode)
 
     def map(self, name: str, affinity: Callable[[str], str] | None = None, replication: str = "sync",
             persistence: str = "write-behind", eviction: Eviction | None = None) -> MapDef:

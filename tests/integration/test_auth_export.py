@@ -151,7 +151,9 @@ def test_a_pod_credential_minted_from_the_account_key_in_the_environment_serves_
     """As deploy/kubernetes/pu/deployment.yaml runs it: `spacegrid auth creds pu --account-key-env VAR --member-id
     POD --out FILE` (no data dir) mints a credential with which `spacegrid pu --wait-for-config` joins the grid as
     member POD and takes a share; after a SIGKILL, the same credential (a container restarted in the same pod) joins
-    again as POD once the grid declared the first process dead, and every acknowledged write is still there."""
+    again as POD (it removes the silent record of the first process if the grid has not yet), and every acknowledged
+    write is still there; a third process with the same credential while the second lives exits, naming the
+    conflict, and the second serves on."""
     grid = grid_factory(pus=1)
     assert grid.secrets is not None
     seed = (grid.secrets.directory / "account.nk").read_text().strip()
@@ -183,3 +185,8 @@ def test_a_pod_credential_minted_from_the_account_key_in_the_environment_serves_
     eventually_sync(lambda: pu_owns_partitions(grid, "spacegrid-pu-abc12", again.pid), timeout_s=60, interval_s=0.2)
     assert asyncio.run(read(64)) == {f"k{i}": {"i": i} for i in range(64)}
     assert again.poll() is None
+    twin = pu_factory(grid.url, *args, app=grid.app)
+    assert twin.wait(timeout=60) != 0
+    assert "two PUs can't share one member id" in twin.log_path.read_text()  # type: ignore[attr-defined]
+    assert again.poll() is None
+    pu_owns_partitions(grid, "spacegrid-pu-abc12", again.pid)

@@ -9,7 +9,6 @@ import asyncio
 import itertools
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from nats.errors import Error as NatsError

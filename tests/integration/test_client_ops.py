@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -12,28 +13,16 @@ from spacegrid.errors import HandlerError, HandlerTimeout, InvalidKey, UnknownHa
 from spacegrid.examples import tickets
 from spacegrid.testing.apps import APP, space
 from spacegrid.testing.eventually import eventually
+from spacegrid.testing.fixtures import run_with_client, running_grid
 
 
-def run(grid: Any, body: Callable[[Client], Awaitable[Any]]) -> Any:
-    async def main() -> Any:
-        async with await Client.connect(grid.space, grid.url, access=grid.access) as client:
-            return await body(client)
-
-    return asyncio.run(main())
+run = run_with_client
 
 
 @pytest.fixture(scope="module")
-def grid(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from spacegrid.launcher import LocalGrid
-    from spacegrid.testing.fixtures import TEST_PU_ARGS
-
-    local = LocalGrid(tmp_path_factory.mktemp("grid"), APP, pu_args=TEST_PU_ARGS)
-    local.start(2)
-    try:
-        local.wait_ready(60, members=2)
+def grid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    with running_grid(tmp_path_factory.mktemp("grid"), APP) as local:
         yield local
-    finally:
-        local.stop()
 
 
 def test_put_get_delete_round_trip(grid: Any) -> None:

@@ -190,12 +190,7 @@ def test_a_grid_restarts_over_a_trimmed_log_and_cold_starts_from_the_store(
     store_caught_up(grid)
     eventually_sync(lambda: _assert_below(stream_messages(grid), 200), timeout_s=20)  # 1,600 writes were appended
 
-    for pu in grid.pus:
-        pu.kill()
-    grid.pus.clear()
-    grid.add_pu()
-    grid.add_pu()
-    grid.wait_ready(60, members=2)
+    grid.crash_and_restart_pus()
     asyncio.run(check_after(grid, history))
 
     for pu in grid.pus:
@@ -481,11 +476,6 @@ def test_a_retry_after_every_replica_died_still_applies_once(grid_factory: Calla
     assert first <= increment_seq < last, (
         f"the increment's message (seq {increment_seq}) is not in the retained log {first}..{last}: this run took "
         f"longer than log_trim_age_s ({TRIM_AGE_S} s) between the later writes and the kill")
-    for pu in grid.pus:
-        pu.kill()
-    grid.pus.clear()
-    grid.add_pu()
-    grid.add_pu()
-    grid.wait_ready(60, members=2)
+    grid.crash_and_restart_pus()
     assert send()[1:] == [0, 5], "the retry must return the first result"
     assert asyncio.run(grid_entries(grid, "counters", ["once"]))["once"][0] == 5

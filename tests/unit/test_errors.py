@@ -38,7 +38,8 @@ EXPECTED_BASES = {
                  "GridUnavailable", "LogUnavailable", "LogMissing"},
     OutcomeUnknown: {"CommitUnknown", "GridTimeout", "AttemptTimeout"},
     CallerError: {"RequestError", "UnknownMap", "UnknownHandler", "InvalidKey", "EncodeError", "DecodeError",
-                  "PayloadTooLarge", "WrongPartition", "VersionConflict", "HandlerError", "HandlerTimeout"},
+                  "PayloadTooLarge", "WrongPartition", "VersionConflict", "HandlerError", "HandlerTimeout",
+                  "Unauthorized", "Forbidden", "NotFound"},  # the last three: the HTTP gateway's own
 }
 
 

@@ -47,11 +47,12 @@ def test_seeds_of_the_wrong_kind_or_damaged_are_refused() -> None:
 
 
 def test_a_client_may_not_publish_to_logs_or_buckets_and_reads_only_its_inbox() -> None:
-    """The client role: requests and bucket reads only; its subscribe permission is its own inbox prefix."""
+    """The client role: requests, bucket reads and reading the log (change feeds); its subscribe permission is its
+    own inbox prefix."""
     permissions = roles.permissions("client", "s", "UKEY")
     assert permissions.subscribe == ("_INBOX.UKEY.>",)
     assert not [p for p in permissions.publish if p.startswith(("sg.s.log", "$KV.", "$JS.API.STREAM.DELETE"))]
-    assert "$JS.API.CONSUMER.CREATE.SG_s" not in permissions.publish
+    assert "$JS.API.CONSUMER.CREATE.SG_s" in permissions.publish and "$JS.API.STREAM.PURGE.SG_s" not in permissions.publish
     assert {"sg.s.pu.*", "sg.s.p.*"} <= set(permissions.publish)
 
 

@@ -18,6 +18,7 @@ from spacegrid.benchmark.grid_target import (
     running_grid,
     started_grid,
 )
+from spacegrid.benchmark.gateway_target import GATEWAY_TARGETS, on_started_gateway
 from spacegrid.benchmark.measure import Hooks, Progress, RunSpec, measure
 from spacegrid.benchmark.pg_target import PgTarget
 from spacegrid.benchmark.redis_target import RedisTarget
@@ -31,7 +32,7 @@ INTERVAL_SYNC_DEFAULT: Final = "1s"  # the grid targets without -fsync: `spacegr
 GRID_TARGETS: Final = ("grid1", "grid2", "grid1-fsync", "grid2-fsync")
 PG_TARGETS: Final = {"pg-on": True, "pg-off": False}  # name -> synchronous_commit
 REDIS_TARGETS: Final = {"redis-always": "always", "redis-everysec": "everysec"}
-ALL_TARGETS: Final = (*GRID_TARGETS, *PG_TARGETS, *REDIS_TARGETS)
+ALL_TARGETS: Final = (*GRID_TARGETS, *GATEWAY_TARGETS, *PG_TARGETS, *REDIS_TARGETS)
 DEFAULT_TARGETS: Final = ("grid1", "grid1-fsync", *PG_TARGETS, *REDIS_TARGETS)
 BASELINE: Final = "pg-on"  # ratios are to this target
 
@@ -92,7 +93,7 @@ def choose_targets(text: str | None, sources: Sources) -> tuple[list[str], list[
 def _missing(name: str, sources: Sources) -> str | None:
     if name == RUNNING_GRID:
         return None if sources.running_grid else "give the running grid by --data-dir or --nats"
-    if name in GRID_TARGETS:
+    if name in GRID_TARGETS or name in GATEWAY_TARGETS:
         return "a running grid was given (--data-dir/--nats): use target 'grid'" if sources.running_grid else None
     if name in PG_TARGETS:
         return None if sources.pg_url else f"no PostgreSQL URL (--pg or ${PG_ENV})"
@@ -109,6 +110,9 @@ def factory(name: str, sources: Sources, spec: RunSpec) -> TargetFactory:
         pus = int(name[4])
         sync_interval = FSYNC_ALWAYS if name.endswith("-fsync") else sources.sync_interval
         return lambda: on_started_grid(pus, sync_interval, sources, spec)
+    if name in GATEWAY_TARGETS:  # the ticket workload over HTTP through `spacegrid gateway` on a started grid
+        return lambda: on_started_gateway(int(name[-1]), sources.sync_interval, sources.store, sources.keep,
+                                          sources.secure, spec.events, spec.concurrency)
     if name in PG_TARGETS:
         assert sources.pg_url is not None
         return lambda: _ready(PgTarget(sources.pg_url, spec.events, PG_TARGETS[name],

@@ -92,8 +92,7 @@ class ChaosReport:
         """What went wrong, for an assertion message: the error, each violation with its counterexample, unknowns."""
         lines = [f"seed {self.seed}: error {self.error}"] if self.error else []
         for check in self.violations + self.unknown:
-            lines.append(f"{'violation' if check.ok is False else 'unknown'} {check.kind} {check.key}: {check.message}")
-            lines += [f"  {op.describe()}" for op in check.counterexample]
+            lines.append(check.describe())
         if self.kept_data:
             lines.append(f"histories under {self.data_dir}/history")
         return "\n".join(lines) or f"seed {self.seed}: no checks ran"

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from spacegrid.client.client import Client
-from spacegrid.errors import CallerError, NotApplied, SpacegridError
+from spacegrid.errors import SpacegridError
 from spacegrid.launcher import load_space
 from spacegrid.limits import Limits
-from spacegrid.testing.history import HistoryWriter, Kind, Outcome
+from spacegrid.testing.history import HistoryWriter, Kind, outcome_of
 
 REGISTER_MAP = "kv"
 COUNTER_MAP = "counters"
@@ -37,11 +37,6 @@ def register_keys(count: int) -> list[str]:
 def counter_keys(count: int) -> list[str]:
     """The counter keys (map counters) of a run: c0, c1, ..."""
     return [f"c{i}" for i in range(count)]
-
-
-def outcome_of(exc: BaseException) -> Outcome:
-    """fail for an error that guarantees the operation was not applied, info (maybe applied) for anything else."""
-    return "fail" if isinstance(exc, NotApplied | CallerError) else "info"
 
 
 @dataclass(frozen=True)

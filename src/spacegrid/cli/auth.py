@@ -11,6 +11,7 @@ import click
 from spacegrid.cli.common import app_option, data_dir_option, fail
 from spacegrid.errors import SpacegridError
 from spacegrid.launcher import DEFAULT_APP, last_app, load_space
+from spacegrid.limits import GATEWAY_TOKEN_TTL_S_MAX
 from spacegrid.security.jwt import Identity
 from spacegrid.security.roles import ROLES
 from spacegrid.security.secrets import SECRETS_DIR, GridSecrets, mint, new_member_id, write_secret
@@ -74,6 +75,29 @@ def _creds_from_env(role: str, variable: str, app: str | None, member_id: str | 
     except ValueError as exc:  # a member id that is not one subject token (a pod name with a dot)
         fail(str(exc))
     click.echo(str(write_secret(out_path, text).resolve()))
+
+
+@auth.command("token")
+@click.argument("role", type=click.Choice(("reader", "client")))
+@data_dir_option
+@click.option("--token-key", "token_key", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="The gateway's key file (made 0600 if missing) [default: DATA_DIR/secrets/gateway.key].")
+@click.option("--ttl-s", type=click.FloatRange(0, GATEWAY_TOKEN_TTL_S_MAX), default=0.0, show_default=True,
+              help="Seconds until the token expires; 0: never.")
+@click.option("--rotate-key", is_flag=True, help="Make a new gateway key first: every token issued before is refused "
+                                                 "once the gateway restarts.")
+def token(role: str, data_dir: Path, token_key: Path | None, ttl_s: float, rotate_key: bool) -> None:
+    """Mint a bearer token of `spacegrid gateway` for ROLE (reader: reads and queries; client: writes too) and print
+    it: it is a secret, `TOKEN=$(spacegrid auth token client)`. docs/gateway.md."""
+    import time
+
+    from spacegrid.gateway.auth import ensure_key, key_path, mint_token
+
+    try:
+        key = ensure_key(token_key or key_path(data_dir), rotate=rotate_key)
+        click.echo(mint_token(key, role, ttl_s, time.time()))
+    except SpacegridError as exc:
+        fail(str(exc))
 
 
 @auth.command("server-config")

@@ -31,7 +31,8 @@ ROUNDS_MAX: Final = 20
 @click.command()
 @click.option("--targets", default=None,
               help="Comma-separated, run in this order: grid1, grid2 (grids started for the run, fsync every "
-                   "--sync-interval), grid1-fsync, grid2-fsync (sync_interval always), pg-on, pg-off "
+                   "--sync-interval), grid1-fsync, grid2-fsync (sync_interval always), gateway1, gateway2 (grid1/grid2 "
+                   "through `spacegrid gateway` over HTTP), pg-on, pg-off "
                    "(synchronous_commit), redis-always, redis-everysec (appendfsync); 'grid' for a running grid "
                    "(--data-dir/--nats). [default: grid1,grid1-fsync and each PostgreSQL/Redis one whose URL is given]")
 @click.option("--pg", "pg_url", default=None, help="PostgreSQL URL [default: $SPACEGRID_BENCH_PG]; a schema of the "

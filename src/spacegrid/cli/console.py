@@ -14,7 +14,7 @@ import click
 from spacegrid.cli.common import (access_options, app_option, connect_timeout_option, console, data_dir_option,
                                   given_access, nats_option, open_transport, resolve, run_until_interrupted)
 from spacegrid.errors import SpacegridError
-from spacegrid.lifeline import spawn
+from spacegrid.lifeline import spawn, stop_child
 
 CONSOLE_START_S = 10.0  # the HTTP server binds within this, or the command fails
 CONSOLE_STOP_S = 1.0  # open event streams get this long to close on shutdown
@@ -40,13 +40,7 @@ def start_console(data_dir: Path, port: int) -> tuple[subprocess.Popen[bytes], s
 
 def stop_console(process: subprocess.Popen[bytes]) -> None:
     """SIGTERM, then SIGKILL past CONSOLE_START_S (bounded)."""
-    if process.poll() is None:
-        process.terminate()
-    try:
-        process.wait(timeout=CONSOLE_START_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=CONSOLE_START_S)
+    stop_child(process, CONSOLE_START_S)
 
 
 def _loopback(host: str) -> bool:

@@ -163,7 +163,7 @@ def _describe(data: bytes) -> Any:
     described: dict[str, Any] = {}
     for partition, part in parts:
         try:
-            described[str(partition)] = codec.decode(part, DEFAULT_LIMITS.append_bytes_max)
+            described[str(partition)] = codec.decode_opaque(part, DEFAULT_LIMITS.append_bytes_max)
         except Exception as exc:  # noqa: BLE001
             described[str(partition)] = {"error": f"{type(exc).__name__}: {exc}", "hex": part[:PREVIEW_BYTES].hex()}
     return described

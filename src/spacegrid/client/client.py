@@ -8,12 +8,16 @@ import itertools
 import logging
 import secrets
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spacegrid import codec, protocol
+from spacegrid import protocol
+from spacegrid.client.feed import ContinuousQuery, listen
 from spacegrid.client.retry import CallRetries
+from spacegrid.core.epochs import EpochOwners
+from spacegrid.core.feed import Change, Position
 from spacegrid.engine.subjects import Names
 from spacegrid.engine.transport import Message, Transport
 from spacegrid.errors import (
@@ -26,7 +30,7 @@ from spacegrid.errors import (
     RequestError,
     SpacegridError,
 )
-from spacegrid.limits import DEFAULT_LIMITS, REPLY_MESSAGE_BYTES_MAX, Limits
+from spacegrid.limits import DEFAULT_LIMITS, Limits
 from spacegrid.partitioning import PartitionTable
 from spacegrid.security.access import Access
 from spacegrid.space import Space, check_key
@@ -63,6 +67,7 @@ class Client:
         self.limits = limits
         self.names = Names(space.name)
         self.table = PartitionTable.empty(space.partitions)
+        self.epochs = EpochOwners(space.partitions)  # owners by epoch of the tables seen: change feeds check writers
         self.client_id = secrets.token_hex(4)
         self._op_ids = itertools.count(1)
         self._req_ids = itertools.count(1)
@@ -95,6 +100,7 @@ class Client:
         self.coord = await self.transport.coordination(self.names)
         table, _ = await self.coord.read_table(self.space.partitions)
         self.table = table
+        self.epochs.observe(table)
         self._inbox = self.transport.new_inbox()
         self._sub = await self.transport.subscribe(f"{self._inbox}.*", self._on_reply)
         self._tasks.append(await self.coord.watch_table(self._on_table))
@@ -122,6 +128,7 @@ class Client:
     async def _on_table(self, table: PartitionTable) -> None:
         if table.version > self.table.version:
             self.table = table
+            self.epochs.observe(table)
             self._fail_batches_to_departed(set(table.owners))
         elif table.version < self.table.version:
             log.info("ignored table v%d older than v%d", table.version, self.table.version)
@@ -190,6 +197,18 @@ class Client:
         may not hold yet ("pending"), and whether every entry is in memory ("complete")."""
         return dict(await self._call(partition, protocol.OP_VERSIONS, map, "", after_key, limit, deadline_s=deadline_s))
 
+    def listen(self, map: str | None, key: str | None = None, where: Callable[[str, Any], bool] | None = None,
+               from_: str | int | Position | None = None, expiries: bool = True) -> AsyncIterator[Change]:
+        """The committed changes of `map` (or of one `key`) after position `from_` (None: from now; "earliest"),
+        as an async iterator read from the partition logs: see client.feed.listen."""
+        return listen(self, map, key, where, from_, expiries)
+
+    async def continuous_query(self, map: str, where: Callable[[str, Any], bool] | None = None,
+                               on_change: Callable[[Change], None] | None = None) -> ContinuousQuery:
+        """A local, always-current view of the entries of `map` that `where(key, value)` accepts: a snapshot
+        joined to the change feed without a gap (client.feed.ContinuousQuery); close() it when done."""
+        return await ContinuousQuery.start(self, map, where, on_change)
+
     # ---- routing and retries -------------------------------------------------------------------------------
 
     async def _call(self, partition: int, op: int, name: str, key: str, arg1: Any = None, arg2: Any = None,
@@ -208,7 +227,7 @@ class Client:
                     f"partition {partition} has no member to ask in table v{self.table.version}: nothing was sent")
             else:
                 req_id = next(self._req_ids)
-                payload = protocol.request(req_id, op, partition, name, key, arg1, arg2, op_id)
+                payload = protocol.request(req_id, op, partition, name, key, arg1, arg2, op_id, self.space.values)
                 if len(payload) > self.limits.request_payload_bytes_max:
                     raise PayloadTooLarge(
                         f"request of {len(payload)} bytes exceeds limits.request_payload_bytes_max "
@@ -323,7 +342,7 @@ class Client:
                              NotOwner(f"no PU listens there (NATS status {status or 'empty'}); the owner is gone"))
             return
         try:
-            replies = codec.decode(msg.data, REPLY_MESSAGE_BYTES_MAX)
+            replies = protocol.decode_replies(msg.data, self.space.values)  # a reply's values typed
         except SpacegridError as exc:
             log.warning("undecodable reply: %s", exc)
             return

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Iterator
 
-from spacegrid import codec
 from spacegrid.core.entries import DELETED, VALUE, VERSION
 from spacegrid.errors import HandlerError, VersionConflict, WrongPartition
 from spacegrid.space import check_key
@@ -47,9 +46,11 @@ class HandlerContext:
         if staged is not None:
             if staged is DELETED:
                 return None
-            return codec.decode(staged, self.state.limits.write_bytes_max), self._staged_version(map_name, key)
+            value = self.state.values.decode(staged, self.state.limits.write_bytes_max)
+            return value, self._staged_version(map_name, key)
         entry = self.state._lookup(map_name, key, self.committed_only)
-        return None if entry is None else (codec.decode(entry[VALUE], self.state.limits.write_bytes_max), entry[VERSION])
+        return None if entry is None else (self.state.values.decode(entry[VALUE], self.state.limits.write_bytes_max),
+                                           entry[VERSION])
 
     def _staged_version(self, map_name: str, key: str) -> int:
         """The version a staged key will get: _stage numbers staged keys in insertion order."""
@@ -66,7 +67,8 @@ class HandlerContext:
             raise HandlerError("a read-only handler can't write: register it without read_only=True")
         if value is None:
             raise HandlerError("None can't be stored as a value: use ctx.delete(key)")
-        self.staged[(map_name, key)] = codec.encode_bounded(value, self.state.limits.write_bytes_max, "a value")
+        self.staged[(map_name, key)] = self.state.values.encode_bounded(value, self.state.limits.write_bytes_max,
+                                                                        "a value")
 
     def delete(self, key: str, map: str | None = None) -> bool:
         map_name = map or self.map_name
@@ -120,8 +122,8 @@ class QueryView:
 
     def items(self, map: str) -> Iterator[tuple[str, Any]]:
         entries = self.state.maps.get(self.state.space.map_def(map).name, {})
-        size_max = self.state.limits.write_bytes_max
-        return ((key, codec.decode(entry[VALUE], size_max)) for key, entry in entries.items())
+        size_max, decode = self.state.limits.write_bytes_max, self.state.values.decode
+        return ((key, decode(entry[VALUE], size_max)) for key, entry in entries.items())
 
     def count(self, map: str) -> int:
         return len(self.state.maps.get(self.state.space.map_def(map).name, {}))

@@ -78,6 +78,7 @@ class PartitionState:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.space = space
+        self.values = space.values  # the space's codec: its registered types typed, in handlers and results
         self.partition = partition
         self.limits = limits
         self.time_limit = time_limit
@@ -150,8 +151,8 @@ class PartitionState:
         skipped and the reason returned."""
         refused: list[str] = []
         for partition, part in parts_of(message):
-            if partition == self.partition:
-                record = codec.decode(part, part_bytes_max)
+            if partition == self.partition:  # (results kept as written: a retry's reply sends them back as they are)
+                record = codec.decode_opaque(part, part_bytes_max)
                 why = None if refusal is None else refusal(int(record[1]))
                 if why is None:
                     self.replay(record)
@@ -195,7 +196,9 @@ class PartitionState:
     def get(self, map_name: str, key: str) -> tuple[Any, int] | None:
         """The last committed value (a fresh copy) and version, or None."""
         entry = self.maps.get(map_name, {}).get(key)
-        return None if entry is None else (codec.decode(entry[VALUE], self.limits.write_bytes_max), entry[VERSION])
+        if entry is None:
+            return None
+        return self.values.decode(entry[VALUE], self.limits.write_bytes_max), entry[VERSION]
 
     def query(self, name: str, args: Any) -> Any:
         definition = self.space.query_def(name)
@@ -258,7 +261,7 @@ class PartitionState:
                 if self.write_through_maps and not durable:
                     durable = any(staged_map in self.write_through_maps for staged_map, _ in ctx.staged)
                 return Outcome(result, self.lsn_assigned, durable=durable)
-            codec.encode_bounded(result, self.limits.write_bytes_max, "result")
+            self.values.encode_bounded(result, self.limits.write_bytes_max, "result")
         except SpacegridError as exc:
             return Outcome(None, self.lsn_assigned, exc)
         return Outcome(result, self.lsn_assigned, durable=durable)
@@ -273,7 +276,8 @@ class PartitionState:
             deleted = value is DELETED
             writes.append((map_name, key, (value, lsn)))
             records.append([map_name, key, lsn, None if deleted else value, deleted])
-        encoded = codec.encode_bounded([op_id, result, records], self.limits.write_bytes_max, "an operation's writes")
+        encoded = self.values.encode_bounded([op_id, result, records], self.limits.write_bytes_max,
+                                             "an operation's writes")
         self.lsn_assigned = lsn
         op = PendingOp(op_id, lsn, result, encoded, writes)
         for map_name, key, entry in writes:
@@ -371,6 +375,28 @@ class PartitionState:
         else:
             result["entries"] = [list(pair) for pair in clean if after_key is None or pair[0] > after_key][:limit]
         return result
+
+    def scan(self, map_name: str, after_key: str | None, entries_max: int,
+             bytes_max: int) -> tuple[list[tuple[str, bytes, int]], bool]:
+        """A snapshot page at lsn_committed: the committed (key, encoded value, version) of a map after after_key,
+        sorted by key, at most entries_max of them and about bytes_max (at least one); and whether more follow.
+        RequestError for a map that keeps entries in the store only (evicted): a snapshot of memory would miss them."""
+        self.space.map_def(map_name)
+        tracker = self.eviction.get(map_name)
+        if tracker is not None and not tracker.complete:
+            raise RequestError(f"map {map_name!r} evicts entries from memory to the store: a snapshot of it from the "
+                               "PUs would miss those; read the store, or bound it by TTL only")
+        entries = self.maps.get(map_name, {})
+        keys = sorted(key for key in entries if after_key is None or key > after_key)
+        page: list[tuple[str, bytes, int]] = []
+        size_bytes = 0
+        for key in keys:
+            if page and (len(page) >= entries_max or size_bytes >= bytes_max):
+                return page, True
+            value, version = entries[key]
+            page.append((key, value, version))
+            size_bytes += len(key) + len(value) + 16
+        return page, False
 
     # ---- eviction and expiry -------------------------------------------------------------------------------
 

@@ -108,9 +108,13 @@ class Coordination:
 
     # ---- membership ----------------------------------------------------------------------------------------
 
-    async def register(self, member_id: str, info: dict[str, Any]) -> int:
-        """Create the member's record (also over a deleted one); returns its revision."""
-        return int(await self.members.create(member_id, codec.encode(info)))
+    async def register(self, member_id: str, info: dict[str, Any]) -> int | None:
+        """Create the member's record (also over a deleted one); returns its revision, or None if a record of
+        that member id is there (an earlier incarnation's, or another process using the same identity)."""
+        try:
+            return int(await self.members.create(member_id, codec.encode(info)))
+        except KeyWrongLastSequenceError:
+            return None
 
     async def renew(self, member_id: str, info: dict[str, Any], revision: int) -> int | None:
         """Heartbeat by compare-and-set: the new revision, or None if the record was removed or changed

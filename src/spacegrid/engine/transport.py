@@ -17,6 +17,7 @@ from spacegrid.engine.changelog import Changelog, ensure_stream, recreate_stream
 from spacegrid.engine.connection import connect
 from spacegrid.engine.coordination import NOT_READY, Coordination
 from spacegrid.engine.events import EventEmitter, ensure_events_stream, read_events
+from spacegrid.engine.logreader import log_bounds, read_log
 from spacegrid.engine.subjects import Names
 from spacegrid.errors import GridUnavailable
 
@@ -154,6 +155,14 @@ class Transport:
 
     def read_events(self, names: Names, since_s: float | None, follow: bool, idle_s: float) -> AsyncIterator[dict[str, Any]]:
         return read_events(self._js, names, since_s, follow, idle_s)
+
+    async def log_bounds(self, names: Names) -> tuple[int, int]:
+        """(first, last) stream sequence of the space's log now."""
+        return await log_bounds(self._js, names)
+
+    def read_log(self, names: Names, first_seq: int) -> AsyncIterator[tuple[int, str, bytes]]:
+        """Every log message from `first_seq` on, in order, then each new one (engine.logreader)."""
+        return read_log(self._js, names, first_seq)
 
     def changelog(self, names: Names, member_id: str, append_timeout_s: float) -> Changelog:
         return Changelog(self._nc, self._js, names, member_id, append_timeout_s)

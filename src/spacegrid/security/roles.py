@@ -8,8 +8,9 @@
   partition table (the coordinator writes it), trims the log (`STREAM.PURGE` of the log stream: the coordinator),
   creates and reads the space's three streams (the JetStream API as an explicit list: no other stream, no update,
   no deletion); creates the events stream and publishes events to it; replies to any inbox.
-- client: sends requests to PUs and partitions, reads the partition table and members, receives replies only in
-  its own inbox; never publishes to a log subject, writes a bucket, or reads the log.
+- client: sends requests to PUs and partitions, reads the partition table and members, reads the log (change
+  feeds: the same data its requests can read), receives replies only in its own inbox; never publishes to a log
+  subject or writes a bucket.
 - reader: what `status`, `events` and dashboards need: the buckets, the log stream's info, the events stream; no
   requests to PUs.
 
@@ -74,7 +75,8 @@ def pu(names: Names, member_id: str, user_public_key: str) -> Permissions:
 
 
 def client(names: Names, user_public_key: str) -> Permissions:
-    return Permissions(publish=(names.pu_wildcard, names.partition_wildcard, *_read_buckets(names)),
+    return Permissions(publish=(names.pu_wildcard, names.partition_wildcard, *_read_buckets(names),
+                                *_read_stream(names.stream)),
                        subscribe=(f"{inbox_prefix(user_public_key)}.>",))
 
 

@@ -34,6 +34,12 @@ class CheckResult:
     message: str
     counterexample: list[Op] = field(default_factory=list)
 
+    def describe(self) -> str:
+        """The verdict, then the counter-example's ops one per line, for an assertion message."""
+        verdict = {True: "ok", False: "violation", None: "unknown"}[self.ok]
+        return "\n".join([f"{verdict} {self.kind} {self.key}: {self.message}",
+                          *(f"  {op.describe()}" for op in self.counterexample)])
+
 
 def check_register(ops: list[Op], initial: Any = None, time_limit_s: float = 10.0) -> CheckResult:
     """Whether one key's read/write/cas ops are linearizable for a register starting at `initial`."""

@@ -1,4 +1,4 @@
-"""Pytest fixtures users can reuse: a real nats-server on a free port and a real local grid, always shut down."""
+"""The fixture names of spacegrid's own suite (tests/conftest.py loads them): adapters over the plugin's, and more."""
 
 from __future__ import annotations
 
@@ -8,56 +8,45 @@ import secrets
 import signal
 import subprocess  # nosec B404  # test fixtures: argv lists, no shell
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from spacegrid.engine.server import NatsServerProcess, NatsServerSpec
+from spacegrid.engine.server import NatsServerProcess
+from spacegrid.client.client import Client
 from spacegrid.launcher import DEFAULT_APP, EMBEDDED_STORE, LocalGrid
 from spacegrid.limits import DEFAULT_LIMITS, PU_STOP_KILL_GRACE_S
+from spacegrid.testing.grid import GridUnderTest
 
 
 @pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[NatsServerProcess]:
-    """A JetStream-enabled nats-server on a free loopback port, its store under tmp_path; stopped after the test."""
-    server = NatsServerProcess(NatsServerSpec(store_dir=tmp_path / "nats", server_name="test"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def nats_server(spacegrid_nats: NatsServerProcess) -> Iterator[NatsServerProcess]:
+    """The plugin's `spacegrid_nats`: a bare JetStream nats-server on a free loopback port, stopped after the test."""
+    yield spacegrid_nats
 
 
 @pytest.fixture
-def nats_url(nats_server: NatsServerProcess) -> Iterator[str]:
+def nats_url(spacegrid_nats: NatsServerProcess) -> Iterator[str]:
     """The client URL of the `nats_server` fixture, e.g. "nats://127.0.0.1:40123"."""
-    yield nats_server.url
+    yield spacegrid_nats.url
 
 
 TEST_PU_ARGS = ["--handler-time-limit-s", "0.5"]
 
 
 @pytest.fixture
-def grid_factory(tmp_path: Path) -> Iterator[Callable[..., LocalGrid]]:
-    """start(app=..., pus=N, store=URL) -> a ready LocalGrid (real nats-server, real PU processes, by default a
-    SQLite store under its data dir); all stopped after the test."""
-    grids: list[LocalGrid] = []
+def grid_factory(spacegrid_grid: Callable[..., GridUnderTest]) -> Iterator[Callable[..., GridUnderTest]]:
+    """The plugin's `spacegrid_grid` with the suite's defaults: the ticket app, TEST_PU_ARGS."""
 
     def start(app: str = DEFAULT_APP, pus: int = 2, pu_args: list[str] | None = None, ready_timeout_s: float = 60.0,
-              store: str = EMBEDDED_STORE) -> LocalGrid:
-        grid = LocalGrid(tmp_path / f"grid{len(grids)}", app, pu_args=list(TEST_PU_ARGS if pu_args is None else pu_args),
-                         store=store)
-        grids.append(grid)
-        grid.start(pus)
-        grid.wait_ready(ready_timeout_s, members=pus)
-        return grid
+              store: str = EMBEDDED_STORE) -> GridUnderTest:
+        return spacegrid_grid(app, pus=pus, store=store, pu_args=TEST_PU_ARGS if pu_args is None else pu_args,
+                              ready_timeout_s=ready_timeout_s)
 
-    try:
-        yield start
-    finally:
-        for grid in grids:
-            grid.stop()
+    yield start
 
 
 @pytest.fixture
@@ -117,3 +106,23 @@ def pg_url() -> Iterator[str]:
     finally:
         _pg_execute(f"DROP SCHEMA {schema} CASCADE")
 
+
+@contextmanager
+def running_grid(directory: Path, app: str, pus: int = 2) -> Iterator[LocalGrid]:
+    """A grid of `pus` PUs serving `app` (with TEST_PU_ARGS), ready; stopped on exit: for module-scoped fixtures."""
+    grid = LocalGrid(directory, app, pu_args=TEST_PU_ARGS)
+    grid.start(pus)
+    try:
+        grid.wait_ready(60, members=pus)
+        yield grid
+    finally:
+        grid.stop()
+
+
+def run_with_client(grid: LocalGrid, body: Callable[[Client], Awaitable[Any]], space: Any = None) -> Any:
+    """`body(client)` in an event loop of its own, with a client of the grid (of `space` if given)."""
+    async def main() -> Any:
+        async with await Client.connect(space or grid.space, grid.url, access=grid.access) as client:
+            return await body(client)
+
+    return asyncio.run(main())

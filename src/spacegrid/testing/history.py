@@ -13,11 +13,18 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, get_args
 
+from spacegrid.errors import CallerError, NotApplied
+
 Kind = Literal["read", "write", "cas", "incr"]
 Outcome = Literal["ok", "fail", "info"]
 KINDS: frozenset[str] = frozenset(get_args(Kind))
 OUTCOMES: frozenset[str] = frozenset(get_args(Outcome))
 _KEEP: Any = object()  # `complete` default: keep the value given at invocation
+
+
+def outcome_of(exc: BaseException) -> Outcome:
+    """fail for an error that guarantees the operation was not applied, info (maybe applied) for anything else."""
+    return "fail" if isinstance(exc, NotApplied | CallerError) else "info"
 
 
 @dataclass(frozen=True, slots=True)

@@ -238,7 +238,7 @@ class Backups:
             if backup is None or not backup.covered or backup.detached or seq <= backup.applied_seq:
                 continue
             try:
-                backup.state.replay(codec.decode(part, size_max_bytes))
+                backup.state.replay(codec.decode_opaque(part, size_max_bytes))  # results as written
             except SpacegridError as exc:  # a gap (the log was trimmed past it): load it afresh
                 log.warning("backup of partition %d stopped at seq %d (%s); reloading it", partition, seq, exc)
                 self._drop(backup)

@@ -22,7 +22,8 @@ from spacegrid.engine.coordination import Coordination
 from spacegrid.engine.events import NO_EVENTS, EventSink
 from spacegrid.engine.subjects import Names
 from spacegrid.engine.transport import Transport
-from spacegrid.limits import Limits
+from spacegrid.errors import ConfigError
+from spacegrid.limits import MEMBER_TAKEOVER_TIMEOUTS, Limits
 from spacegrid.partitioning import PartitionTable
 from spacegrid.unit.serving import PING
 
@@ -71,6 +72,35 @@ class MembershipAgent:
     def beat_now(self) -> None:
         self._beat_now.set()
 
+    async def _register(self) -> int:
+        """Create this member's record. One already there under this member id is an earlier incarnation's (a
+        container restarted with its pod's credential, before the grid declared the old process dead): once it
+        has gone unrenewed for heartbeat_timeout_s (its read lease long over: lease_s < heartbeat_timeout_s) it is
+        removed as the coordinator removes a dead member's, and this one is created. A record still being renewed
+        after MEMBER_TAKEOVER_TIMEOUTS heartbeat timeouts is another live process with this identity: ConfigError."""
+        limits = self.limits
+        deadline_s = time.monotonic() + MEMBER_TAKEOVER_TIMEOUTS * limits.heartbeat_timeout_s
+        seen: tuple[int, float] | None = None  # the old record's revision, and since when it has not changed
+        while True:
+            revision = await self.coord.register(self.member_id, self.info())
+            if revision is not None:
+                return revision
+            current = await self.coord.read_member(self.member_id)
+            now_s = time.monotonic()
+            if current is not None:
+                if seen is None or seen[0] != current[1]:
+                    seen = (current[1], now_s)
+                elif now_s - seen[1] >= limits.heartbeat_timeout_s:
+                    log.warning("member id %s: an earlier incarnation's record (pid %s) went unrenewed for %.1f s: "
+                                "removing it to join", self.member_id, current[0].get("pid"), now_s - seen[1])
+                    await self.coord.remove_member(self.member_id, current[1])
+                    continue
+            if now_s > deadline_s:
+                holder = "" if current is None else f" (pid {current[0].get('pid')} on {current[0].get('host')})"
+                raise ConfigError(f"member id {self.member_id} is held by a live PU{holder} that keeps renewing it: "
+                                  "two PUs can't share one member id; give each its own credential")
+            await asyncio.sleep(limits.heartbeat_interval_s)
+
     async def heartbeat(self, wake_liveness: bool = False) -> None:
         """Renew the member record by compare-and-set, and with it the read lease. A failed renewal means the
         coordinator declared this PU dead: drop every partition, then join again as a fresh member. With a
@@ -83,7 +113,7 @@ class MembershipAgent:
             return
         sent_at_s = time.monotonic()
         if self._revision == 0:
-            self._revision = await self.coord.register(self.member_id, self.info())
+            self._revision = await self._register()
             self.events.emit("member_rejoined" if self.counters["rejoins"] else "member_joined",
                              incarnation=self.incarnation)
             if self.liveness is not None:

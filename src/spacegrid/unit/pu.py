@@ -95,7 +95,7 @@ class ProcessingUnit:
         coord = await self._bootstrap()
         self.claims = ClaimView(self.changelog, self.member_id, self._claimed_elsewhere)
         await self.claims.start(self.limits.bootstrap_timeout_s, self.limits.bootstrap_retry_s)
-        self.replies = Replies(self.transport, self.limits)
+        self.replies = Replies(self.transport, self.limits, self.space.values)
         slots: dict[int, Slot] = {}
         self.log_guard = LogGuard(self.changelog, self.limits, on_restored=lambda: self.claims.restart(
             self.limits.bootstrap_timeout_s, self.limits.bootstrap_retry_s))
@@ -248,10 +248,15 @@ class ProcessingUnit:
         _, running = await asyncio.wait(self._tasks, timeout=self.limits.append_timeout_s) if self._tasks else ((), ())
         if running:
             log.warning("stopping with tasks still running: %s", sorted(task.get_name() for task in running))
+        # Persist while the partitions are surely this PU's: once it says goodbye, a new table may move them to a
+        # PU that is stopping too (all PUs stopped at once) and no longer acquires, so no one would persist them
+        # before the next start (they stay in the log: nothing is lost, but the store would lag until then).
+        await self.appender.wait_idle(self.limits.append_timeout_s)
+        await self._flush_store()
         await self.membership.goodbye()
         self.backups.stop_all()
         await self.appender.wait_idle(self.limits.append_timeout_s)
-        await self._flush_store()
+        await self._flush_store()  # what was written since
         self.driver.release_all("PU stopping")
         await self.replies.flush()
         await self.log_guard.stop()

@@ -180,7 +180,12 @@ class Pump:
         self._compensate(row, error)
 
     def _compensate(self, row: Row, error: str) -> None:
-        value: Any = None if row.value is None else codec.decode(row.value, self.limits.write_bytes_max)
+        value: Any = None
+        if row.value is not None:
+            try:
+                value = self.space.values.decode(row.value, self.limits.write_bytes_max)  # typed, as handlers see it
+            except SpacegridError:  # (a type no longer registered) the hook gets it as written
+                value = codec.decode_opaque(row.value, self.limits.write_bytes_max)
         for hook in self.space.dead_letter_hooks:
             try:
                 hook(row.map, row.key, value, row.version, error)

@@ -12,6 +12,7 @@ from spacegrid.engine.transport import Transport
 from spacegrid.errors import SpacegridError
 from spacegrid.limits import Limits
 from spacegrid.unit.latency import Latencies
+from spacegrid.values import Values
 
 log = logging.getLogger("spacegrid.replies")
 
@@ -21,9 +22,10 @@ class Replies:
     queued and not yet handed to the connection: past `limits.replies_pending_max` the PU refuses new requests
     (Overloaded) until it drains."""
 
-    def __init__(self, transport: Transport, limits: Limits) -> None:
+    def __init__(self, transport: Transport, limits: Limits, values: Values = protocol.PLAIN) -> None:
         self.transport = transport
         self.limits = limits
+        self.values = values  # the space's codec, for results
         self.pending = 0
         self.latencies = Latencies()  # of the replies to served operations, by kind
         self.errors: dict[str, int] = {}  # error replies by the error's class (its wire code)
@@ -48,8 +50,13 @@ class Replies:
             self.latencies.observe(outcome.kind, time.monotonic() - outcome.received_s)
         if outcome.error is not None:
             self.error(reply_to, req_id, outcome.error)
-        else:
-            self.send(reply_to, protocol.ok_reply(req_id, outcome.value))
+            return
+        try:
+            item = protocol.ok_reply(req_id, outcome.value, self.values)
+        except SpacegridError as exc:  # a read-only handler's result of a type the space did not register
+            self.error(reply_to, req_id, exc)
+            return
+        self.send(reply_to, item)
 
     async def flush(self) -> None:
         self._flush_scheduled = False

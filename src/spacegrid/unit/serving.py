@@ -24,7 +24,7 @@ from spacegrid.errors import (
     StoreError,
     StoreUnavailable,
 )
-from spacegrid.limits import Limits
+from spacegrid.limits import FEED_SNAPSHOT_PAGE_BYTES_MAX, FEED_SNAPSHOT_PAGE_ENTRIES_MAX, Limits
 from spacegrid.space import Space
 from spacegrid.store.base import Store
 from spacegrid.unit.appender import Appender
@@ -63,7 +63,7 @@ class Server:
         self.counters["messages"] += 1
         reply_to = msg.reply
         try:
-            requests = protocol.decode_message(msg.data, self.limits)  # every field within limits.py's bounds
+            requests = protocol.decode_message(msg.data, self.limits, self.space.values)  # within limits.py's bounds
         except SpacegridError as exc:
             self.counters["bad_requests"] += 1
             now_s = time.monotonic()
@@ -128,7 +128,8 @@ class Server:
             self._answered("get", received_s)
             return None
         if isinstance(request, protocol.Query):
-            self.replies.send(reply_to, protocol.ok_reply(request.req_id, state.query(request.query, request.args)))
+            self.replies.send(reply_to, protocol.ok_reply(request.req_id, state.query(request.query, request.args),
+                                                          self.space.values))
             self._answered("query", received_s)
             return None
         if isinstance(request, protocol.Versions):
@@ -136,6 +137,10 @@ class Server:
                                   self.limits.versions_page_max)
             self.replies.send(reply_to, protocol.ok_reply(request.req_id, {**page, "persisted_lsn": slot.persist.lsn}))
             self._answered("versions", received_s)
+            return None
+        if isinstance(request, protocol.Scan):
+            self._serve_scan(slot, reply_to, request)
+            self._answered("scan", received_s)
             return None
         self._check_capacity(slot)
         if isinstance(request, protocol.Put):
@@ -224,6 +229,17 @@ class Server:
                 touched.add(served)
         for served in touched:
             self.appender.schedule(served)
+
+    def _serve_scan(self, slot: Slot, reply_to: str, request: protocol.Scan) -> None:
+        """A page of a snapshot, with what a change feed joins it on: the partition's committed version, and the
+        log position every later write of it comes after (its last append, or its claim; idle: none is staged, so
+        any later one is appended after this reply)."""
+        state = slot.state
+        page, more = state.scan(request.map, request.after_key, min(request.limit, FEED_SNAPSHOT_PAGE_ENTRIES_MAX),
+                                FEED_SNAPSHOT_PAGE_BYTES_MAX)
+        idle = not state.unsent and state.inflight is None
+        self.replies.send(reply_to, protocol.scan_reply(request.req_id, page, state.lsn_committed,
+                                                        max(slot.last_seq, slot.claim_seq), idle, more))
 
     def _serve_backup_read(self, reply_to: str, request: protocol.GetBackup) -> None:
         backup = self.backups.held.get(request.partition)
