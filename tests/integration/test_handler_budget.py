@@ -18,9 +18,9 @@ SPINS = 4  # at 0.5 s each (TEST_PU_ARGS) without a per-tick budget: 2.5 s of a 
 
 def test_one_message_of_looping_handlers_is_stopped_within_one_budget_and_the_pu_stays(
         grid_factory: Callable[..., LocalGrid]) -> None:
-    """Four calls of a handler that never returns, in one message to one PU: every one is answered HandlerTimeout
-    (stopped, or refused once the message's budget is spent), none of their writes exists, and the PU is not
-    declared dead: the members and the partition table are the same afterwards."""
+    """Four calls of a handler that never returns, in one message to one PU: every one is answered, HandlerTimeout
+    (stopped) or Overloaded (not run: the message's budget was spent; a client retries it), none of their writes
+    exists, and the PU is not declared dead: the members and the partition table are the same afterwards."""
     grid = grid_factory(app=APP, pus=2)
     before = grid.status()
     target = sorted(before.members)[0]
@@ -37,7 +37,8 @@ def test_one_message_of_looping_handlers_is_stopped_within_one_budget_and_the_pu
     replies = asyncio.run(collect_replies(grid.url, Names(space.name).pu_subject(target), message, SPINS, 15.0,
                                           access=grid.client_access))
     assert sorted(reply[0] for reply in replies) == list(range(1, SPINS + 1))
-    assert {reply[1] for reply in replies} == {"handler_timeout"}, replies
+    codes = [reply[1] for reply in replies]
+    assert "handler_timeout" in codes and set(codes) <= {"handler_timeout", "overloaded"}, replies
 
     async def read_back() -> dict[str, Any]:
         from spacegrid import Client

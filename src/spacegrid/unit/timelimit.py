@@ -10,14 +10,15 @@ import threading
 import time
 from types import FrameType, TracebackType
 
-from spacegrid.errors import HandlerTimeout
+from spacegrid.errors import HandlerTimeout, Overloaded
 
 WATCH_SLICES = 4  # the watchdog looks this many times per limit: a timeout fires within 1.25x the limit
 
 
 class TimeLimit:
     """`with limit(): user_code()`. A call may run `limit_s`; all calls of one event-loop tick together
-    `limit_s` too (a call that would start with the tick's budget spent is refused at once). Costs two clock reads
+    `limit_s` too (a call that would start with the tick's budget spent is refused at once, Overloaded: retried).
+    Costs two clock reads
     per call, nothing per bytecode. Main thread only."""
 
     def __init__(self, limit_s: float) -> None:
@@ -43,9 +44,10 @@ class TimeLimit:
             self._open_tick()
         remaining_s = self.limit_s - self.tick_spent_s
         if remaining_s <= 0:
-            raise HandlerTimeout(f"not run: the handlers of this message already ran {self.tick_spent_s:.2f} s, "
-                                 f"the budget per event-loop tick (limits.handler_time_limit_s = {self.limit_s} s); "
-                                 "retry it in a message of its own")
+            # Not run, nothing applied: Overloaded (the client retries after a back-off), not the caller's fault; a
+            # PU starved of CPU spends the budget on well-behaved handlers too
+            raise Overloaded(f"not run: the handlers of this message already ran {self.tick_spent_s:.2f} s, the "
+                             f"budget per event-loop tick (limits.handler_time_limit_s = {self.limit_s} s); retry it")
         self.deadline_s = now_s + min(self.limit_s, remaining_s)
         self.started_s = now_s
 
