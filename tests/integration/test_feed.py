@@ -4,7 +4,10 @@ PU SIGKILL and a NATS node kill; resuming from a stored position; a continuous q
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import subprocess  # nosec B404  # the CLI under test: an argv list, no shell
+import sys
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -226,3 +229,31 @@ def test_feed_survives_a_nats_node_kill(tmp_path: Path) -> None:
         asyncio.run(asyncio.wait_for(main(), 180))
     finally:
         grid.stop()
+
+
+def test_the_listen_command_prints_changes_and_resumes_after_a_printed_position(
+        grid_factory: Callable[..., LocalGrid]) -> None:
+    """`spacegrid listen counters --from 0 --json` prints each committed change with its position; run again
+    `--from` the second one's position, it prints the third on; a position junk is refused with what to give."""
+    grid = grid_factory(app=APP, pus=1)
+
+    async def write() -> None:
+        async with await Client.connect(grid.space, grid.url, access=grid.access) as client:
+            for _ in range(3):
+                await client.execute("incr", "cli-counter")
+
+    asyncio.run(write())
+
+    def listen(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "spacegrid.cli.main", "listen", "counters", *args, "--data-dir",
+                               str(grid.data_dir)], capture_output=True, text=True, timeout=60, check=False)
+
+    done = listen("--from", "0", "--limit", "3", "--json")
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(line["kind"], line["key"], line["value"]) for line in lines] == [("put", "cli-counter", n)
+                                                                              for n in (1, 2, 3)]
+    again = listen("--from", lines[1]["position"], "--limit", "1", "--json")
+    assert [json.loads(line)["value"] for line in again.stdout.splitlines()] == [3]
+    refused = listen("--from", "yesterday", "--limit", "1")
+    assert refused.returncode != 0 and "not a change feed position" in refused.stdout + refused.stderr

@@ -23,6 +23,7 @@ from spacegrid.cli.bench import bench
 from spacegrid.cli.chaos import chaos
 from spacegrid.cli.console import console_command, start_console, stop_console
 from spacegrid.cli.events import events
+from spacegrid.cli.listen import listen
 from spacegrid.cli.gateway import gateway_command
 from spacegrid.cli.common import (access_options, app_option, connect_timeout_option, console, data_dir_option,
                                   deadline_option, fail, given_access, given_settings, given_store, grid_limit_options, lock_data_dir, nats_option,
@@ -455,6 +456,7 @@ cli.add_command(auth)
 cli.add_command(bench)
 cli.add_command(chaos)
 cli.add_command(events)
+cli.add_command(listen)
 cli.add_command(console_command)
 cli.add_command(gateway_command)
 cli.add_command(top)
