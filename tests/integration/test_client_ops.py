@@ -166,11 +166,20 @@ def test_query_merges_over_every_partition(grid: Any) -> None:
 
 
 def test_sync_client_wraps_the_async_one(grid: Any) -> None:
-    """The synchronous client performs the same calls, blocking."""
+    """The synchronous client performs the same calls, blocking, its change feed and continuous query included."""
     with SyncClient(grid.space, grid.url, access=grid.access) as client:
+        start = client.log_position()
         version = client.put("kv", "sync", "yes")
         assert client.get_entry("kv", "sync") == ("yes", version)
         assert client.execute("incr", "sync-counter", 5) == 5
+        changes = []
+        for change in client.listen("counters", key="sync-counter", from_=start):
+            changes.append((change.kind, change.value))
+            break
+        assert changes == [("put", 5)]
+        with client.continuous_query("kv", where=lambda key, value: key == "sync") as view:
+            view.sync()
+            assert view.entries() == {"sync": "yes"}
 
 
 def test_ticket_example_sells_no_seat_twice(grid_factory: Callable[..., Any]) -> None:

@@ -197,6 +197,10 @@ class Client:
         may not hold yet ("pending"), and whether every entry is in memory ("complete")."""
         return dict(await self._call(partition, protocol.OP_VERSIONS, map, "", after_key, limit, deadline_s=deadline_s))
 
+    async def log_position(self) -> Position:
+        """The log's end now: `listen(from_=...)` it to get every change committed after this call."""
+        return Position((await self.transport.log_bounds(self.names))[1])
+
     def listen(self, map: str | None, key: str | None = None, where: Callable[[str, Any], bool] | None = None,
                from_: str | int | Position | None = None, expiries: bool = True) -> AsyncIterator[Change]:
         """The committed changes of `map` (or of one `key`) after position `from_` (None: from now; "earliest"),

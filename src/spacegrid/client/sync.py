@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, Coroutine, TypeVar
 
 from spacegrid.client.client import Client
+from spacegrid.client.feed import ContinuousQuery
+from spacegrid.core.feed import Change, Position
 from spacegrid.limits import DEFAULT_LIMITS, Limits
 from spacegrid.space import Space
 
@@ -55,6 +58,26 @@ class SyncClient:
     def query(self, name: str, args: Any = None, deadline_s: float | None = None) -> Any:
         return self._run(self._client.query(name, args, deadline_s))
 
+    def log_position(self) -> Position:
+        return self._run(self._client.log_position())
+
+    def listen(self, map: str | None, key: str | None = None, where: Callable[[str, Any], bool] | None = None,
+               from_: str | int | Position | None = None, expiries: bool = True) -> Iterator[Change]:
+        """Client.listen, blocking: iterate it; leaving the loop (break, an exception) closes the feed."""
+        feed = self._client.listen(map, key, where, from_, expiries)
+        try:
+            while True:
+                try:
+                    yield self._run(_awaited(feed.__anext__()))
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._run(_closed(feed))
+
+    def continuous_query(self, map: str, where: Callable[[str, Any], bool] | None = None) -> SyncContinuousQuery:
+        """Client.continuous_query, blocking; its entries are read through the client's loop (a copy)."""
+        return SyncContinuousQuery(self, self._run(self._client.continuous_query(map, where)))
+
     def close(self) -> None:
         try:
             self._run(self._client.close())
@@ -68,3 +91,39 @@ class SyncClient:
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+
+
+class SyncContinuousQuery:
+    """A ContinuousQuery driven from another thread: `entries()` (a copy, taken on the client's loop), `sync()`,
+    `close()`."""
+
+    def __init__(self, client: SyncClient, query: ContinuousQuery) -> None:
+        self._client = client
+        self._query = query
+
+    def entries(self) -> dict[str, Any]:
+        return self._client._run(_value(lambda: dict(self._query.entries)))
+
+    def sync(self, timeout_s: float = 10.0) -> None:
+        self._client._run(self._query.sync(timeout_s))
+
+    def close(self) -> None:
+        self._client._run(self._query.close())
+
+    def __enter__(self) -> SyncContinuousQuery:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+async def _awaited(step: Awaitable[T]) -> T:
+    return await step
+
+
+async def _closed(feed: AsyncIterator[Change]) -> None:
+    await feed.aclose()  # type: ignore[attr-defined]  # listen's async generator
+
+
+async def _value(read: Callable[[], T]) -> T:
+    return read()
