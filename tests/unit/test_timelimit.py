@@ -1,0 +1,48 @@
+"""The handler time limit counts CPU time: busy code is stopped at the limit, code that waits without CPU (a PU
+paused by its CPU quota looks the same) only at WALL_LIMITS x the limit."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from spacegrid.errors import HandlerTimeout
+from spacegrid.unit.timelimit import WALL_LIMITS, TimeLimit
+
+LIMIT_S = 0.05
+
+
+@pytest.fixture
+def limit() -> TimeLimit:
+    previous = signal.getsignal(signal.SIGALRM)
+    try:
+        yield TimeLimit(LIMIT_S)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_busy_code_is_stopped_at_its_cpu_limit(limit: TimeLimit) -> None:
+    """A loop that only burns CPU raises HandlerTimeout within a few limits."""
+    started_s = time.monotonic()
+    with pytest.raises(HandlerTimeout, match="past its limit"):
+        with limit():
+            while time.monotonic() - started_s < 5:  # bounded: the limit stops it long before
+                pass
+    assert time.monotonic() - started_s < 1.0
+
+
+def test_waiting_without_cpu_is_not_stopped_before_the_wall_backstop(limit: TimeLimit) -> None:
+    """Code that waits for 4 limits of wall time using no CPU (as a PU paused by its quota) runs to its end."""
+    with limit():
+        time.sleep(4 * LIMIT_S)  # the behaviour under test: waiting without using CPU
+
+
+def test_code_that_blocks_is_stopped_at_the_wall_backstop(limit: TimeLimit) -> None:
+    """Code that blocks for far longer than WALL_LIMITS limits is stopped at about WALL_LIMITS limits."""
+    started_s = time.monotonic()
+    with pytest.raises(HandlerTimeout):
+        with limit():
+            time.sleep(40 * WALL_LIMITS * LIMIT_S)  # the behaviour under test: blocking, stopped by the backstop
+    assert time.monotonic() - started_s < 3 * WALL_LIMITS * LIMIT_S
