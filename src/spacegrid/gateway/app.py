@@ -6,7 +6,7 @@
     GET    /maps/{map}/backups/{key}                          reader   {"key", "value", "version", "lag_records", "lag_s"}
     POST   /handlers/{handler}/{key}                          client (reader for a read-only handler)  body: args
     POST   /queries/{query}                                   reader   body: args; {"result"}
-    GET    /maps/{map}/changes[?key=K&from=P]                 reader   server-sent events (where the client has listen)
+    GET    /maps/{map}/changes[?key=K&from=P]                 reader   server-sent events of the change feed
     GET    /openapi.json, /docs, /healthz                     no token
 
 Every failure answers with statuses.error_body; a request never stops the process."""
@@ -69,8 +69,8 @@ class Gateway:
         self.verifier = verifier
         self.body_bytes_max = body_bytes_max
         self.in_flight = 0
-        self.streams = ChangeStreams(client) if hasattr(client, "listen") else None
-        self.document = openapi.build(self.space, version, changes=self.streams is not None)
+        self.streams = ChangeStreams(client)
+        self.document = openapi.build(self.space, version)
         self.document_json = dumps(self.document)
 
     def caller(self, request: Request) -> Caller:
@@ -184,7 +184,7 @@ def build_app(gateway: Gateway, extra_routes: list[Route] | None = None) -> Star
         Route("/maps/{map}/backups/{key:path}", e(g.get_backup), methods=["GET"]),
         Route("/handlers/{handler}/{key:path}", e(g.execute), methods=["POST"]),
         Route("/queries/{query}", e(g.query), methods=["POST"]),
-        *([Route("/maps/{map}/changes", e(g.streams.changes), methods=["GET"])] if g.streams else []),
+        Route("/maps/{map}/changes", e(g.streams.changes), methods=["GET"]),
         *(extra_routes or []),
         Route("/openapi.json", g.openapi_json, methods=["GET"]),
         Route("/docs", g.docs, methods=["GET"]),

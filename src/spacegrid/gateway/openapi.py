@@ -55,7 +55,7 @@ def _doc(fn: Any, fallback: str) -> str:
     return text or fallback
 
 
-def _map_paths(name: str, changes: bool) -> dict[str, Any]:
+def _map_paths(name: str) -> dict[str, Any]:
     key = {"$ref": "#/components/parameters/Key"}
     expected = {"$ref": "#/components/parameters/ExpectedVersion"}
     paths: dict[str, Any] = {
@@ -77,13 +77,12 @@ def _map_paths(name: str, changes: bool) -> dict[str, Any]:
                                                                    "has none) and its lag"), READ_ERRORS),
         },
     }
-    if changes:
-        paths[f"/maps/{name}/changes"] = {"get": _operation(
-            f"changes_{name}", f"Follow the committed changes of {name} (server-sent events)", name, "reader",
-            {"description": "A stream of `change` events: data is a Change, id its position (resume with "
-                            "Last-Event-ID or from)", "content": {"text/event-stream": {"schema": _ref("Change")}}},
-            READ_ERRORS, parameters=[{"$ref": "#/components/parameters/ChangeKey"},
-                                     {"$ref": "#/components/parameters/From"}])}
+    paths[f"/maps/{name}/changes"] = {"get": _operation(
+        f"changes_{name}", f"Follow the committed changes of {name} (server-sent events)", name, "reader",
+        {"description": "A stream of `change` events: data is a Change, id its position (resume with "
+                        "Last-Event-ID or from)", "content": {"text/event-stream": {"schema": _ref("Change")}}},
+        READ_ERRORS, parameters=[{"$ref": "#/components/parameters/ChangeKey"},
+                                 {"$ref": "#/components/parameters/From"}])}
     return paths
 
 
@@ -131,13 +130,13 @@ def _components() -> dict[str, Any]:
     }
 
 
-def build(space: Space, version: str, changes: bool = False) -> dict[str, Any]:
-    """The OpenAPI document of a gateway serving `space` (`changes`: with the change feed of each map)."""
+def build(space: Space, version: str) -> dict[str, Any]:
+    """The OpenAPI document of a gateway serving `space` (with the change feed of each map)."""
     paths: dict[str, Any] = {"/healthz": {"get": {
         "operationId": "health", "summary": "Whether the gateway serves (no token needed)", "security": [],
         "tags": ["gateway"], "responses": {"200": _json({"type": "object"}, "The gateway serves this space")}}}}
     for name in space.maps:
-        paths.update(_map_paths(name, changes))
+        paths.update(_map_paths(name))
     for name, handler in space.handlers.items():
         role = "reader" if handler.read_only else "client"
         paths[f"/handlers/{name}/{{key}}"] = {"parameters": [{"$ref": "#/components/parameters/Key"}], "post": _operation(
