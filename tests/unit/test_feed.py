@@ -112,3 +112,12 @@ def test_filters_by_map_key_partition_and_predicate() -> None:
     assert [c.value for c in reader(wanted=quiet).on_message(1, PREFIX + "p", data)] == [5]
     other = FeedFilter(map="m", key="a", partition=2)
     assert reader(wanted=other).on_message(1, PREFIX + "p", data) == []
+
+
+def test_snapshot_pages_give_each_key_its_page_version() -> None:
+    """A continuous query's pages: a key up to a page's last key has that page's version; past all, the last's."""
+    from spacegrid.client.feed import _Pages
+
+    pages = _Pages(["f", "m"], [5, 7, 9])
+    assert [pages.version_of(key) for key in ("a", "f", "g", "m", "n", "zz")] == [5, 5, 7, 7, 9, 9]
+    assert _Pages([], [4]).version_of("any") == 4

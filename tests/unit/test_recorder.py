@@ -53,12 +53,18 @@ def test_recording_works_inside_async_code(tmp_path: Path) -> None:
     """The same `with` records awaited calls, concurrent ones included."""
     history = History(tmp_path / "h.jsonl")
 
-    async def deposit(total: int) -> None:
-        with history.incr("n", 1) as op:
-            await asyncio.sleep(0)
-            op.returned(total)
-
     async def main() -> None:
+        all_open = asyncio.Event()
+        opened = []
+
+        async def deposit(total: int) -> None:
+            with history.incr("n", 1) as op:
+                opened.append(total)
+                if len(opened) == 3:
+                    all_open.set()
+                await all_open.wait()  # every deposit is in flight before any returns: concurrent, by construction
+                op.returned(total)
+
         await asyncio.gather(*(deposit(total) for total in (1, 2, 3)))
 
     asyncio.run(main())

@@ -60,11 +60,16 @@ async def listen(client: Client, map: str | None, key: str | None = None,
 
 
 @dataclass(frozen=True, slots=True)
-class _Page:
-    """One snapshot page of a partition: keys up to `last_key` (None: to the end) are as of version `lsn`."""
+class _Pages:
+    """A partition's snapshot pages: keys up to `last_keys[i]` (past the last one: to the end, `lsns[-1]`) are as of
+    version `lsns[i]`; so len(lsns) == len(last_keys) + 1."""
 
-    last_key: str | None
-    lsn: int
+    last_keys: list[str]
+    lsns: list[int]
+
+    def version_of(self, key: str) -> int:
+        """The version the snapshot holds `key`'s page at."""
+        return self.lsns[bisect.bisect_left(self.last_keys, key)]
 
 
 class ContinuousQuery:
@@ -83,7 +88,7 @@ class ContinuousQuery:
         self.entries: dict[str, Any] = {}
         self.position: Position | None = None  # the last change applied (None: only the snapshot so far)
         self.resyncs = 0
-        self._pages: list[list[_Page]] = []
+        self._pages: list[_Pages] = []
         self._reader: ChangeReader | None = None
         self._advanced = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -116,9 +121,9 @@ class ContinuousQuery:
         return Position(start_seq)
 
     async def _read_partition(self, partition: int,
-                              gate: asyncio.Semaphore) -> tuple[dict[str, Any], list[_Page], int | None]:
+                              gate: asyncio.Semaphore) -> tuple[dict[str, Any], _Pages, int | None]:
         rows: dict[str, Any] = {}
-        pages: list[_Page] = []
+        pages = _Pages([], [])
         after_seq: int | None = None  # None while every page came from an idle partition
         after_key: str | None = None
         async with gate:
@@ -131,15 +136,16 @@ class ContinuousQuery:
                 if not idle:
                     after_seq = page_after_seq if after_seq is None else min(after_seq, page_after_seq)
                 after_key = page[-1][0] if page else after_key
-                pages.append(_Page(after_key if more else None, lsn))
-                if not more:
+                pages.lsns.append(lsn)
+                if more:
+                    assert after_key is not None, "a page followed by more holds at least one entry"
+                    pages.last_keys.append(after_key)
+                else:
                     return rows, pages, after_seq
 
     def _covered(self, change: Change) -> bool:
         """Whether the snapshot already holds this change (its version is not past its key's page's)."""
-        pages = self._pages[change.partition]
-        index = bisect.bisect_left([page.last_key or "" for page in pages[:-1]], change.key)
-        return change.version <= pages[min(index, len(pages) - 1)].lsn
+        return change.version <= self._pages[change.partition].version_of(change.key)
 
     async def _follow(self, after: Position) -> None:
         try:
