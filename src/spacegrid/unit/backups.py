@@ -36,6 +36,7 @@ class Backup:
     loaded: bool = False  # filled from the store and caught up with the log; the follower feeds it from applied_seq
     covered: bool = False  # the running follower started at or before applied_seq: it feeds this replica
     detached: bool = False  # handed over for promotion: late deliveries must not touch the state any more
+    caught_up: bool = False  # was ready once: its catch-up is over (lagging later is replication lag, not a catch-up)
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -89,8 +90,16 @@ class Backups:
         return backup.covered and self._follower_seq >= backup.target_seq and self._follower_pending == 0
 
     def catching_up(self) -> int:
-        """Backups started and not ready yet."""
-        return sum(1 for backup in self.held.values() if backup.task is not None and not self.ready(backup))
+        """Backups started and not caught up yet: what holds the `catch_ups_max` slots. A replica that was ready
+        once and falls behind again while the follower works through a burst is replication lag (`lag`), not a
+        catch-up."""
+        self._mark_caught_up()
+        return sum(1 for backup in self.held.values() if backup.task is not None and not backup.caught_up)
+
+    def _mark_caught_up(self) -> None:
+        for backup in self.held.values():
+            if backup.task is not None and not backup.caught_up and self.ready(backup):
+                backup.caught_up = True
 
     def take(self, partition: int) -> Backup | None:
         """Stop following a partition and hand its replica over (promotion); None if not held or not following.
@@ -248,6 +257,7 @@ class Backups:
             self.counters["backup_parts_applied"] += 1
         if pending == 0:
             self._behind_since_s = None
+            self._mark_caught_up()
             if self.waiting:
                 self._start_waiting()
         elif self._behind_since_s is None:
