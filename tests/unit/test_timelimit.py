@@ -3,13 +3,14 @@ that never comes; a PU paused by its CPU quota looks the same) only at WALL_LIMI
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 import time
 
 import pytest
 
-from spacegrid.errors import HandlerTimeout
+from spacegrid.errors import HandlerTimeout, Overloaded
 from spacegrid.unit.timelimit import WALL_LIMITS, TimeLimit
 
 LIMIT_S = 0.05
@@ -49,3 +50,28 @@ def test_code_that_blocks_is_stopped_at_the_wall_backstop(limit: TimeLimit) -> N
         with limit():
             never_set.wait(40 * WALL_LIMITS * LIMIT_S)  # the behaviour under test: blocked, stopped by the backstop
     assert time.monotonic() - started_s < 3 * WALL_LIMITS * LIMIT_S
+
+
+def _burn_cpu_s(cpu_s: float, limit: TimeLimit) -> None:
+    """Busy until the main thread has used `cpu_s` of CPU (bounded: 5 s of wall time)."""
+    until_s = limit.cpu_s() + cpu_s
+    started_s = time.monotonic()
+    while limit.cpu_s() < until_s and time.monotonic() - started_s < 5:
+        pass
+
+
+def test_a_call_stopped_by_its_messages_spent_budget_is_overloaded_not_timed_out(limit: TimeLimit) -> None:
+    """Two calls in one event-loop tick: the first uses most of the tick's budget, the second (well within its own
+    limit) is stopped when the budget runs out, with Overloaded (nothing applied, retry) instead of HandlerTimeout
+    (the caller's fault, never retried); a third is refused before it starts."""
+    async def one_tick() -> None:
+        with limit():
+            _burn_cpu_s(0.6 * LIMIT_S, limit)
+        with pytest.raises(Overloaded, match="retry it"):
+            with limit():
+                _burn_cpu_s(0.9 * LIMIT_S, limit)  # alone it would finish; the tick's budget stops it
+        with pytest.raises(Overloaded, match="not run"):
+            with limit():
+                pass
+
+    asyncio.run(one_tick())

@@ -39,6 +39,7 @@ class TimeLimit:
         self.fired_for_s = -1.0
         self.tick_spent_s = 0.0  # user code's CPU time in the current event-loop tick
         self.tick_open = False
+        self.by_tick_budget = False  # the running code's deadline is what is left of the tick's budget
         self._main_thread_id = threading.get_ident()
         signal.signal(signal.SIGALRM, self._on_alarm)
         threading.Thread(target=self._watch, name="spacegrid-timelimit", daemon=True).start()
@@ -57,6 +58,7 @@ class TimeLimit:
             # PU starved of CPU spends the budget on well-behaved handlers too
             raise Overloaded(f"not run: the handlers of this message already ran {self.tick_spent_s:.2f} s, the "
                              f"budget per event-loop tick (limits.handler_time_limit_s = {self.limit_s} s); retry it")
+        self.by_tick_budget = remaining_s < self.limit_s  # stopped at the deadline: the message's budget, not its own
         self.deadline_s = now_s + min(self.limit_s, remaining_s)
         self.wall_deadline_s = time.monotonic() + WALL_LIMITS * self.limit_s
         self.started_s = max(now_s, 1e-9)
@@ -96,8 +98,15 @@ class TimeLimit:
     def _on_alarm(self, signum: int, frame: FrameType | None) -> None:
         started_s = self.started_s
         if started_s and started_s == self.fired_for_s:
-            self.tick_spent_s += self.cpu_s() - started_s
+            spent_s = self.cpu_s() - started_s
+            self.tick_spent_s += spent_s
             self.started_s = 0.0
+            if self.by_tick_budget and spent_s < self.limit_s and time.monotonic() <= self.wall_deadline_s:
+                # Stopped by what earlier calls of the message left, not by its own cost: its writes are discarded
+                # as for a timeout, but retrying it is safe and it is not the caller's fault (as for a refusal)
+                raise Overloaded(f"stopped after {spent_s:.2f} s: the handlers of this message used up the budget "
+                                 f"per event-loop tick (limits.handler_time_limit_s = {self.limit_s} s); nothing was "
+                                 "applied; retry it")
             raise HandlerTimeout(f"handler ran past its limit of {self.limit_s}s of CPU time (limits."
                                  f"handler_time_limit_s, per call and per message; {WALL_LIMITS}x that blocked); its "
                                  "writes were discarded")
