@@ -44,11 +44,23 @@ def live_members(data_dir: Path) -> int:
 
 @contextmanager
 def running_grid(data_dir: Path, *up_args: str, pus: int) -> Iterator[None]:
-    """`spacegrid up` with the test app, ready with `pus` PUs; SIGTERM (by its PID) after."""
-    up = subprocess.Popen([*SPACEGRID, "up", "--pus", str(pus), "--app", APP, "--no-console", *up_args, "--data-dir",
-                           str(data_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    """`spacegrid up` with the test app, ready with `pus` PUs; SIGTERM (by its PID) after. Its output goes to a
+    file next to the data dir, shown if it exits or is not ready in time."""
+    up_log = data_dir.parent / f"{data_dir.name}-up.log"
+    with up_log.open("wb") as out:
+        up = subprocess.Popen([*SPACEGRID, "up", "--pus", str(pus), "--app", APP, "--no-console", *up_args,
+                               "--data-dir", str(data_dir)], stdout=out, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+
+    def ready() -> None:
+        assert up.poll() is None, f"spacegrid up exited with {up.returncode}:\n{up_log.read_text()[-4000:]}"
+        _assert(live_members(data_dir) == pus)
+
     try:
-        eventually_sync(lambda: _assert(live_members(data_dir) == pus), timeout_s=120, interval_s=0.5)
+        try:
+            eventually_sync(ready, timeout_s=120, interval_s=0.5)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n--- spacegrid up's output:\n{up_log.read_text()[-4000:]}") from exc
         yield
     finally:
         up.send_signal(signal.SIGTERM)
