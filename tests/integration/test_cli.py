@@ -71,8 +71,12 @@ def test_up_serves_the_cli_and_stops_everything_on_sigterm(tmp_path: Path) -> No
         console_urls = [line.split()[-1] for line in (data_dir / "logs" / "console.log").read_text().splitlines()
                         if line.startswith("console: ")]
         assert len(console_urls) == 1, console_urls
-        snapshot = json.loads(urllib.request.urlopen(console_urls[0] + "api/snapshot", timeout=10).read())
-        assert len(snapshot["members"]) == 2 and snapshot["active_partitions"] == 64
+
+        def console_sees_the_grid() -> None:  # the console's own watches fill in after it starts
+            snapshot = json.loads(urllib.request.urlopen(console_urls[0] + "api/snapshot", timeout=10).read())
+            assert len(snapshot["members"]) == 2 and snapshot["active_partitions"] == 64, snapshot
+
+        eventually_sync(console_sees_the_grid, timeout_s=30, interval_s=0.2)
     finally:
         up.send_signal(signal.SIGTERM)
         up.wait(timeout=60)
