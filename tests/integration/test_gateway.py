@@ -28,6 +28,7 @@ from spacegrid.testing.apps import APP
 from spacegrid.testing.fixtures import TEST_PU_ARGS
 
 URL_WAIT_S = 30.0
+KEEPALIVE_S = 0.3  # the gateway's --keepalive-s here: the idle-feed test sees keep-alives at once
 SCHEMATHESIS_EXAMPLES = 8  # per operation (about 30 operations): the whole property run stays under a minute
 
 
@@ -62,7 +63,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         grid.wait_ready(60, members=2)
         cli("auth", "token", "reader", "--data-dir", str(grid.data_dir))  # makes the gateway key before it starts
         process = subprocess.Popen([sys.executable, "-m", "spacegrid.cli.main", "gateway", "--data-dir",
-                                    str(grid.data_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                    str(grid.data_dir), "--keepalive-s", str(KEEPALIVE_S)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             deadline_s = time.monotonic() + URL_WAIT_S
             line = ""
@@ -221,6 +222,24 @@ def test_the_change_feed_over_server_sent_events(gateway: Gateway) -> None:
             assert (deleted["kind"], deleted["value"]) == ("delete", None)
         assert reader.get("/maps/nope/changes").status_code == 404
         assert error_of(reader.get("/maps/kv/changes", params={"from": "x.y"}))["error"] == "RequestError"
+
+
+def test_an_idle_change_feed_sends_keep_alives_and_then_the_change(gateway: Gateway) -> None:
+    """A change feed with nothing to send writes an SSE comment every --keepalive-s (so proxies keep it open); the
+    change made after the keep-alives still arrives on the same stream."""
+    key = f"idle-{time.monotonic_ns()}"
+    with gateway.http("reader") as reader:
+        with reader.stream("GET", "/maps/kv/changes", params={"key": key}) as stream:
+            lines = stream.iter_lines()
+            keepalives = 0
+            for line in lines:  # bounded by the client's read timeout: keep-alives come every KEEPALIVE_S
+                keepalives += line == ": keep-alive"
+                if keepalives == 2:
+                    break
+            assert keepalives == 2
+            with gateway.http() as writer:
+                version = writer.put(f"/maps/kv/entries/{key}", json="after").json()["version"]
+            assert sse_events(lines, 1)[0][1]["version"] == version
 
 
 def test_the_openapi_document_describes_the_space(gateway: Gateway) -> None:

@@ -12,7 +12,7 @@ from spacegrid.cli.common import (access_options, app_option, connect_timeout_op
                                   given_access, nats_option, open_client, resolve, run_until_interrupted)
 from spacegrid.cli.console import _loopback
 from spacegrid.errors import ConfigError, SpacegridError
-from spacegrid.limits import GATEWAY_START_S, GATEWAY_STOP_S
+from spacegrid.limits import GATEWAY_SSE_KEEPALIVE_S, GATEWAY_START_S, GATEWAY_STOP_S
 
 GATEWAY_URL_PREFIX = "gateway: "
 
@@ -30,10 +30,13 @@ GATEWAY_URL_PREFIX = "gateway: "
                    "`spacegrid auth token`].")
 @click.option("--no-auth", is_flag=True, help="Take requests without a token, every caller a writer: loopback "
                                               "development only (refused with another --host).")
+@click.option("--keepalive-s", "keepalive_s", type=click.FloatRange(0.1, 3600), default=GATEWAY_SSE_KEEPALIVE_S,
+              show_default=True, help="An idle change feed (server-sent events) sends a comment this often, so that "
+                                      "proxies and load balancers do not close it.")
 @connect_timeout_option
 @access_options
 def gateway_command(data_dir: Path, nats_url: str | None, app: str | None, host: str, port: int,
-                    token_key: Path | None, no_auth: bool, connect_timeout_s: float) -> None:
+                    token_key: Path | None, no_auth: bool, keepalive_s: float, connect_timeout_s: float) -> None:
     """Serve the space's maps, handlers and queries over HTTP/JSON: /openapi.json describes them, /docs lists them.
     Connects to NATS with the client role's credential; HTTP callers send `Authorization: Bearer TOKEN`, minted by
     `spacegrid auth token reader|client`. Prints its URL, then serves until Ctrl-C."""
@@ -58,7 +61,7 @@ def gateway_command(data_dir: Path, nats_url: str | None, app: str | None, host:
     async def run() -> None:
         client = await open_client(space, url, connect_timeout_s, access)
         try:
-            gateway = Gateway(client, verifier, _version())
+            gateway = Gateway(client, verifier, _version(), keepalive_s=keepalive_s)
             server = uvicorn.Server(uvicorn.Config(build_app(gateway), host=host, port=port, log_level="warning",
                                                    lifespan="off", timeout_graceful_shutdown=int(GATEWAY_STOP_S)))
             serving = asyncio.create_task(server.serve())

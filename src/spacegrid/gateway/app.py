@@ -30,7 +30,7 @@ from spacegrid.gateway.auth import ANONYMOUS_WRITER, Caller, TokenVerifier, requ
 from spacegrid.gateway.changes import ChangeStreams
 from spacegrid.gateway.statuses import RETRY_NO, error_body
 from spacegrid.gateway.values import dumps, parse_json, read_body, to_json
-from spacegrid.limits import GATEWAY_BODY_BYTES_MAX, GATEWAY_REQUESTS_IN_FLIGHT_MAX
+from spacegrid.limits import GATEWAY_BODY_BYTES_MAX, GATEWAY_REQUESTS_IN_FLIGHT_MAX, GATEWAY_SSE_KEEPALIVE_S
 
 if TYPE_CHECKING:
     from spacegrid.client.client import Client
@@ -63,13 +63,13 @@ class Gateway:
     """The endpoints over one client; counts the requests in flight against GATEWAY_REQUESTS_IN_FLIGHT_MAX."""
 
     def __init__(self, client: Client, verifier: TokenVerifier | None, version: str,
-                 body_bytes_max: int = GATEWAY_BODY_BYTES_MAX) -> None:
+                 body_bytes_max: int = GATEWAY_BODY_BYTES_MAX, keepalive_s: float = GATEWAY_SSE_KEEPALIVE_S) -> None:
         self.client = client
         self.space = client.space
         self.verifier = verifier
         self.body_bytes_max = body_bytes_max
         self.in_flight = 0
-        self.streams = ChangeStreams(client)
+        self.streams = ChangeStreams(client, keepalive_s)
         self.document = openapi.build(self.space, version)
         self.document_json = dumps(self.document)
 

@@ -4,6 +4,7 @@ Last-Event-ID and resumes right after it (at-least-once across reconnects, never
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Final
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from spacegrid.client.client import Client
 
 EARLIEST: Final = "earliest"
+KEEPALIVE: Final = b": keep-alive\n\n"  # an SSE comment: EventSource ignores it
 POSITION_PATTERN: Final = r"^(earliest|[0-9]{1,19}(\.[0-9]{1,19}\.[0-9]{1,19})?)$"
 
 
@@ -34,10 +36,13 @@ def change_event(change: Change) -> bytes:
 
 
 class ChangeStreams:
-    """The open change feeds of a gateway, at most GATEWAY_CHANGE_STREAMS_MAX."""
+    """The open change feeds of a gateway, at most GATEWAY_CHANGE_STREAMS_MAX; an idle one sends a comment every
+    `keepalive_s` (proxies close connections that stay silent)."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, keepalive_s: float) -> None:
+        assert keepalive_s > 0
         self.client = client
+        self.keepalive_s = keepalive_s
         self.open = 0
 
     async def changes(self, request: Request, caller: Caller) -> Response:
@@ -60,14 +65,35 @@ class ChangeStreams:
         """The events; a failure of the feed (ChangesLost: the log no longer holds them) ends the stream with an
         `error` event carrying the one error body. Closed when the caller goes."""
         self.open += 1  # counted from its first read: a stream never read is never counted
+        upcoming: asyncio.Future[Change | None] | None = None  # the feed's next change: kept across keep-alives, not cancelled
         try:
             yield f": spacegrid changes of {map_name}\n\n".encode()
             async with contextlib.aclosing(feed):  # type: ignore[type-var]  # listen's async generator
-                async for change in feed:
+                while True:
+                    if upcoming is None:
+                        upcoming = asyncio.ensure_future(_next(feed))
+                    done, _ = await asyncio.wait((upcoming,), timeout=self.keepalive_s)
+                    if not done:
+                        yield KEEPALIVE
+                        continue
+                    change, upcoming = upcoming.result(), None
+                    if change is None:
+                        return
                     yield change_event(change)
         except SpacegridError as exc:
             _, body, _ = error_body(exc, write=False)
             yield b"event: error\ndata: %s\n\n" % dumps(body)
         finally:
             self.open -= 1
+            if upcoming is not None:  # the caller went while the feed waited
+                upcoming.cancel()
+                await asyncio.gather(upcoming, return_exceptions=True)
+
+
+async def _next(feed: AsyncIterator[Change]) -> Change | None:
+    """The feed's next change; None at its end."""
+    try:
+        return await anext(feed)
+    except StopAsyncIteration:
+        return None
 
