@@ -149,6 +149,7 @@ WIRE_OP_ID_CHARS_MAX: Final = 128  # a request's operation id (the client's are 
 GATEWAY_BODY_BYTES_MAX: Final = 1 * MIB  # one request's body (a value or handler arguments): past it, 413
 GATEWAY_REQUESTS_IN_FLIGHT_MAX: Final = 4096  # requests the gateway serves at once: past it, 429 Overloaded
 GATEWAY_CHANGE_STREAMS_MAX: Final = 256  # change feeds (server-sent events) open at once: past it, 429 Overloaded
+GATEWAY_IDEMPOTENCY_KEY_CHARS_MAX: Final = 100  # an Idempotency-Key header (the op id adds the token's id)
 GATEWAY_SSE_KEEPALIVE_S: Final = 15.0  # an idle change feed sends a comment this often: proxies keep it open
 GATEWAY_START_S: Final = 10.0  # the gateway binds within this, or the command fails
 GATEWAY_STOP_S: Final = 1.0  # open event streams get this long to close on shutdown

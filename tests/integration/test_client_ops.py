@@ -39,6 +39,28 @@ def test_put_get_delete_round_trip(grid: Any) -> None:
     run(grid, body)
 
 
+def test_a_write_with_the_callers_op_id_applies_once_across_clients(grid: Any) -> None:
+    """execute/put with an op_id of the caller's own: repeated by the same client or by a second client (a retry
+    after a restart), it answers the first call's result and applies once; an op_id past WIRE_OP_ID_CHARS_MAX is
+    refused before anything is sent."""
+    from spacegrid.errors import RequestError
+    from spacegrid.limits import WIRE_OP_ID_CHARS_MAX
+
+    async def body(c: Client) -> None:
+        assert [await c.execute("incr", "once", 3, op_id="pay-1") for _ in range(2)] == [3, 3]
+        async with await Client.connect(grid.space, grid.url, access=grid.access) as second:
+            assert await second.execute("incr", "once", 3, op_id="pay-1") == 3
+            assert await second.execute("incr", "once", 3, op_id="pay-2") == 6
+        version = await c.put("kv", "once", "a", op_id="put-1")
+        assert await c.put("kv", "once", "b", op_id="put-1") == version
+        assert await c.get_entry("kv", "once") == ("a", version)
+        with pytest.raises(RequestError, match="op_id"):
+            await c.execute("incr", "once", 3, op_id="x" * (WIRE_OP_ID_CHARS_MAX + 1))
+        assert await c.get("counters", "once") == 6
+
+    run(grid, body)
+
+
 def test_versions_only_grow_across_delete_and_recreate(grid: Any) -> None:
     """Every write of a key gets a higher version, even after the key was deleted."""
 

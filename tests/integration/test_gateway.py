@@ -224,6 +224,31 @@ def test_the_change_feed_over_server_sent_events(gateway: Gateway) -> None:
         assert error_of(reader.get("/maps/kv/changes", params={"from": "x.y"}))["error"] == "RequestError"
 
 
+def test_a_write_repeated_with_its_idempotency_key_applies_once(gateway: Gateway) -> None:
+    """A handler call and a put sent twice with one Idempotency-Key (a retry after a lost response) apply once and
+    answer the first result both times; without the key, or with the same key under another token, the call is a
+    new operation; a malformed key is a 400 and applies nothing, as is a misspelt query parameter (a put with
+    `expected_verison` must not become an unconditional write)."""
+    counter = f"idem-{time.monotonic_ns()}"
+    other_token = cli("auth", "token", "client", "--data-dir", str(gateway.grid.data_dir))
+    with gateway.http() as http, gateway.http(other_token) as other:
+        once = {"Idempotency-Key": f"order-{counter}"}
+        results = [http.post(f"/handlers/incr/{counter}", json=5, headers=once).json()["result"] for _ in range(2)]
+        assert results == [5, 5]
+        assert http.post(f"/handlers/incr/{counter}", json=5).json()["result"] == 10
+        assert other.post(f"/handlers/incr/{counter}", json=5, headers=once).json()["result"] == 15
+        bad = http.post(f"/handlers/incr/{counter}", json=5, headers={"Idempotency-Key": "has space"})
+        assert (bad.status_code, error_of(bad)["error"]) == (400, "RequestError")
+        assert http.get(f"/maps/counters/entries/{counter}").json()["value"] == 15
+        put_once = {"Idempotency-Key": f"put-{counter}"}
+        versions = [http.put(f"/maps/kv/entries/{counter}", json=n, headers=put_once).json()["version"] for n in (1, 2)]
+        assert versions[0] == versions[1]
+        assert http.get(f"/maps/kv/entries/{counter}").json() == {"key": counter, "value": 1, "version": versions[0]}
+        typo = http.put(f"/maps/kv/entries/{counter}", json=3, params={"expected_verison": 0})
+        assert (typo.status_code, error_of(typo)["error"]) == (400, "RequestError")
+        assert http.get(f"/maps/kv/entries/{counter}").json()["value"] == 1
+
+
 def test_an_idle_change_feed_sends_keep_alives_and_then_the_change(gateway: Gateway) -> None:
     """A change feed with nothing to send writes an SSE comment every --keepalive-s (so proxies keep it open); the
     change made after the keep-alives still arrives on the same stream."""

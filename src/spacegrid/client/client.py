@@ -30,7 +30,7 @@ from spacegrid.errors import (
     RequestError,
     SpacegridError,
 )
-from spacegrid.limits import DEFAULT_LIMITS, Limits
+from spacegrid.limits import DEFAULT_LIMITS, WIRE_OP_ID_CHARS_MAX, Limits
 from spacegrid.partitioning import PartitionTable
 from spacegrid.security.access import Access
 from spacegrid.space import Space, check_key
@@ -162,24 +162,31 @@ class Client:
         return {key: value for key, value in zip(keys, values) if value is not None}
 
     async def put(self, map: str, key: str, value: Any, expected_version: int | None = None,
-                  deadline_s: float | None = None) -> int:
-        """Store `value`; with expected_version, only if the entry is at that version (0: absent). Returns the new version."""
+                  deadline_s: float | None = None, op_id: str | None = None) -> int:
+        """Store `value`; with expected_version, only if the entry is at that version (0: absent). Returns the new
+        version. `op_id`: an operation id of the caller's own (see `execute`)."""
         if value is None:
             raise RequestError("None can't be stored as a value: delete the key instead")
         return int(await self._call(self.space.partition_of(map, key), protocol.OP_PUT, map, key, value,
-                                    expected_version, write=True, deadline_s=deadline_s))
+                                    expected_version, write=True, deadline_s=deadline_s, op_id=op_id))
 
     async def delete(self, map: str, key: str, expected_version: int | None = None,
-                     deadline_s: float | None = None) -> bool:
-        """Delete; True if the key existed."""
+                     deadline_s: float | None = None, op_id: str | None = None) -> bool:
+        """Delete; True if the key existed. `op_id`: an operation id of the caller's own (see `execute`)."""
         return bool(await self._call(self.space.partition_of(map, key), protocol.OP_DELETE, map, key, None,
-                                     expected_version, write=True, deadline_s=deadline_s))
+                                     expected_version, write=True, deadline_s=deadline_s, op_id=op_id))
 
-    async def execute(self, handler: str, key: str, args: Any = None, deadline_s: float | None = None) -> Any:
-        """Run a handler on the PU owning `key`, atomically with every other operation on its partition."""
+    async def execute(self, handler: str, key: str, args: Any = None, deadline_s: float | None = None,
+                      op_id: str | None = None) -> Any:
+        """Run a handler on the PU owning `key`, atomically with every other operation on its partition.
+        Every attempt of a write carries one operation id, so the client's own retries apply it at most once. With
+        `op_id` (at most WIRE_OP_ID_CHARS_MAX characters, unique per operation), the caller names it: a call
+        repeated with the same id for the same key, from this client or another, even after a restart, is answered
+        with the first call's result instead of running again, as long as its partition's dedup window
+        (limits.dedup_window_ops, the most recent operations) still holds it."""
         definition = self.space.handler_def(handler)
         return await self._call(self.space.partition_of(definition.map, key), protocol.OP_EXECUTE, handler, key, args,
-                                write=not definition.read_only, deadline_s=deadline_s)
+                                write=not definition.read_only, deadline_s=deadline_s, op_id=op_id)
 
     async def query(self, name: str, args: Any = None, deadline_s: float | None = None) -> Any:
         """Run a read-only query on every partition and merge the results on this side."""
@@ -216,13 +223,18 @@ class Client:
     # ---- routing and retries -------------------------------------------------------------------------------
 
     async def _call(self, partition: int, op: int, name: str, key: str, arg1: Any = None, arg2: Any = None,
-                    write: bool = False, deadline_s: float | None = None) -> Any:
-        """Send until answered, by the policy of client.retry: one operation id for every attempt of a write."""
+                    write: bool = False, deadline_s: float | None = None, op_id: str | None = None) -> Any:
+        """Send until answered, by the policy of client.retry: one operation id for every attempt of a write (the
+        caller's `op_id`, or one of this client's)."""
         if self._closed:
             raise ClosedError("client closed")
         if key:
             check_key(key)
-        op_id = f"{self.client_id}:{next(self._op_ids)}" if write else ""
+        if op_id is None:
+            op_id = f"{self.client_id}:{next(self._op_ids)}" if write else ""
+        elif not isinstance(op_id, str) or not 0 < len(op_id) <= WIRE_OP_ID_CHARS_MAX or not write:
+            raise RequestError(f"op_id is a string of 1 to {WIRE_OP_ID_CHARS_MAX} characters (limits."
+                               "WIRE_OP_ID_CHARS_MAX), for writes only")
         retries = CallRetries.start(self.limits, time.monotonic(), deadline_s, f"partition {partition}")
         while True:
             owner = self._route(partition, op)

@@ -46,14 +46,16 @@ class SyncClient:
         return self._run(self._client.get_many(map, keys, deadline_s))
 
     def put(self, map: str, key: str, value: Any, expected_version: int | None = None,
-            deadline_s: float | None = None) -> int:
-        return self._run(self._client.put(map, key, value, expected_version, deadline_s))
+            deadline_s: float | None = None, op_id: str | None = None) -> int:
+        return self._run(self._client.put(map, key, value, expected_version, deadline_s, op_id))
 
-    def delete(self, map: str, key: str, expected_version: int | None = None, deadline_s: float | None = None) -> bool:
-        return self._run(self._client.delete(map, key, expected_version, deadline_s))
+    def delete(self, map: str, key: str, expected_version: int | None = None, deadline_s: float | None = None,
+               op_id: str | None = None) -> bool:
+        return self._run(self._client.delete(map, key, expected_version, deadline_s, op_id))
 
-    def execute(self, handler: str, key: str, args: Any = None, deadline_s: float | None = None) -> Any:
-        return self._run(self._client.execute(handler, key, args, deadline_s))
+    def execute(self, handler: str, key: str, args: Any = None, deadline_s: float | None = None,
+                op_id: str | None = None) -> Any:
+        return self._run(self._client.execute(handler, key, args, deadline_s, op_id))
 
     def query(self, name: str, args: Any = None, deadline_s: float | None = None) -> Any:
         return self._run(self._client.query(name, args, deadline_s))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -28,6 +28,7 @@ from spacegrid.errors import NotFound, Overloaded, RequestError, SpacegridError
 from spacegrid.gateway import openapi
 from spacegrid.gateway.auth import ANONYMOUS_WRITER, Caller, TokenVerifier, require_write
 from spacegrid.gateway.changes import ChangeStreams
+from spacegrid.gateway.idempotency import op_id_of
 from spacegrid.gateway.statuses import RETRY_NO, error_body
 from spacegrid.gateway.values import dumps, parse_json, read_body, to_json
 from spacegrid.limits import GATEWAY_BODY_BYTES_MAX, GATEWAY_REQUESTS_IN_FLIGHT_MAX, GATEWAY_SSE_KEEPALIVE_S
@@ -78,8 +79,11 @@ class Gateway:
             return ANONYMOUS_WRITER
         return self.verifier.caller(request.headers.get("authorization"), time.time())
 
-    def endpoint(self, operation: Operation) -> Callable[[Request], Awaitable[Response]]:
-        """`operation` behind the token check and the in-flight bound, its errors as error bodies."""
+    def endpoint(self, operation: Operation, query: frozenset[str] = frozenset()
+                 ) -> Callable[[Request], Awaitable[Response]]:
+        """`operation` behind the token check and the in-flight bound, its errors as error bodies. A query
+        parameter it does not take is a 400 (a misspelt expected_version must not turn into an unconditional
+        write)."""
 
         async def handle(request: Request) -> Response:
             request.state.write = False  # an operation sets it once it may change something (for `retry`)
@@ -88,7 +92,12 @@ class Gateway:
                                                  "(limits.GATEWAY_REQUESTS_IN_FLIGHT_MAX): back off"), False)
             self.in_flight += 1
             try:
-                return await operation(request, self.caller(request))
+                caller = self.caller(request)
+                unknown = request.query_params.keys() - query
+                if unknown:
+                    raise RequestError(f"unknown query parameter {sorted(unknown)[0][:40]!r}: {request.method} takes "
+                                       f"{', '.join(sorted(query)) or 'none'} here (see /openapi.json)")
+                return await operation(request, caller)
             except SpacegridError as exc:
                 return error_response(exc, request.state.write)
             except Exception:  # a bug of ours: say so in the one error body, keep serving
@@ -119,18 +128,21 @@ class Gateway:
         self.space.map_def(map_name)  # an unknown map is a 404 before the body is read
         expected = expected_version(request)
         value = await self.body(request, "the value", required=True)
+        op_id = op_id_of(request, caller)
         request.state.write = True
         if value is None:
             raise RequestError("null can't be stored as a value: DELETE the key instead")
-        version = await self.client.put(map_name, key, value, expected_version=expected)
+        version = await self.client.put(map_name, key, value, expected_version=expected, op_id=op_id)
         return json_response({"version": version}, headers={"ETag": f'"{version}"'})
 
     async def delete_entry(self, request: Request, caller: Caller) -> Response:
         map_name, key = request.path_params["map"], request.path_params["key"]
         require_write(caller, f"DELETE {map_name}")
         expected = expected_version(request)
+        op_id = op_id_of(request, caller)
         request.state.write = True
-        return json_response({"deleted": await self.client.delete(map_name, key, expected_version=expected)})
+        deleted = await self.client.delete(map_name, key, expected_version=expected, op_id=op_id)
+        return json_response({"deleted": deleted})
 
     async def get_backup(self, request: Request, caller: Caller) -> Response:
         map_name, key = request.path_params["map"], request.path_params["key"]
@@ -144,8 +156,9 @@ class Gateway:
         if not definition.read_only:
             require_write(caller, f"handler {name}")
         args = await self.body(request, "the handler's arguments", required=False)
+        op_id = None if definition.read_only else op_id_of(request, caller)
         request.state.write = not definition.read_only
-        return json_response({"result": to_json(await self.client.execute(name, key, args))})
+        return json_response({"result": to_json(await self.client.execute(name, key, args, op_id=op_id))})
 
     async def query(self, request: Request, caller: Caller) -> Response:
         name = request.path_params["query"]
@@ -174,17 +187,20 @@ async def _http_error(request: Request, exc: Exception) -> Response:
                           f"{exc.detail}", "retry": RETRY_NO}, exc.status_code, dict(exc.headers or {}))
 
 
+CONDITIONAL: Final = frozenset({"expected_version"})  # the query parameters of a put and a delete
+
+
 def build_app(gateway: Gateway, extra_routes: list[Route] | None = None) -> Starlette:
     """The gateway's routes (keys may hold '/': the key is the rest of the path)."""
     g, e = gateway, gateway.endpoint
     routes = [
         Route("/maps/{map}/entries/{key:path}", e(g.get_entry), methods=["GET"]),
-        Route("/maps/{map}/entries/{key:path}", e(g.put_entry), methods=["PUT"]),
-        Route("/maps/{map}/entries/{key:path}", e(g.delete_entry), methods=["DELETE"]),
+        Route("/maps/{map}/entries/{key:path}", e(g.put_entry, CONDITIONAL), methods=["PUT"]),
+        Route("/maps/{map}/entries/{key:path}", e(g.delete_entry, CONDITIONAL), methods=["DELETE"]),
         Route("/maps/{map}/backups/{key:path}", e(g.get_backup), methods=["GET"]),
         Route("/handlers/{handler}/{key:path}", e(g.execute), methods=["POST"]),
         Route("/queries/{query}", e(g.query), methods=["POST"]),
-        Route("/maps/{map}/changes", e(g.streams.changes), methods=["GET"]),
+        Route("/maps/{map}/changes", e(g.streams.changes, frozenset({"key", "from"})), methods=["GET"]),
         *(extra_routes or []),
         Route("/openapi.json", g.openapi_json, methods=["GET"]),
         Route("/docs", g.docs, methods=["GET"]),

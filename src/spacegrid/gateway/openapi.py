@@ -7,6 +7,7 @@ import inspect
 from typing import Any, Final
 
 from spacegrid.gateway.changes import POSITION_PATTERN
+from spacegrid.gateway.idempotency import IDEMPOTENCY_KEY_PATTERN
 from spacegrid.gateway.statuses import RETRY_NO, RETRY_SAFE, RETRY_UNKNOWN, STATUS_MEANINGS
 from spacegrid.limits import KEY_CHARS_MAX
 from spacegrid.space import Space
@@ -58,6 +59,7 @@ def _doc(fn: Any, fallback: str) -> str:
 def _map_paths(name: str) -> dict[str, Any]:
     key = {"$ref": "#/components/parameters/Key"}
     expected = {"$ref": "#/components/parameters/ExpectedVersion"}
+    idempotency = {"$ref": "#/components/parameters/IdempotencyKey"}
     paths: dict[str, Any] = {
         f"/maps/{name}/entries/{{key}}": {
             "parameters": [key],
@@ -65,10 +67,10 @@ def _map_paths(name: str) -> dict[str, Any]:
                               _json(_ref("Entry"), "The entry (ETag: its version)"), READ_ERRORS),
             "put": _operation(f"put_entry_{name}", f"Store an entry of {name} (compare-and-set with expected_version)",
                               name, "client", _json(_ref("Written"), "Stored: its new version"), WRITE_ERRORS,
-                              parameters=[expected], requestBody=_body("The value (not null)", True)),
+                              parameters=[expected, idempotency], requestBody=_body("The value (not null)", True)),
             "delete": _operation(f"delete_entry_{name}", f"Delete an entry of {name}", name, "client",
                                  _json(_ref("Deleted"), "Whether the entry existed"), WRITE_ERRORS,
-                                 parameters=[expected]),
+                                 parameters=[expected, idempotency]),
         },
         f"/maps/{name}/backups/{{key}}": {
             "parameters": [key],
@@ -98,6 +100,12 @@ def _components() -> dict[str, Any]:
                                "not": {"enum": [".", ".."]}}},  # URL dot segments: no path can name them
             "ExpectedVersion": {"name": "expected_version", "in": "query", "required": False, "schema": version,
                                 "description": "Write only if the entry is at this version (0: absent)"},
+            "IdempotencyKey": {"name": "Idempotency-Key", "in": "header", "required": False,
+                               "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN},
+                               "description": "A key of the caller's own, unique per operation: a write repeated "
+                                              "with the same key (a retry after a timeout) is answered with the first "
+                                              "one's result instead of applying again, while its partition's dedup "
+                                              "window holds it (per token)"},
             "ChangeKey": {"name": "key", "in": "query", "required": False, "schema": {"type": "string"},
                           "description": "Only this key's changes"},
             "From": {"name": "from", "in": "query", "required": False,
@@ -144,7 +152,8 @@ def build(space: Space, version: str) -> dict[str, Any]:
             _json(_ref("Result"), "What the handler returned"), CODE_ERRORS if handler.read_only else WRITING_CODE_ERRORS,
             description=_doc(handler.fn, f"Handler {name} of map {handler.map}") + ("\n\nRead-only." if
                                                                                      handler.read_only else ""),
-            requestBody=_body("The handler's arguments (empty: null)", False))}
+            requestBody=_body("The handler's arguments (empty: null)", False),
+            **({} if handler.read_only else {"parameters": [{"$ref": "#/components/parameters/IdempotencyKey"}]}))}
     for name, query in space.queries.items():
         paths[f"/queries/{name}"] = {"post": _operation(
             f"query_{name}", f"Run query {name} on every partition and merge the results", "queries", "reader",
