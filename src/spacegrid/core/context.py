@@ -28,7 +28,7 @@ class HandlerContext:
 
     def check(self, map_name: str, key: str) -> None:
         """The key is valid and lives in this partition (checked once per key per operation)."""
-        if (map_name, key) in self.checked:
+        if (map_name, key) in self.checked or self.state.holds(map_name, key):
             return
         check_key(key)
         if self.state.space.partition_of(map_name, key) != self.partition:

@@ -30,6 +30,7 @@ from spacegrid.core.entries import DELETED, VALUE, VERSION, Entry
 from spacegrid.core.rows import Row, digest_of
 
 LOG_WRITES = "w"
+EMPTY_MAP: dict[str, Entry] = {}  # never written: the lookups of a map with no entry yet
 
 
 
@@ -182,6 +183,11 @@ class PartitionState:
         self.lsn_assigned = self.lsn_committed
 
     # ---- reads ---------------------------------------------------------------------------------------------
+
+    def holds(self, map_name: str, key: object) -> bool:
+        """Whether `key` has a committed entry in memory: then it was checked when written (a valid key whose
+        partition is this one), and needs no routing check again."""
+        return type(key) is str and key in self.maps.get(map_name, EMPTY_MAP)
 
     def get_encoded(self, map_name: str, key: str) -> tuple[bytes, int] | None:
         """The last committed value (msgpack-encoded, as stored) and version, or None. An async map answers with

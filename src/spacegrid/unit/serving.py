@@ -118,7 +118,8 @@ class Server:
                                        "still owns the partition")
         state = slot.state
         if isinstance(request, protocol.Get):
-            self._check_route(request.map, request.key, request.partition)
+            if not state.holds(request.map, request.key):  # an entry in memory was routed here when written
+                self._check_route(request.map, request.key, request.partition)
             try:
                 self.replies.send(reply_to, protocol.entry_reply(request.req_id,
                                                                  state.get_encoded(request.map, request.key)))
