@@ -33,7 +33,7 @@ from spacegrid.errors import (
 from spacegrid.limits import DEFAULT_LIMITS, WIRE_OP_ID_CHARS_MAX, Limits
 from spacegrid.partitioning import PartitionTable
 from spacegrid.security.access import Access
-from spacegrid.space import Space, check_key
+from spacegrid.space import Space
 
 log = logging.getLogger("spacegrid.client")
 
@@ -137,8 +137,8 @@ class Client:
 
     async def get(self, map: str, key: str, deadline_s: float | None = None) -> Any:
         """The value of `key` in `map`, or None."""
-        entry = await self.get_entry(map, key, deadline_s)
-        return None if entry is None else entry[0]
+        found = await self._call(self.space.partition_of(map, key), protocol.OP_GET, map, key, deadline_s=deadline_s)
+        return None if found is None else found[0]
 
     async def get_entry(self, map: str, key: str, deadline_s: float | None = None) -> tuple[Any, int] | None:
         """(value, version) of `key` in `map`, or None."""
@@ -225,17 +225,17 @@ class Client:
     async def _call(self, partition: int, op: int, name: str, key: str, arg1: Any = None, arg2: Any = None,
                     write: bool = False, deadline_s: float | None = None, op_id: str | None = None) -> Any:
         """Send until answered, by the policy of client.retry: one operation id for every attempt of a write (the
-        caller's `op_id`, or one of this client's)."""
+        caller's `op_id`, or one of this client's). `partition` comes from Space.partition_of, which checked the
+        key. The retry state is made at the first failure: most calls are answered at the first attempt."""
         if self._closed:
             raise ClosedError("client closed")
-        if key:
-            check_key(key)
         if op_id is None:
             op_id = f"{self.client_id}:{next(self._op_ids)}" if write else ""
         elif not isinstance(op_id, str) or not 0 < len(op_id) <= WIRE_OP_ID_CHARS_MAX or not write:
             raise RequestError(f"op_id is a string of 1 to {WIRE_OP_ID_CHARS_MAX} characters (limits."
                                "WIRE_OP_ID_CHARS_MAX), for writes only")
-        retries = CallRetries.start(self.limits, time.monotonic(), deadline_s, f"partition {partition}")
+        started_s = time.monotonic()
+        retries: CallRetries | None = None
         while True:
             owner = self._route(partition, op)
             if owner is None:
@@ -248,11 +248,17 @@ class Client:
                     raise PayloadTooLarge(
                         f"request of {len(payload)} bytes exceeds limits.request_payload_bytes_max "
                         f"({self.limits.request_payload_bytes_max})")
+                if retries is None:
+                    timeout_s = min(self.limits.attempt_timeout_s,
+                                    max(self.limits.call_deadline_s if deadline_s is None else deadline_s, 0.001))
+                else:
+                    timeout_s = retries.attempt_timeout_s(time.monotonic())
                 try:
-                    return await self._send(self.names.pu_subject(owner), req_id, payload,
-                                            retries.attempt_timeout_s(time.monotonic()))
+                    return await self._send(self.names.pu_subject(owner), req_id, payload, timeout_s)
                 except SpacegridError as exc:
                     error = exc
+            if retries is None:
+                retries = CallRetries.start(self.limits, started_s, deadline_s, f"partition {partition}")
             delay_s = retries.after_failure(error, time.monotonic())  # raises what ends the call
             self.counters["retries"] += 1
             await asyncio.sleep(delay_s)
