@@ -65,7 +65,7 @@ class ChangeStreams:
         """The events; a failure of the feed (ChangesLost: the log no longer holds them) ends the stream with an
         `error` event carrying the one error body. Closed when the caller goes."""
         self.open += 1  # counted from its first read: a stream never read is never counted
-        upcoming: asyncio.Future[Change | None] | None = None  # the feed's next change: kept across keep-alives, not cancelled
+        upcoming: asyncio.Future[Change | None] | None = None  # the next change: kept across keep-alives
         try:
             yield f": spacegrid changes of {map_name}\n\n".encode()
             async with contextlib.aclosing(feed):  # type: ignore[type-var]  # listen's async generator
