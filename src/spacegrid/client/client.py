@@ -248,11 +248,8 @@ class Client:
                     raise PayloadTooLarge(
                         f"request of {len(payload)} bytes exceeds limits.request_payload_bytes_max "
                         f"({self.limits.request_payload_bytes_max})")
-                if retries is None:
-                    timeout_s = min(self.limits.attempt_timeout_s,
-                                    max(self.limits.call_deadline_s if deadline_s is None else deadline_s, 0.001))
-                else:
-                    timeout_s = retries.attempt_timeout_s(time.monotonic())
+                timeout_s = CallRetries.first_attempt_timeout_s(self.limits, deadline_s) if retries is None \
+                    else retries.attempt_timeout_s(time.monotonic())
                 try:
                     return await self._send(self.names.pu_subject(owner), req_id, payload, timeout_s)
                 except SpacegridError as exc:

@@ -56,6 +56,12 @@ class CallRetries:
         return cls(now_s + timeout_s, limits.attempt_timeout_s, limits.retry_backoff_s_min,
                    limits.retry_backoff_s_max, what)
 
+    @staticmethod
+    def first_attempt_timeout_s(limits: Limits, timeout_s: float | None = None) -> float:
+        """attempt_timeout_s of a call's first attempt, without making its retry state (a client makes that at the
+        first failure: most calls are answered at the first attempt)."""
+        return min(limits.attempt_timeout_s, max(limits.call_deadline_s if timeout_s is None else timeout_s, 0.001))
+
     def attempt_timeout_s(self, now_s: float) -> float:
         """How long the next attempt may wait for its reply: the attempt timeout, cut to what is left."""
         return min(self.attempt_timeout_s_max, max(self.deadline_s - now_s, 0.001))

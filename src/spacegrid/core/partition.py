@@ -30,7 +30,7 @@ from spacegrid.core.entries import DELETED, VALUE, VERSION, Entry
 from spacegrid.core.rows import Row, digest_of
 
 LOG_WRITES = "w"
-EMPTY_MAP: dict[str, Entry] = {}  # never written: the lookups of a map with no entry yet
+EMPTY_MAP: dict[str, Entry] = {}  # never written: what reads of a map with no entry yet look in
 
 
 
@@ -132,7 +132,7 @@ class PartitionState:
 
     def load_key(self, map_name: str, key: str, row: tuple[bytes, int] | None) -> None:
         """Read-through: the store's copy of a key that was not in memory (None: the store has none either)."""
-        if (map_name, key) in self.overlay or key in self.maps.get(map_name, {}) or (map_name, key) in self.dirty:
+        if (map_name, key) in self.overlay or key in self.maps.get(map_name, EMPTY_MAP) or (map_name, key) in self.dirty:
             return  # written (or deleted, not yet persisted) or loaded since the read began: memory is newer
         tracker = self.eviction[map_name]
         if row is None:
@@ -194,14 +194,14 @@ class PartitionState:
         its latest applied value, as its writes were acknowledged once applied."""
         if map_name in self.async_maps:
             return self._lookup(map_name, key)
-        entry = self.maps.get(map_name, {}).get(key)
+        entry = self.maps.get(map_name, EMPTY_MAP).get(key)
         if map_name in self.eviction:
             self._track_read(map_name, key, entry is not None)
         return entry
 
     def get(self, map_name: str, key: str) -> tuple[Any, int] | None:
         """The last committed value (a fresh copy) and version, or None."""
-        entry = self.maps.get(map_name, {}).get(key)
+        entry = self.maps.get(map_name, EMPTY_MAP).get(key)
         if entry is None:
             return None
         return self.values.decode(entry[VALUE], self.limits.write_bytes_max), entry[VERSION]
@@ -352,7 +352,7 @@ class PartitionState:
         """A consistent snapshot, at lsn_committed, of every committed write the store does not hold yet."""
         snapshot = []
         for (map_name, key), version in self.dirty.items():
-            entry = self.maps.get(map_name, {}).get(key)
+            entry = self.maps.get(map_name, EMPTY_MAP).get(key)
             if entry is None:
                 snapshot.append(Row(map_name, key, None, version))
             else:
@@ -368,7 +368,7 @@ class PartitionState:
         """Reconciliation: the committed (key, version) pairs of a map that the store should hold, sorted by key
         (a page after after_key; limit 0: only their count and digest), and the writes it may not hold yet."""
         self.space.map_def(map_name)
-        entries = self.maps.get(map_name, {})
+        entries = self.maps.get(map_name, EMPTY_MAP)
         pending = sorted((key, version) for (name, key), version in self.dirty.items() if name == map_name)
         pending_keys = {key for key, _ in pending}
         clean = sorted((key, entry[VERSION]) for key, entry in entries.items() if key not in pending_keys)
@@ -392,7 +392,7 @@ class PartitionState:
         if tracker is not None and not tracker.complete:
             raise RequestError(f"map {map_name!r} evicts entries from memory to the store: a snapshot of it from the "
                                "PUs would miss those; read the store, or bound it by TTL only")
-        entries = self.maps.get(map_name, {})
+        entries = self.maps.get(map_name, EMPTY_MAP)
         keys = sorted(key for key in entries if after_key is None or key > after_key)
         page: list[tuple[str, bytes, int]] = []
         size_bytes = 0
@@ -413,7 +413,7 @@ class PartitionState:
         for map_name, tracker in self.eviction.items():
             if not tracker.config.evicts:
                 continue
-            entries = self.maps.get(map_name, {})
+            entries = self.maps.get(map_name, {})  # deleted from: never the shared EMPTY_MAP
             dirty = self.dirty
             overlay = self.overlay
             for key in tracker.evictable(now_s, lambda k: (map_name, k) in dirty or (map_name, k) in overlay, scan_max):
@@ -429,7 +429,7 @@ class PartitionState:
         now_s = self.clock()
         found = []
         for map_name, tracker in self.eviction.items():
-            entries = self.maps.get(map_name, {})
+            entries = self.maps.get(map_name, EMPTY_MAP)
             for key in tracker.expired(now_s, limit):
                 entry = entries.get(key)
                 if entry is not None and (map_name, key) not in self.overlay:
@@ -472,7 +472,7 @@ class PartitionState:
     def _lookup(self, map_name: str, key: str, committed_only: bool = False) -> Entry | None:
         entry = None if committed_only else self.overlay.get((map_name, key))
         if entry is None:
-            entry = self.maps.get(map_name, {}).get(key)
+            entry = self.maps.get(map_name, EMPTY_MAP).get(key)
             if map_name in self.eviction:
                 self._track_read(map_name, key, entry is not None)
         return None if entry is None or entry[VALUE] is DELETED else entry
