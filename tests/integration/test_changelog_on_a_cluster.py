@@ -1,7 +1,8 @@
 """The space's log on a 3-node NATS cluster (a replicated stream), where JetStream differs from a single server in two
 ways the grid must survive: an ephemeral consumer may be placed on a replica that is behind (its "nothing pending"
 is not the log's end), and an append's fence is checked before the message is proposed, against the claims
-applied so far (an append checked while a claim is in process lands after the claim, accepted)."""
+applied so far (an append checked while a claim is in process lands after the claim, accepted). And it may refuse to
+place a replicated stream for want of peers, which a forming cluster does for a moment."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from spacegrid.engine.changelog import Changelog, ensure_stream
 from spacegrid.engine.connection import connect
 from spacegrid.engine.server import NatsServerProcess, start_cluster, stop_all
 from spacegrid.engine.subjects import Names
-from spacegrid.errors import Fenced, FenceBusy
+from spacegrid.engine.transport import Transport
+from spacegrid.errors import Fenced, FenceBusy, GridUnavailable
 from spacegrid.testing.eventually import eventually
 from tests.integration.test_engine_changelog import message
 
@@ -183,3 +185,22 @@ def test_appends_racing_a_claim_are_all_in_the_new_owners_replay(cluster: list[N
             await nc_b.close()
 
     asyncio.run(asyncio.wait_for(main(), TEST_TIMEOUT_S))
+
+
+# ---- placement -------------------------------------------------------------------------------------------------
+
+
+def test_a_bucket_the_cluster_cannot_place_is_unavailable_not_a_bad_request(cluster: list[NatsServerProcess]) -> None:
+    """Buckets of 5 replicas on 3 nodes: JetStream refuses the placement ("no suitable peers", as a new cluster does
+    until its meta leader has heard from its peers: `spacegrid up --nats-cluster 3` failed on it once); the
+    transport answers GridUnavailable, which start-up retries, naming both causes, instead of a bad request that
+    ends the start."""
+    async def main() -> None:
+        transport = await Transport.connect(cluster[0].url, "test-placement")
+        try:
+            with pytest.raises(GridUnavailable, match="no peers to place a replicated stream"):
+                await transport.coordination(Names("unplaced"), replicas=5, create=True)
+        finally:
+            await transport.close()
+
+    asyncio.run(asyncio.wait_for(main(), 30))

@@ -37,11 +37,18 @@ from spacegrid.partitioning import PartitionTable
 log = logging.getLogger("spacegrid.coordination")
 
 KV_DELETES = ("DEL", "PURGE")
+NO_SUITABLE_PEERS = 10005  # a replicated stream's placement refused: a new cluster's leader knows too few peers yet
 MSG_DELETE_FAILED = 10057  # JetStream's answer to a refused message delete: no such message, or deletes denied
 KV_DUPLICATE_WINDOW_S_MAX = 120.0  # nats-py's KV streams: two minutes, or the TTL if shorter
 CONFIG_KEY = "config"  # the grid's configuration, next to the table's key in the table bucket
 NOT_READY: tuple[type[Exception], ...] = (NatsTimeoutError, NoRespondersError, ServiceUnavailableError,
                                           NoStreamResponseError)  # JetStream electing leaders, or not up yet
+
+
+def unplaced(exc: BaseException) -> bool:
+    """Whether JetStream refused to place a replicated stream for want of peers: transient on a cluster that is
+    forming (its meta leader was elected before it heard from every node), lasting if too few nodes run."""
+    return isinstance(exc, APIError) and exc.err_code == NO_SUITABLE_PEERS
 
 
 async def _bucket(js: JetStreamContext, name: str, replicas: int, ttl_s: float | None, create: bool) -> KeyValue:

@@ -15,7 +15,7 @@ from nats.js.errors import NotFoundError
 
 from spacegrid.engine.changelog import Changelog, ensure_stream, recreate_stream
 from spacegrid.engine.connection import connect
-from spacegrid.engine.coordination import NOT_READY, Coordination
+from spacegrid.engine.coordination import NOT_READY, Coordination, unplaced
 from spacegrid.engine.events import EventEmitter, ensure_events_stream, read_events
 from spacegrid.engine.logreader import log_bounds, read_log
 from spacegrid.engine.subjects import Names
@@ -36,6 +36,21 @@ class Subscription(Protocol):
 
 
 MessageHandler = Callable[[Any], Awaitable[None]]
+
+
+class _answered:
+    """`async with _answered():` turns JetStream not answering yet (electing leaders, a new cluster whose meta
+    leader has not yet heard from enough peers to place a replicated stream) into GridUnavailable: retry later."""
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if isinstance(exc, NOT_READY):
+            raise GridUnavailable(f"JetStream did not answer: {exc!r}") from exc
+        if exc is not None and unplaced(exc):
+            raise GridUnavailable("JetStream found no peers to place a replicated stream on: a cluster still forming "
+                                  "(retried), or fewer JetStream nodes than the grid's replicas") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,24 +146,18 @@ class Transport:
     async def ensure_stream(self, names: Names, replicas: int, max_msg_bytes: int, create: bool = True) -> None:
         """Create (with `create`) or check the space's log stream; GridUnavailable while JetStream does not answer,
         LogMissing if it is missing and may not be created."""
-        try:
+        async with _answered():
             await ensure_stream(self._js, names, replicas, max_msg_bytes, create)
-        except NOT_READY as exc:
-            raise GridUnavailable(f"JetStream did not answer: {exc!r}") from exc
 
     async def recreate_stream(self, names: Names, replicas: int, max_msg_bytes: int, first_seq: int) -> int:
         """Recreate a missing log stream from `first_seq`, with its reset marker (returns the marker's sequence)."""
-        try:
+        async with _answered():
             return await recreate_stream(self._js, names, replicas, max_msg_bytes, first_seq)
-        except NOT_READY as exc:
-            raise GridUnavailable(f"JetStream did not answer: {exc!r}") from exc
 
     async def ensure_events_stream(self, names: Names, replicas: int) -> None:
         """Create the space's events stream if missing; GridUnavailable while JetStream does not answer."""
-        try:
+        async with _answered():
             await ensure_events_stream(self._js, names, replicas)
-        except NOT_READY as exc:
-            raise GridUnavailable(f"JetStream did not answer: {exc!r}") from exc
 
     def events(self, names: Names, member_id: str) -> EventEmitter:
         return EventEmitter(self._nc, names, member_id)
@@ -170,10 +179,8 @@ class Transport:
     async def coordination(self, names: Names, replicas: int = 1, create: bool = False,
                            member_ttl_s: float = 60.0) -> Coordination:
         """The space's KV buckets (created if `create`); GridUnavailable while JetStream does not answer."""
-        try:
+        async with _answered():
             return await Coordination.open(self._js, names, replicas, create=create, member_ttl_s=member_ttl_s)
-        except NOT_READY as exc:
-            raise GridUnavailable(f"JetStream did not answer: {exc!r}") from exc
 
     # ---- closing -------------------------------------------------------------------------------------------
 
