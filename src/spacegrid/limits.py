@@ -69,6 +69,13 @@ class Limits:
     pu_nats_lost_exit_s: float = 30.0  # a PU that can't reach NATS this long exits non-zero
     pu_stop_timeout_s: float = 30.0  # a PU exits this long after SIGTERM at most: hand-off, store flush and all
 
+    @property
+    def probe_silent_s(self) -> float:
+        """A member is probed (does anyone listen on its subject?) once silent this long: the answer counts only once
+        its silence passes the lease, so a heartbeat interval before that is soon enough, and a live member, heard
+        every interval, is never probed."""
+        return self.lease_s - self.heartbeat_interval_s
+
     def __post_init__(self) -> None:
         assert self.write_bytes_max < self.append_bytes_max <= self.request_payload_bytes_max
         assert self.heartbeat_interval_s < self.lease_s <= self.heartbeat_timeout_s

@@ -6,6 +6,7 @@ from collections import Counter
 import pytest
 
 from spacegrid.core.ownership import Membership, OwnershipPlan, coordinator, fair_assignment, next_table, plan
+from spacegrid.limits import Limits
 from spacegrid.partitioning import PartitionTable
 
 
@@ -163,6 +164,20 @@ def test_membership_remove_forgets_a_member():
     assert ms.remove("a") is True
     assert ms.remove("a") is False
     assert ms.live(0.0) == [] and ms.dead(10.0) == []
+
+
+def test_only_members_silent_long_enough_are_worth_a_probe():
+    """silent() picks the known members not heard of for the given time (the ones a PU probes), skips members
+    heard of since and members it does not know; with the default limits a member is probed from a heartbeat
+    interval before its lease ends, so a probe that finds it gone still makes it dead when the lease ends."""
+    ms = Membership(timeout_s=1.5, lease_s=0.6)
+    ms.observe("a", {}, now_s=10.0)
+    ms.observe("b", {}, now_s=10.3)
+    assert ms.silent(["a", "b", "ghost"], now_s=10.5, silent_s=0.4) == ["a"]
+    ms.observe("a", {}, now_s=10.6)
+    assert ms.silent(["a", "b"], now_s=10.75, silent_s=0.4) == ["b"]
+    limits = Limits()
+    assert limits.heartbeat_interval_s < limits.probe_silent_s < limits.lease_s
 
 
 def test_coordinator_is_the_smallest_live_id():

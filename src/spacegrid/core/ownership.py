@@ -55,6 +55,10 @@ class Membership:
         silent_s = now_s - self.last_seen_s[member_id]
         return silent_s > self.timeout_s or (member_id in self.unreachable and silent_s > self.lease_s)
 
+    def silent(self, members: list[str], now_s: float, silent_s: float) -> list[str]:
+        """Of `members`, those known here and not heard of for `silent_s` or longer."""
+        return [m for m in members if m in self.last_seen_s and now_s - self.last_seen_s[m] >= silent_s]
+
     def live(self, now_s: float) -> list[str]:
         return sorted(m for m in self.last_seen_s if not self._is_dead(m, now_s))
 

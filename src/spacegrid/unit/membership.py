@@ -323,8 +323,12 @@ class MembershipAgent:
         return True
 
     async def _probe_members(self, members: list[str]) -> None:
-        """Ask NATS whether anyone listens on each member's subject: a crashed PU's subscription is gone at
-        once, long before its heartbeats are missed."""
+        """Ask NATS whether anyone listens on the subject of each member silent for limits.probe_silent_s: a
+        crashed PU's subscription is gone at once, so it is dead at the end of its lease instead of after the
+        heartbeat timeout. Members heard of lately are not asked (no message each heartbeat round per member)."""
+        members = self.membership.silent(members, time.monotonic(), self.limits.probe_silent_s)
+        if not members:
+            return
         results = await asyncio.gather(*(self.transport.probe(self.names.pu_subject(m), PING,
                                                               self.limits.heartbeat_interval_s) for m in members))
         for member_id, reachable in zip(members, results):
