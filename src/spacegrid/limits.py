@@ -34,7 +34,8 @@ class Limits:
     lease_s: float = 0.6  # reads are served only within this of the last renewed heartbeat's sending
     heartbeat_timeout_s: float = 1.5
     dedup_window_ops: int = 8192
-    replay_timeout_s: float = 60.0
+    replay_timeout_s: float = 60.0  # one partition's replay of the log, from when it starts reading
+    replays_at_once_max: int = 4  # a PU's partition replays reading the log at once (each its own consumer); more wait
     recovery_retry_s_min: float = 0.25  # a partition whose recovery failed is tried again after this, doubling...
     recovery_retry_s_max: float = 1.0  # ...up to this (one claim per attempt: at most one a second, no storm)
     poisoned_retry_s: float = 60.0  # a partition stopped by a log message it can't apply: tried again this rarely
@@ -82,7 +83,7 @@ class Limits:
         assert self.attempt_timeout_s <= self.call_deadline_s
         assert 0 < self.append_busy_retry_s < self.append_timeout_s
         assert 0 < self.log_unavailable_retry_s < self.append_timeout_s
-        assert self.catch_ups_max >= 1 and self.append_records_max >= 1 and self.dedup_window_ops >= 1 and self.appends_in_flight_max >= 1 \
+        assert self.catch_ups_max >= 1 and self.replays_at_once_max >= 1 and self.append_records_max >= 1 and self.dedup_window_ops >= 1 and self.appends_in_flight_max >= 1 \
             and self.claim_attempts_max >= 1 and 1 <= self.client_batches_per_pu_eager <= self.client_batches_per_pu_max \
             and self.client_batch_requests_min >= 1
 

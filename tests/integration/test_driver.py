@@ -191,6 +191,35 @@ async def activated(second: Unit) -> Unit:
     return second
 
 
+def test_a_pu_taking_over_every_partition_replays_them_a_bounded_number_at_a_time(nats_url: str) -> None:
+    """A PU takes over the 4 partitions another PU wrote to, with limits.replays_at_once_max 1: it replays all 4
+    (each a consumer of the log), one at a time (never two at once: a PU taking over dozens no longer floods its
+    connection), and serves every write the first PU acknowledged."""
+
+    async def main() -> None:
+        first = await start_unit(nats_url, "pu-a")
+        first.set_table(table(1, "pu-a", 1))
+        await eventually(lambda: _assert(first.driver.partitions_in(State.ACTIVE) == list(range(space.partitions))))
+        keys = {space.partition_of("kv", f"k{i}"): f"k{i}" for i in range(64)}
+        assert len(keys) == space.partitions
+        for req_id, (partition, key) in enumerate(sorted(keys.items()), 1):
+            put = codec.decode(protocol.request(req_id, protocol.OP_PUT, partition, "kv", key, key, None,
+                                                f"op-{req_id}"), 1 << 20)
+            [[_, status, _]] = await ask(first.transport, Names(space.name).pu_subject("pu-a"), put)
+            assert status == protocol.OK
+        second = await activated(await start_unit(nats_url, "pu-b", replace(LIMITS, replays_at_once_max=1)))
+        assert second.driver.counters["replays"] == space.partitions
+        assert second.driver.counters["replays_at_once_peak"] == 1
+        for req_id, (partition, key) in enumerate(sorted(keys.items()), 100):
+            get = codec.decode(protocol.request(req_id, protocol.OP_GET, partition, "kv", key), 1 << 20)
+            [[_, status, [value, _version]]] = await ask(second.transport, Names(space.name).pu_subject("pu-b"), get)
+            assert (status, value) == (protocol.OK, key)
+        await first.transport.close()
+        await second.transport.close()
+
+    run(main())
+
+
 def test_a_deposed_owner_never_acknowledges_a_write(nats_url: str) -> None:
     """A second PU claims the partitions at a newer epoch while the first PU's view of the claims lags behind (its
     claim watch is paused): the first PU's next write is appended fenced on the claims it had seen, the log refuses

@@ -57,12 +57,17 @@ class Driver:
         self.stopping = False
         self.events: EventSink = NO_EVENTS
         self.counters = {"acquired": 0, "released": 0, "promoted": 0, "fenced": 0, "loaded_rows": 0,
-                         "recovery_failures": 0, "records_refused": 0, "claims_refused": 0}
+                         "recovery_failures": 0, "records_refused": 0, "claims_refused": 0, "replays": 0,
+                         "replays_at_once_peak": 0}
         self.recovery = RecoveryBackoff(limits.recovery_retry_s_min, limits.recovery_retry_s_max,
                                         limits.poisoned_retry_s)
         self._subs: dict[tuple[int, int], Subscription] = {}
         self._recovering: dict[tuple[int, int], asyncio.Task[None]] = {}
         self._stimuli = itertools.count(1)
+        # A PU taking over many partitions replays them a few at a time: each replay is a consumer of the whole
+        # log tail, and dozens at once flooded the connection until NATS cut it as a slow consumer
+        self._replay_slots = asyncio.Semaphore(limits.replays_at_once_max)
+        self._replays_running = 0
 
     # ---- queries -------------------------------------------------------------------------------------------
 
@@ -268,8 +273,18 @@ class Driver:
                     log.error("partition %d: log message %d not applied: %s", p, seq, why)
                     self.events.emit("records_refused", partition=p, seq=seq, writer=writer, reason=why)
 
-            seq = await self.changelog.replay(ins.after_seq, ins.until_seq, apply, 2 * size_max_bytes,
-                                              self.limits.replay_timeout_s, until_subject=self.names.claim_subject(p))
+            async with self._replay_slots:
+                self._replays_running += 1
+                assert self._replays_running <= self.limits.replays_at_once_max
+                self.counters["replays"] += 1
+                self.counters["replays_at_once_peak"] = max(self.counters["replays_at_once_peak"],
+                                                            self._replays_running)
+                try:
+                    seq = await self.changelog.replay(ins.after_seq, ins.until_seq, apply, 2 * size_max_bytes,
+                                                      self.limits.replay_timeout_s,
+                                                      until_subject=self.names.claim_subject(p))
+                finally:
+                    self._replays_running -= 1
             return lc.ReplayReached(p, a, self._stimulus("replayed"), seq, slot.state.log_epoch)
         raise AssertionError(f"not an I/O instruction: {ins}")
 
