@@ -83,7 +83,8 @@ class Limits:
         assert self.attempt_timeout_s <= self.call_deadline_s
         assert 0 < self.append_busy_retry_s < self.append_timeout_s
         assert 0 < self.log_unavailable_retry_s < self.append_timeout_s
-        assert self.catch_ups_max >= 1 and self.replays_at_once_max >= 1 and self.append_records_max >= 1 and self.dedup_window_ops >= 1 and self.appends_in_flight_max >= 1 \
+        assert self.catch_ups_max >= 1 and self.replays_at_once_max >= 1 and self.append_records_max >= 1 \
+            and self.dedup_window_ops >= 1 and self.appends_in_flight_max >= 1 \
             and self.claim_attempts_max >= 1 and 1 <= self.client_batches_per_pu_eager <= self.client_batches_per_pu_max \
             and self.client_batch_requests_min >= 1
 

@@ -38,6 +38,7 @@ COUNTERS = {
     "overloaded": "Requests refused with Overloaded because a queue of this PU was at its bound (limits.py)",
     "bad_requests": "Requests refused as malformed (the caller's fault)",
     "recovery_failures": "Recoveries of a partition that failed (each tried again after a backoff)",
+    "replays": "Replays of the log by recovering partitions (each a consumer of the log's tail)",
     "log_unavailable": "Log messages no stream took (nothing applied); appended again once the log takes them",
     "log_missing_events": "Times this PU found the space's log stream missing (deleted)",
     "records_refused": "Log records a recovery did not apply: their writer or epoch was never the table's owner's",
@@ -56,6 +57,7 @@ GAUGES = {
     "log_missing": "1 while the space's log stream is missing (writes refused) until `spacegrid repair --recreate-log`",
     "waiting_replies": "Requests waiting for a commit or the store (bounded by limits.waiters_max)",
     "unsent_replies": "Replies queued and not yet handed to NATS (bounded by limits.replies_pending_max)",
+    "replays_at_once_peak": "The most partition replays this PU ran at once (bounded by limits.replays_at_once_max)",
 }
 
 
